@@ -1,0 +1,1046 @@
+//! A cache: its shared state and the foreground paths (write, read, flush,
+//! discard, attach, detach, status).
+//!
+//! One mutex guards the metadata (index, current segment, ids); it is held
+//! for lookups and in-RAM copies of at most 4 KiB, never across device I/O.
+//! Device reads of cached lines happen outside it, with the line's segment
+//! slot *pinned* so the flusher cannot overwrite or discard it meanwhile.
+//! The background jobs live in their own files: [`crate::flusher`],
+//! [`crate::migrator`], [`crate::ticker`], [`crate::recover`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::device::{AlignedBuf, BlockDevice};
+use crate::error::{DeviceRole, Error, Result};
+use crate::flusher::FlushJob;
+use crate::format::*;
+use crate::index::{Index, LineKey, MAX_LINE};
+use crate::knobs::{Knob, Knobs};
+use crate::stats::{ErrorCounter, Stats, StatsSnapshot};
+
+/// Called once when a FLUSH (or the flush part of a FUA write) completes.
+pub type FlushCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Options fixed when a cache is resumed.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// RAM segment buffers (1 MiB each); dm-lc used 64.
+    pub pool_segments: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions { pool_segments: 64 }
+    }
+}
+
+/// A backing device attached to a cache.
+pub struct Backing {
+    /// Device id, 1..=255.
+    pub id: u8,
+    /// The device.
+    pub dev: Arc<dyn BlockDevice>,
+    /// Size in sectors.
+    pub size_sectors: u64,
+    /// Percent of backing-device busyness under which the daemon's policy
+    /// allows write-back (default 70).
+    pub migrate_threshold: AtomicU8,
+    /// Sectors written to the device by write-back.
+    pub migrated_sectors: AtomicU64,
+    /// Sectors read from the device (read misses and partial hits).
+    pub read_sectors: AtomicU64,
+}
+
+/// The segment currently being filled in RAM.
+pub(crate) struct OpenSegment {
+    pub id: u64,
+    pub slot: u64,
+    pub buf: AlignedBuf,
+    pub length: usize,
+    pub opened_at: Instant,
+}
+
+/// A FLUSH waiting for segment `target` to be durable.
+pub(crate) struct Waiter {
+    pub target: u64,
+    pub done: FlushCallback,
+}
+
+/// Metadata guarded by the cache mutex.
+pub(crate) struct State {
+    pub index: Index,
+    pub current: Option<OpenSegment>,
+    /// Id the next opened segment gets.
+    pub next_id: u64,
+    /// Closed segments not yet written, by slot.
+    pub ram: Vec<Option<Arc<AlignedBuf>>>,
+    pub free_bufs: Vec<AlignedBuf>,
+    pub allocated_bufs: usize,
+    /// Id of the segment each slot holds (0: none known).
+    pub slot_ids: Vec<u64>,
+    pub last_closed_id: u64,
+    /// Written to the cache device (maybe not yet flushed).
+    pub last_flushed_id: u64,
+    /// Written and flushed.
+    pub durable_id: u64,
+    pub last_migrated_id: u64,
+    /// `last_migrated_id` as the record block on the device says.
+    pub persisted_migrated_id: u64,
+    pub record_sequence: u64,
+    pub waiters: Vec<Waiter>,
+    /// When the first FLUSH began waiting on the current segment.
+    pub barrier_since: Option<Instant>,
+    pub devices: BTreeMap<u8, Arc<Backing>>,
+    /// A writer waits for a segment that is not yet written back.
+    pub migrate_urgent: bool,
+    /// Write-back must reach at least this id (detach).
+    pub drain_target: u64,
+    /// Highest segment id that held a line of each device id (detach must
+    /// see every segment up to it written back before the id is reused).
+    pub last_segment_of_device: Vec<u64>,
+    pub last_commit: Instant,
+    pub stopping: bool,
+}
+
+/// What the cache shares with its background threads.
+pub(crate) struct Inner {
+    pub cache_id: u8,
+    pub dev: Arc<dyn BlockDevice>,
+    pub sb: SuperBlockHeader,
+    pub nr_segments: u64,
+    pub pool_segments: usize,
+    pub knobs: Knobs,
+    pub stats: Stats,
+    pub state: Mutex<State>,
+    /// Writers waiting for a buffer or a written-back slot; detach and
+    /// sync waiters too. Notified whenever ids advance.
+    pub progress_cv: Condvar,
+    pub migrate_cv: Condvar,
+    pub ticker_cv: Condvar,
+    pub flusher_tx: Mutex<Option<Sender<FlushJob>>>,
+    pub pins: Vec<AtomicU32>,
+    /// Held by write-back while it writes backing devices, and by discard
+    /// while it discards them, so write-back never writes into a discarded range
+    /// after the discard.
+    pub migration_io: Mutex<()>,
+}
+
+/// Locks a mutex, ignoring poisoning (a panicked thread leaves consistent
+/// metadata behind because every update is done in one critical section).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Line index of line `i` of segment slot `slot`.
+pub(crate) fn line_index(slot: u64, i: usize) -> u32 {
+    (slot as usize * LINES_PER_SEGMENT + i) as u32
+}
+
+/// Device offset of the data of cache line `idx`.
+pub(crate) fn line_offset(idx: u32) -> u64 {
+    let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+    let i = idx as u64 % LINES_PER_SEGMENT as u64;
+    segment_offset(slot) + (1 + i) * LINE_SIZE as u64
+}
+
+/// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(10u64 << attempt.min(8)).min(Duration::from_secs(2))
+}
+
+impl State {
+    /// Where the data of cache line `idx` is in RAM, if it is.
+    fn ram_line(&self, idx: u32) -> Option<&[u8]> {
+        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        let off = (1 + idx as usize % LINES_PER_SEGMENT) * LINE_SIZE;
+        if let Some(cur) = &self.current {
+            if cur.slot == slot {
+                return Some(&cur.buf[off..off + LINE_SIZE]);
+            }
+        }
+        self.ram[slot as usize]
+            .as_ref()
+            .map(|b| &b[off..off + LINE_SIZE])
+    }
+
+    fn in_current(&self, idx: u32) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.slot == idx as u64 / LINES_PER_SEGMENT as u64)
+    }
+}
+
+/// Status of a cache at one moment (what dm-lc's lc-mgr printed and more).
+#[derive(Debug, Clone)]
+pub struct CacheStatus {
+    /// Cache id.
+    pub cache_id: u8,
+    /// Cache device identity.
+    pub device: String,
+    /// Segments on the cache device.
+    pub nr_segments: u64,
+    /// Cache lines on the cache device.
+    pub nr_caches: u64,
+    /// RAM held by the index and segment buffers, in bytes.
+    pub static_ram_bytes: u64,
+    /// Bytes of that held by the index alone.
+    pub index_ram_bytes: u64,
+    /// Id of the segment being filled (0 before the first write).
+    pub current_segment_id: u64,
+    /// Lines used in the current segment (dm-lc's cursor).
+    pub cursor: u64,
+    /// Highest segment id written to the cache device.
+    pub last_flushed_segment_id: u64,
+    /// Highest segment id written and flushed.
+    pub last_durable_segment_id: u64,
+    /// Highest segment id written back to the backing devices.
+    pub last_migrated_segment_id: u64,
+    /// `last_migrated_segment_id` as recorded on the device.
+    pub persisted_migrated_segment_id: u64,
+    /// Dirty lines over all devices.
+    pub nr_dirty_caches: u64,
+    /// Counters.
+    pub stats: StatsSnapshot,
+    /// Knob values by dm-lc name.
+    pub knobs: Vec<(&'static str, u64)>,
+}
+
+/// Status of one attached device.
+#[derive(Debug, Clone)]
+pub struct DeviceStatus {
+    /// Device id.
+    pub device_id: u8,
+    /// Backing device identity (path, major:minor).
+    pub dev: String,
+    /// Size in 512 B sectors.
+    pub size_sectors: u64,
+    /// Dirty lines of this device in the cache.
+    pub nr_dirty_caches: u64,
+    /// Policy threshold in percent.
+    pub migrate_threshold: u8,
+}
+
+/// Progress of a detach (write-back of one device's data).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainProgress {
+    /// Segments written back since the detach began.
+    pub done: u64,
+    /// Segments that must be written back in all.
+    pub total: u64,
+}
+
+/// Splits a sector range into per-line pieces: (line, first sector in line, sectors).
+pub(crate) fn line_pieces(sector: u64, nr: u64) -> impl Iterator<Item = (u64, usize, usize)> {
+    let end = sector + nr;
+    let mut s = sector;
+    std::iter::from_fn(move || {
+        if s >= end {
+            return None;
+        }
+        let line = s / SECTORS_PER_LINE as u64;
+        let s0 = (s % SECTORS_PER_LINE as u64) as usize;
+        let n = ((SECTORS_PER_LINE - s0) as u64).min(end - s) as usize;
+        s += n as u64;
+        Some((line, s0, n))
+    })
+}
+
+fn mask_of(s0: usize, n: usize) -> u8 {
+    (((1u16 << n) - 1) << s0) as u8
+}
+
+/// How a line write treats an older copy of the same line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// Keep the older copy's dirty sectors that this write does not cover.
+    Merge,
+    /// The new line's dirty bits are exactly the written ones (used by discard).
+    Replace,
+}
+
+/// A write-back cache over one cache device, serving up to 255 backing devices.
+///
+/// Create with [`Cache::resume`] on a device prepared by [`crate::format_cache_device`].
+/// All methods take `&self` and may be called from many threads at once.
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    pub(crate) fn pin(&self, slot: u64) {
+        self.pins[slot as usize].fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn unpin(&self, slot: u64) {
+        self.pins[slot as usize].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waits until no reader has slot `slot` pinned.
+    pub(crate) fn wait_unpinned(&self, slot: u64) {
+        while self.pins[slot as usize].load(Ordering::SeqCst) != 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    pub(crate) fn send_job(&self, job: FlushJob) {
+        if let Some(tx) = lock(&self.flusher_tx).as_ref() {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Seals the current segment and hands it to the flusher. Caller holds the lock.
+    pub(crate) fn close_current(&self, st: &mut State) {
+        let Some(cur) = st.current.take() else { return };
+        if cur.length == 0 {
+            st.current = Some(cur);
+            return;
+        }
+        let OpenSegment {
+            id,
+            slot,
+            mut buf,
+            length,
+            ..
+        } = cur;
+        let lap = lap_of(id, self.nr_segments);
+        let metablocks = (0..length)
+            .map(|i| match st.index.info(line_index(slot, i)) {
+                Some(info) => Metablock {
+                    sector: info.key.line * SECTORS_PER_LINE as u64,
+                    device_id: info.key.device_id,
+                    dirty_bits: info.dirty_bits,
+                    lap,
+                },
+                // invalidated (discarded) while the segment was open
+                None => Metablock {
+                    lap,
+                    ..Metablock::default()
+                },
+            })
+            .collect();
+        let header = SegmentHeader {
+            global_id: id,
+            durable_id: st.durable_id,
+            lap,
+            length: length as u32,
+            uuid: self.sb.uuid,
+            checksum: 0,
+            metablocks,
+        };
+        header.write_to(&mut buf[..LINE_SIZE]);
+        let buf = Arc::new(buf);
+        st.ram[slot as usize] = Some(buf.clone());
+        st.last_closed_id = id;
+        st.barrier_since = None;
+        self.send_job(FlushJob::Segment {
+            id,
+            slot,
+            buf,
+            length,
+        });
+    }
+
+    /// Makes sure an open segment with a free line exists; may wait (then
+    /// the caller must look everything up again).
+    fn open_segment<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.length == LINES_PER_SEGMENT)
+        {
+            self.close_current(&mut st);
+        }
+        if st.current.is_some() {
+            return Ok(st);
+        }
+        loop {
+            if st.stopping {
+                return Err(Error::Stopped);
+            }
+            let id = st.next_id;
+            let slot_free = id <= self.nr_segments || st.last_migrated_id >= id - self.nr_segments;
+            let buf_free = !st.free_bufs.is_empty() || st.allocated_bufs < self.pool_segments;
+            if slot_free && buf_free {
+                break;
+            }
+            if !slot_free {
+                st.migrate_urgent = true;
+                self.migrate_cv.notify_all();
+            }
+            st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let buf = match st.free_bufs.pop() {
+            Some(b) => b,
+            None => {
+                st.allocated_bufs += 1;
+                AlignedBuf::zeroed(SEGMENT_SIZE)
+            }
+        };
+        let id = st.next_id;
+        let slot = slot_of(id, self.nr_segments);
+        debug_assert!((0..LINES_PER_SEGMENT).all(|i| st.index.info(line_index(slot, i)).is_none()));
+        st.next_id += 1;
+        st.slot_ids[slot as usize] = id;
+        st.current = Some(OpenSegment {
+            id,
+            slot,
+            buf,
+            length: 0,
+            opened_at: Instant::now(),
+        });
+        self.ticker_cv.notify_all();
+        Ok(st)
+    }
+
+    /// Copies cache line `idx` into `out`: from RAM under the lock, or from
+    /// the cache device with the slot pinned and the lock released. Returns
+    /// the guard and whether the line came from RAM.
+    fn fetch_line<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        idx: u32,
+        out: &mut [u8],
+    ) -> (MutexGuard<'a, State>, Result<bool>) {
+        if let Some(data) = st.ram_line(idx) {
+            out.copy_from_slice(data);
+            return (st, Ok(true));
+        }
+        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        self.pin(slot);
+        drop(st);
+        let res = self.dev.read_at(out, line_offset(idx));
+        self.unpin(slot);
+        let res = res.map(|()| false).map_err(|e| {
+            self.stats.error(ErrorCounter::CacheRead);
+            Error::io(DeviceRole::Cache, "reading a cached line", e)
+        });
+        (lock(&self.state), res)
+    }
+
+    /// Writes `data` (a whole line image; only sectors in `mask` matter) as
+    /// the newest copy of `key`.
+    fn write_line(&self, key: LineKey, mask: u8, data: &[u8], mode: WriteMode) -> Result<()> {
+        let full = mask == 0xFF;
+        let mut st = lock(&self.state);
+        // data of an older copy read from the device: (cache line, line image)
+        let mut fetched: Option<(u32, AlignedBuf)> = None;
+        loop {
+            if st.stopping {
+                return Err(Error::Stopped);
+            }
+            let existing = st.index.lookup(key);
+            if let (Some(idx), WriteMode::Merge) = (existing, mode) {
+                if st.in_current(idx) {
+                    let off = (1 + idx as usize % LINES_PER_SEGMENT) * LINE_SIZE;
+                    let cur = st.current.as_mut().expect("in_current");
+                    copy_sectors(&mut cur.buf[off..off + LINE_SIZE], data, mask);
+                    st.index.add_dirty(idx, mask);
+                    drop(st);
+                    self.stats.count(true, true, true, full);
+                    return Ok(());
+                }
+            }
+            if st
+                .current
+                .as_ref()
+                .is_none_or(|c| c.length == LINES_PER_SEGMENT)
+            {
+                st = self.open_segment(st)?;
+                continue;
+            }
+            let mut bits = mask;
+            let mut old: Option<AlignedBuf> = None;
+            if let Some(idx) = existing {
+                let old_bits = st.index.info(idx).expect("indexed").dirty_bits;
+                if mode == WriteMode::Merge && old_bits & !mask != 0 {
+                    if let Some(line) = st.ram_line(idx) {
+                        let mut b = AlignedBuf::zeroed(LINE_SIZE);
+                        b.copy_from_slice(line);
+                        old = Some(b);
+                    } else if let Some((_, b)) = fetched.take().filter(|(i, _)| *i == idx) {
+                        old = Some(b);
+                    } else {
+                        let mut b = AlignedBuf::zeroed(LINE_SIZE);
+                        let (g, res) = self.fetch_line(st, idx, &mut b);
+                        st = g;
+                        res?;
+                        fetched = Some((idx, b));
+                        continue; // the world may have changed while unlocked
+                    }
+                    bits |= old_bits;
+                }
+                if st.in_current(idx) {
+                    // Replace mode on a line of the open segment: rewrite in place.
+                    let off = (1 + idx as usize % LINES_PER_SEGMENT) * LINE_SIZE;
+                    let cur = st.current.as_mut().expect("in_current");
+                    copy_sectors(&mut cur.buf[off..off + LINE_SIZE], data, mask);
+                    st.index.remove(idx);
+                    st.index.insert(key, idx, bits);
+                    return Ok(());
+                }
+                st.index.remove(idx);
+            }
+            let cur = st.current.as_mut().expect("opened above");
+            let i = cur.length;
+            cur.length += 1;
+            let (id, slot) = (cur.id, cur.slot);
+            let off = (1 + i) * LINE_SIZE;
+            let line = &mut cur.buf[off..off + LINE_SIZE];
+            line.fill(0);
+            if let Some(o) = &old {
+                copy_sectors(line, o, bits & !mask);
+            }
+            copy_sectors(line, data, mask);
+            st.index.insert(key, line_index(slot, i), bits);
+            st.last_segment_of_device[key.device_id as usize] = id;
+            drop(st);
+            self.stats.count(true, existing.is_some(), false, full);
+            return Ok(());
+        }
+    }
+
+    /// Registers a FLUSH; `done` runs when every earlier write is durable.
+    pub(crate) fn flush(&self, done: FlushCallback) {
+        let mut st = lock(&self.state);
+        if st.stopping {
+            drop(st);
+            return done(Err(Error::Stopped));
+        }
+        let target = match &st.current {
+            Some(c) if c.length > 0 => {
+                let id = c.id;
+                if st.barrier_since.is_none() {
+                    st.barrier_since = Some(Instant::now());
+                    self.ticker_cv.notify_all();
+                }
+                id
+            }
+            _ => st.last_closed_id,
+        };
+        if st.durable_id >= target {
+            drop(st);
+            return done(Ok(()));
+        }
+        let closed = target <= st.last_closed_id;
+        st.waiters.push(Waiter { target, done });
+        drop(st);
+        if closed {
+            self.send_job(FlushJob::Barrier);
+        }
+    }
+
+    pub(crate) fn flush_sync(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.flush(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.recv().unwrap_or(Err(Error::Stopped))
+    }
+}
+
+/// Copies the sectors selected by `mask` from `src` to `dst` (both 4 KiB).
+fn copy_sectors(dst: &mut [u8], src: &[u8], mask: u8) {
+    if mask == 0xFF {
+        dst.copy_from_slice(&src[..LINE_SIZE]);
+        return;
+    }
+    for s in 0..SECTORS_PER_LINE {
+        if mask & (1 << s) != 0 {
+            let r = s * SECTOR_SIZE..(s + 1) * SECTOR_SIZE;
+            dst[r.clone()].copy_from_slice(&src[r]);
+        }
+    }
+}
+
+impl Cache {
+    pub(crate) fn start(inner: Arc<Inner>) -> Result<Cache> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *lock(&inner.flusher_tx) = Some(tx);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("lc{}-{name}", inner.cache_id))
+                .spawn(f)
+                .map_err(|e| Error::io(DeviceRole::Cache, "starting a cache thread", e))
+        };
+        let threads = vec![
+            spawn("flusher", {
+                let i = inner.clone();
+                Box::new(move || crate::flusher::run(i, rx))
+            })?,
+            spawn("migrate", {
+                let i = inner.clone();
+                Box::new(move || crate::migrator::run(i))
+            })?,
+            spawn("ticker", {
+                let i = inner.clone();
+                Box::new(move || crate::ticker::run(i))
+            })?,
+        ];
+        Ok(Cache {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// The cache id given at resume.
+    pub fn id(&self) -> u8 {
+        self.inner.cache_id
+    }
+
+    /// Number of segments on the cache device.
+    pub fn nr_segments(&self) -> u64 {
+        self.inner.nr_segments
+    }
+
+    /// The cache device's uuid.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.inner.sb.uuid
+    }
+
+    fn backing(&self, device_id: u8) -> Result<Arc<Backing>> {
+        lock(&self.inner.state)
+            .devices
+            .get(&device_id)
+            .cloned()
+            .ok_or(Error::UnknownDevice(device_id))
+    }
+
+    fn check_range(&self, b: &Backing, sector: u64, len_bytes: usize) -> Result<()> {
+        if len_bytes == 0 || len_bytes % SECTOR_SIZE != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "I/O length {len_bytes} is not a positive multiple of 512"
+            )));
+        }
+        let end = sector
+            .checked_add((len_bytes / SECTOR_SIZE) as u64)
+            .unwrap_or(u64::MAX);
+        if end > b.size_sectors {
+            return Err(Error::OutOfRange {
+                device_id: b.id,
+                start: sector,
+                end,
+                size: b.size_sectors,
+            });
+        }
+        Ok(())
+    }
+
+    /// Attaches backing device `device_id` (1..=255).
+    pub fn attach_device(&self, device_id: u8, dev: Arc<dyn BlockDevice>) -> Result<()> {
+        if device_id == 0 {
+            return Err(Error::InvalidArgument("device ids are 1..=255".into()));
+        }
+        let size_sectors = dev.size_bytes() / SECTOR_SIZE as u64;
+        if size_sectors == 0 || size_sectors / SECTORS_PER_LINE as u64 > MAX_LINE {
+            return Err(Error::InvalidArgument(format!(
+                "backing device {} has an unusable size of {} bytes",
+                dev.describe(),
+                dev.size_bytes()
+            )));
+        }
+        let mut st = lock(&self.inner.state);
+        if st.devices.contains_key(&device_id) {
+            return Err(Error::DeviceExists(device_id));
+        }
+        st.devices.insert(
+            device_id,
+            Arc::new(Backing {
+                id: device_id,
+                dev,
+                size_sectors,
+                migrate_threshold: AtomicU8::new(70),
+                migrated_sectors: AtomicU64::new(0),
+                read_sectors: AtomicU64::new(0),
+            }),
+        );
+        self.inner.migrate_cv.notify_all();
+        Ok(())
+    }
+
+    /// Writes back every dirty line of `device_id`, records that on the cache
+    /// device, and detaches it. The caller must have stopped I/O to it.
+    /// `progress` is called now and then while write-back runs.
+    pub fn detach_device(
+        &self,
+        device_id: u8,
+        mut progress: impl FnMut(DrainProgress),
+    ) -> Result<()> {
+        self.backing(device_id)?;
+        self.inner.flush_sync()?;
+        let mut st = lock(&self.inner.state);
+        let target = st.last_segment_of_device[device_id as usize];
+        let start = st.last_migrated_id;
+        st.drain_target = st.drain_target.max(target);
+        self.inner.migrate_cv.notify_all();
+        while st.last_migrated_id < target {
+            if st.stopping {
+                return Err(Error::Stopped);
+            }
+            progress(DrainProgress {
+                done: st.last_migrated_id - start,
+                total: target.saturating_sub(start),
+            });
+            st = self
+                .inner
+                .progress_cv
+                .wait_timeout(st, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        progress(DrainProgress {
+            done: target.saturating_sub(start),
+            total: target.saturating_sub(start),
+        });
+        drop(st);
+        self.commit_super_block()?;
+        let mut st = lock(&self.inner.state);
+        debug_assert_eq!(st.index.nr_dirty(device_id), 0);
+        st.devices.remove(&device_id);
+        Ok(())
+    }
+
+    /// Attached devices.
+    pub fn devices(&self) -> Vec<DeviceStatus> {
+        let st = lock(&self.inner.state);
+        st.devices
+            .values()
+            .map(|b| DeviceStatus {
+                device_id: b.id,
+                dev: b.dev.describe(),
+                size_sectors: b.size_sectors,
+                nr_dirty_caches: st.index.nr_dirty(b.id),
+                migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Sets a device's `migrate_threshold` (percent, 0..=100).
+    pub fn set_migrate_threshold(&self, device_id: u8, percent: u8) -> Result<()> {
+        if percent > 100 {
+            return Err(Error::InvalidArgument(format!(
+                "migrate_threshold must be in 0..=100, got {percent}"
+            )));
+        }
+        self.backing(device_id)?
+            .migrate_threshold
+            .store(percent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Dirty lines cached for `device_id`.
+    pub fn nr_dirty_caches(&self, device_id: u8) -> u64 {
+        lock(&self.inner.state).index.nr_dirty(device_id)
+    }
+
+    /// Writes `data` (a multiple of 512 bytes) at `sector` of device
+    /// `device_id`. Returns once the data is in the cache's RAM: like a disk
+    /// with a volatile write cache, it is durable after the next FLUSH.
+    pub fn write(&self, device_id: u8, sector: u64, data: &[u8]) -> Result<()> {
+        let b = self.backing(device_id)?;
+        self.check_range(&b, sector, data.len())?;
+        let mut line = [0u8; LINE_SIZE];
+        let mut pos = 0;
+        for (ln, s0, n) in line_pieces(sector, (data.len() / SECTOR_SIZE) as u64) {
+            let bytes = n * SECTOR_SIZE;
+            line[s0 * SECTOR_SIZE..s0 * SECTOR_SIZE + bytes]
+                .copy_from_slice(&data[pos..pos + bytes]);
+            pos += bytes;
+            let key = LineKey {
+                device_id,
+                line: ln,
+            };
+            self.inner
+                .write_line(key, mask_of(s0, n), &line, WriteMode::Merge)?;
+        }
+        Ok(())
+    }
+
+    /// A write with FUA: `done` runs once this write (and every earlier one)
+    /// is durable. Errors of the write itself are returned at once.
+    pub fn write_fua(
+        &self,
+        device_id: u8,
+        sector: u64,
+        data: &[u8],
+        done: FlushCallback,
+    ) -> Result<()> {
+        self.write(device_id, sector, data)?;
+        self.inner.flush(done);
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes (a multiple of 512) at `sector` of `device_id`.
+    pub fn read(&self, device_id: u8, sector: u64, buf: &mut [u8]) -> Result<()> {
+        let b = self.backing(device_id)?;
+        self.check_range(&b, sector, buf.len())?;
+        let mut line = AlignedBuf::zeroed(LINE_SIZE);
+        let mut pos = 0;
+        for (ln, s0, n) in line_pieces(sector, (buf.len() / SECTOR_SIZE) as u64) {
+            let out = &mut buf[pos..pos + n * SECTOR_SIZE];
+            pos += n * SECTOR_SIZE;
+            self.read_piece(&b, ln, s0, n, out, &mut line)?;
+        }
+        Ok(())
+    }
+
+    fn read_piece(
+        &self,
+        b: &Backing,
+        ln: u64,
+        s0: usize,
+        n: usize,
+        out: &mut [u8],
+        line: &mut [u8],
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let mask = mask_of(s0, n);
+        let full = n == SECTORS_PER_LINE;
+        let st = lock(&inner.state);
+        let key = LineKey {
+            device_id: b.id,
+            line: ln,
+        };
+        let hit = st
+            .index
+            .lookup(key)
+            .map(|idx| (idx, st.index.info(idx).expect("indexed").dirty_bits));
+        let Some((idx, bits)) = hit else {
+            drop(st);
+            inner.stats.count(false, false, false, full);
+            return self.read_backing(b, ln * SECTORS_PER_LINE as u64 + s0 as u64, out);
+        };
+        let (st, res) = inner.fetch_line(st, idx, line);
+        drop(st);
+        let on_buffer = res?;
+        inner.stats.count(false, true, on_buffer, full);
+        if mask & !bits != 0 {
+            // partially dirty: backing data overlaid with the dirty sectors
+            self.read_backing(b, ln * SECTORS_PER_LINE as u64 + s0 as u64, out)?;
+        }
+        for s in s0..s0 + n {
+            if bits & (1 << s) != 0 {
+                let o = (s - s0) * SECTOR_SIZE;
+                out[o..o + SECTOR_SIZE]
+                    .copy_from_slice(&line[s * SECTOR_SIZE..(s + 1) * SECTOR_SIZE]);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_backing(&self, b: &Backing, sector: u64, out: &mut [u8]) -> Result<()> {
+        b.read_sectors
+            .fetch_add((out.len() / SECTOR_SIZE) as u64, Ordering::Relaxed);
+        b.dev
+            .read_at(out, sector * SECTOR_SIZE as u64)
+            .map_err(|e| {
+                self.inner.stats.error(ErrorCounter::BackingRead);
+                Error::io(
+                    DeviceRole::Backing,
+                    format!("reading device {} at sector {sector}", b.id),
+                    e,
+                )
+            })
+    }
+
+    /// FLUSH: `done` runs once every write issued before this call is durable.
+    pub fn flush(&self, done: FlushCallback) {
+        self.inner.flush(done)
+    }
+
+    /// FLUSH and wait for it.
+    pub fn flush_sync(&self) -> Result<()> {
+        self.inner.flush_sync()
+    }
+
+    /// Discards `nr_sectors` at `sector` of `device_id`: cached lines in the
+    /// range are dropped (dirty sectors outside the range are kept) and the
+    /// discard is passed to the backing device.
+    pub fn discard(&self, device_id: u8, sector: u64, nr_sectors: u64) -> Result<()> {
+        let b = self.backing(device_id)?;
+        let bytes = usize::try_from(nr_sectors.saturating_mul(SECTOR_SIZE as u64))
+            .map_err(|_| Error::InvalidArgument("discard range too large".into()))?;
+        self.check_range(&b, sector, bytes)?;
+        let inner = &*self.inner;
+        let mut line = AlignedBuf::zeroed(LINE_SIZE);
+        for (ln, s0, n) in line_pieces(sector, nr_sectors) {
+            let key = LineKey {
+                device_id,
+                line: ln,
+            };
+            let mut st = lock(&inner.state);
+            let Some(idx) = st.index.lookup(key) else {
+                continue;
+            };
+            let keep = st.index.info(idx).expect("indexed").dirty_bits & !mask_of(s0, n);
+            if keep == 0 {
+                st.index.remove(idx);
+                continue;
+            }
+            let (st, res) = inner.fetch_line(st, idx, &mut line);
+            drop(st);
+            res?;
+            inner.write_line(key, keep, &line, WriteMode::Replace)?;
+        }
+        let _io = lock(&inner.migration_io);
+        b.dev
+            .discard(sector * SECTOR_SIZE as u64, nr_sectors * SECTOR_SIZE as u64)
+            .map_err(|e| {
+                inner.stats.error(ErrorCounter::BackingWrite);
+                Error::io(
+                    DeviceRole::Backing,
+                    format!("discarding on device {device_id}"),
+                    e,
+                )
+            })
+    }
+
+    /// Current value of a knob.
+    pub fn knob(&self, knob: Knob) -> u64 {
+        self.inner.knobs.get(knob)
+    }
+
+    /// Sets a knob (validated; an invalid value changes nothing).
+    pub fn set_knob(&self, knob: Knob, value: u64) -> Result<()> {
+        self.inner.knobs.set(knob, value)?;
+        self.inner.migrate_cv.notify_all();
+        self.inner.ticker_cv.notify_all();
+        Ok(())
+    }
+
+    /// Writes the record block (`last_migrated_segment_id`) now.
+    pub fn commit_super_block(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.inner.send_job(FlushJob::Commit(Some(tx)));
+        rx.recv().unwrap_or(Err(Error::Stopped))
+    }
+
+    /// Seals the partial current segment and queues it for writing.
+    pub fn flush_current_buffer(&self) {
+        let mut st = lock(&self.inner.state);
+        self.inner.close_current(&mut st);
+    }
+
+    /// Zeroes the 16 I/O counters.
+    pub fn clear_stat(&self) {
+        self.inner.stats.clear()
+    }
+
+    /// Bytes of RAM this cache holds for its index and segment buffers.
+    pub fn static_ram_bytes(&self) -> u64 {
+        let st = lock(&self.inner.state);
+        self.static_ram(&st)
+    }
+
+    fn static_ram(&self, st: &State) -> u64 {
+        let per_segment = 8 + 8 + 4; // slot id, RAM buffer pointer, pin count
+        (st.index.ram_bytes()
+            + self.inner.pool_segments * SEGMENT_SIZE
+            + self.inner.nr_segments as usize * per_segment) as u64
+    }
+
+    /// Status snapshot.
+    pub fn status(&self) -> CacheStatus {
+        let inner = &*self.inner;
+        let st = lock(&inner.state);
+        CacheStatus {
+            cache_id: inner.cache_id,
+            device: inner.dev.describe(),
+            nr_segments: inner.nr_segments,
+            nr_caches: inner.nr_segments * LINES_PER_SEGMENT as u64,
+            static_ram_bytes: self.static_ram(&st),
+            index_ram_bytes: st.index.ram_bytes() as u64,
+            current_segment_id: st.current.as_ref().map_or(0, |c| c.id),
+            cursor: st.current.as_ref().map_or(0, |c| c.length as u64),
+            last_flushed_segment_id: st.last_flushed_id,
+            last_durable_segment_id: st.durable_id,
+            last_migrated_segment_id: st.last_migrated_id,
+            persisted_migrated_segment_id: st.persisted_migrated_id,
+            nr_dirty_caches: (1..=255u8).map(|d| st.index.nr_dirty(d)).sum(),
+            stats: inner.stats.snapshot(),
+            knobs: Knob::ALL
+                .iter()
+                .map(|s| (s.name, inner.knobs.get(s.knob)))
+                .collect(),
+        }
+    }
+
+    /// Waits until every segment sealed so far is written back (used by
+    /// tests and by the daemon before a clean stop when asked to drain).
+    /// Forces write-back for the wait.
+    pub fn migrate_all(&self) -> Result<()> {
+        self.flush_sync()?;
+        let mut st = lock(&self.inner.state);
+        let target = st.last_closed_id;
+        st.drain_target = st.drain_target.max(target);
+        self.inner.migrate_cv.notify_all();
+        while st.last_migrated_id < target {
+            if st.stopping {
+                return Err(Error::Stopped);
+            }
+            st = self
+                .inner
+                .progress_cv
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Stops the cache cleanly (dm-lc's free_cache): seals and writes the
+    /// current segment, flushes, commits the record and stops the threads.
+    /// Dirty data stays on the cache device; `resume` finds it again.
+    pub fn shutdown(&self) -> Result<()> {
+        let res = self.flush_sync().and_then(|()| self.commit_super_block());
+        self.stop_threads();
+        res
+    }
+
+    fn stop_threads(&self) {
+        {
+            let mut st = lock(&self.inner.state);
+            st.stopping = true;
+            let waiters = std::mem::take(&mut st.waiters);
+            drop(st);
+            for w in waiters {
+                (w.done)(Err(Error::Stopped));
+            }
+        }
+        self.inner.send_job(FlushJob::Stop);
+        self.inner.progress_cv.notify_all();
+        self.inner.migrate_cv.notify_all();
+        self.inner.ticker_cv.notify_all();
+        for t in lock(&self.threads).drain(..) {
+            let _ = t.join();
+        }
+        *lock(&self.inner.flusher_tx) = None;
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        if !lock(&self.threads).is_empty() {
+            if let Err(e) = self.shutdown() {
+                tracing::error!(cache = self.inner.cache_id, "clean stop failed: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_split_at_line_boundaries() {
+        let v: Vec<_> = line_pieces(6, 12).collect();
+        assert_eq!(v, vec![(0, 6, 2), (1, 0, 8), (2, 0, 2)]);
+        assert_eq!(mask_of(6, 2), 0xC0);
+        assert_eq!(mask_of(0, 8), 0xFF);
+    }
+}

@@ -1,0 +1,118 @@
+//! The engine's one error type: what went wrong, in words a storage
+//! administrator can act on, with the underlying I/O error kept as source.
+
+use std::io;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which device an I/O error happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRole {
+    /// The (fast) cache device.
+    Cache,
+    /// A (slow) backing device.
+    Backing,
+}
+
+impl std::fmt::Display for DeviceRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceRole::Cache => "cache device",
+            DeviceRole::Backing => "backing device",
+        })
+    }
+}
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a device.
+    #[error("I/O error on the {role} while {context}: {source}; check the device (dmesg, SMART) and retry")]
+    Io {
+        /// Device the error happened on.
+        role: DeviceRole,
+        /// What the engine was doing.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Opening a device failed.
+    #[error("cannot open {path}: {source}; check that the path exists and is a block device or regular file")]
+    Open {
+        /// The path given.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The device holds no lc superblock.
+    #[error("the device holds no lc cache; format it first (format_cache_device)")]
+    NotFormatted,
+    /// The superblock or another structure fails validation.
+    #[error("the lc superblock is corrupt ({0}); if this is the right device, restore it from backup or reformat with force (loses cached data)")]
+    Corrupt(String),
+    /// The device was formatted with a format version this build does not read.
+    #[error("the cache uses on-disk format version {0}, this lc reads version 1; use the lc release that formatted it")]
+    UnsupportedVersion(u32),
+    /// `format` found a signature it will not overwrite without force.
+    #[error("the device holds a {0}; refusing to overwrite it (use force to format anyway; everything on it is lost)")]
+    HasSignature(&'static str),
+    /// The device is too small to hold a cache.
+    #[error("the device has {size} bytes, a cache needs at least {min} bytes (1 MiB superblock + 2 segments of 1 MiB)")]
+    TooSmall {
+        /// Device size in bytes.
+        size: u64,
+        /// Minimum size in bytes.
+        min: u64,
+    },
+    /// An argument is out of its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A request addresses sectors beyond the end of the device.
+    #[error("I/O beyond the end of device {device_id}: sectors {start}..{end}, device has {size} sectors")]
+    OutOfRange {
+        /// Device id.
+        device_id: u8,
+        /// First sector of the request.
+        start: u64,
+        /// One past the last sector of the request.
+        end: u64,
+        /// Device size in sectors.
+        size: u64,
+    },
+    /// No backing device with this id is attached.
+    #[error("no device {0} is attached to this cache; list devices to see which ids exist")]
+    UnknownDevice(u8),
+    /// A backing device with this id is already attached.
+    #[error("device id {0} is already attached; choose a free id or detach it first")]
+    DeviceExists(u8),
+    /// The cache is shutting down or has stopped.
+    #[error("the cache is stopped; resume it again")]
+    Stopped,
+}
+
+impl Error {
+    /// Builds an [`Error::Io`].
+    pub fn io(role: DeviceRole, context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            role,
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The errno a block-device frontend should complete a request with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } | Error::Open { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            Error::OutOfRange { .. } | Error::InvalidArgument(_) => libc::EINVAL,
+            Error::UnknownDevice(_) => libc::ENODEV,
+            Error::Stopped => libc::ESHUTDOWN,
+            _ => libc::EIO,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The tunables of a cache, kept under dm-lc's names, with their ranges.
+//!
+//! One table ([`Knob::ALL`]) defines every knob's name, default and range;
+//! the daemon and the client derive their lists from it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// A settable per-cache knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Knob {
+    /// Seconds between automatic record commits (0 = only when needed).
+    CommitSuperBlockInterval,
+    /// Segments written back per migration batch.
+    NrMaxBatchedMigration,
+    /// Write-back allowed (set by the daemon's policy loop or the admin).
+    AllowMigrate,
+    /// Write-back forced regardless of policy.
+    ForceMigrate,
+    /// Seconds between runs of the daemon's migration policy loop.
+    UpdateInterval,
+    /// Seconds a partial segment may wait before it is written (0 = off).
+    FlushCurrentBufferInterval,
+    /// Milliseconds a FLUSH/FUA waits for the current segment to fill.
+    BarrierDeadlineMs,
+}
+
+/// Static description of a knob.
+#[derive(Debug, Clone, Copy)]
+pub struct KnobSpec {
+    /// The knob.
+    pub knob: Knob,
+    /// dm-lc's sysfs name.
+    pub name: &'static str,
+    /// Value after format/resume.
+    pub default: u64,
+    /// Smallest accepted value.
+    pub min: u64,
+    /// Largest accepted value (the number of segments also caps
+    /// `nr_max_batched_migration`).
+    pub max: u64,
+    /// One line for help texts.
+    pub help: &'static str,
+}
+
+impl Knob {
+    /// Every knob, in display order.
+    pub const ALL: [KnobSpec; 7] = [
+        KnobSpec {
+            knob: Knob::CommitSuperBlockInterval,
+            name: "commit_super_block_interval",
+            default: 0,
+            min: 0,
+            max: 86_400,
+            help: "seconds between superblock record commits (0: only when needed)",
+        },
+        KnobSpec {
+            knob: Knob::NrMaxBatchedMigration,
+            name: "nr_max_batched_migration",
+            default: 8,
+            min: 1,
+            max: 4096,
+            help: "segments written back per migration batch",
+        },
+        KnobSpec {
+            knob: Knob::AllowMigrate,
+            name: "allow_migrate",
+            default: 0,
+            min: 0,
+            max: 1,
+            help: "1: write dirty data back to the backing devices",
+        },
+        KnobSpec {
+            knob: Knob::ForceMigrate,
+            name: "force_migrate",
+            default: 0,
+            min: 0,
+            max: 1,
+            help: "1: write back regardless of backing-device load",
+        },
+        KnobSpec {
+            knob: Knob::UpdateInterval,
+            name: "update_interval",
+            default: 1,
+            min: 1,
+            max: 3600,
+            help: "seconds between runs of the migration policy",
+        },
+        KnobSpec {
+            knob: Knob::FlushCurrentBufferInterval,
+            name: "flush_current_buffer_interval",
+            default: 0,
+            min: 0,
+            max: 86_400,
+            help: "seconds a partial segment may wait before it is written (0: off)",
+        },
+        KnobSpec {
+            knob: Knob::BarrierDeadlineMs,
+            name: "barrier_deadline_ms",
+            default: 3,
+            min: 1,
+            max: 10_000,
+            help: "milliseconds a FLUSH/FUA waits for the current segment to fill",
+        },
+    ];
+
+    /// The knob's description.
+    pub fn spec(self) -> &'static KnobSpec {
+        Self::ALL
+            .iter()
+            .find(|s| s.knob == self)
+            .expect("every knob is in ALL")
+    }
+
+    /// Looks a knob up by its dm-lc name.
+    pub fn from_name(name: &str) -> Result<Knob> {
+        Self::ALL
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.knob)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.name).collect();
+                Error::InvalidArgument(format!(
+                    "unknown knob {name:?}; knobs are: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    fn slot(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|s| s.knob == self)
+            .expect("every knob is in ALL")
+    }
+}
+
+/// Current knob values of one cache, readable without locks.
+pub struct Knobs {
+    values: [AtomicU64; 7],
+    nr_segments: u64,
+}
+
+impl Knobs {
+    /// Defaults for a cache of `nr_segments`.
+    pub fn new(nr_segments: u64) -> Self {
+        let k = Knobs {
+            values: Default::default(),
+            nr_segments,
+        };
+        for s in &Knob::ALL {
+            k.values[s.knob.slot()].store(s.default.min(k.max_of(s)), Ordering::Relaxed);
+        }
+        k
+    }
+
+    fn max_of(&self, s: &KnobSpec) -> u64 {
+        if s.knob == Knob::NrMaxBatchedMigration {
+            s.max.min(self.nr_segments)
+        } else {
+            s.max
+        }
+    }
+
+    /// Current value.
+    pub fn get(&self, knob: Knob) -> u64 {
+        self.values[knob.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Current value of a boolean knob.
+    pub fn flag(&self, knob: Knob) -> bool {
+        self.get(knob) != 0
+    }
+
+    /// Validates and sets; out-of-range values change nothing.
+    pub fn set(&self, knob: Knob, value: u64) -> Result<()> {
+        let s = knob.spec();
+        let max = self.max_of(s);
+        if value < s.min || value > max {
+            return Err(Error::InvalidArgument(format!(
+                "{} must be in {}..={}, got {value}",
+                s.name, s.min, max
+            )));
+        }
+        self.values[knob.slot()].store(value, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_ranges_and_names() {
+        let k = Knobs::new(4);
+        assert_eq!(k.get(Knob::BarrierDeadlineMs), 3);
+        assert_eq!(
+            k.get(Knob::NrMaxBatchedMigration),
+            4,
+            "capped by nr_segments"
+        );
+        assert!(k.set(Knob::NrMaxBatchedMigration, 5).is_err());
+        assert!(k.set(Knob::NrMaxBatchedMigration, 0).is_err());
+        assert!(k.set(Knob::AllowMigrate, 2).is_err());
+        assert!(!k.flag(Knob::AllowMigrate), "failed set changed nothing");
+        k.set(Knob::AllowMigrate, 1).unwrap();
+        assert!(k.flag(Knob::AllowMigrate));
+        for s in &Knob::ALL {
+            assert_eq!(Knob::from_name(s.name).unwrap(), s.knob);
+        }
+        assert!(Knob::from_name("nope").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! # lc-engine: the log-structured write-back cache engine of lc
+//!
+//! A slow *backing* device sits behind a fast *cache* device. Every write is
+//! copied into a 1 MiB RAM segment and acknowledged at once (the cache
+//! behaves as a disk with a volatile write cache); a full segment reaches the
+//! cache device as one sequential write. Write-back (*migration*) later
+//! copies dirty data to the backing devices in log order. After a crash,
+//! [`Cache::resume`] rebuilds the index from the segment headers; every write
+//! acknowledged by a completed FLUSH or FUA is still there.
+//!
+//! ## Rules of this crate
+//! - No D-Bus, no ublk, no async runtime: plain threads and blocking I/O
+//!   through [`BlockDevice`]. The daemon adapts it to its frontends.
+//! - One metadata mutex per cache, never held across device I/O; cached
+//!   lines read from the device are protected by pinning their segment slot.
+//! - The flusher is the only writer of the cache device; the migrator the
+//!   only writer of backing devices (besides pass-through discards).
+//! - Nothing acknowledged is dropped: I/O errors in the background are
+//!   counted and retried with backoff; a FLUSH that cannot be honoured fails.
+//!
+//! ## Modules, one per job
+//! [`format`] (on-disk layout), [`device`] (I/O abstraction), [`index`]
+//! (compact line index), [`cache`] (foreground paths), `flusher`,
+//! `migrator`, `ticker` (background jobs), [`recover`] (format and resume),
+//! [`knobs`], [`stats`], [`sim`] (crash and fault simulation for tests).
+//!
+//! ## On-disk format, version 1
+//! All integers little-endian. Sector = 512 B, line = 4 KiB, segment = 1 MiB.
+//!
+//! | offset | size | content |
+//! |---|---|---|
+//! | 0 | 4 KiB | superblock header: magic `lcCACHE\0`, version 1, segment size, lines per segment (255), number of segments, creation time, uuid, crc32c ([`format::SuperBlockHeader`]) |
+//! | 4 KiB, 8 KiB | 4 KiB each | two record blocks, written alternately: sequence, `last_migrated_segment_id`, uuid, crc32c ([`format::SuperBlockRecord`]); the valid one with the highest sequence counts |
+//! | (1 + k) MiB | 1 MiB | segment slot k: a 4 KiB header then 255 data lines |
+//!
+//! Segment header ([`format::SegmentHeader`]): magic `lcSG`, version,
+//! `global_id` (1, 2, … never reused), `durable_id`, `lap` =
+//! (global_id − 1) / nr_segments + 1, `length` (valid lines), the cache uuid,
+//! a crc32c over the header block and the data of the `length` valid lines,
+//! then 255 metablocks of 14 bytes `{sector u64, device_id u8, dirty_bits u8,
+//! lap u32}`. Segment `global_id` lives in slot (global_id − 1) % nr_segments.
+//! A slot is reused only after its old segment is written back *and* the
+//! record says so, and migrated slots are discarded only after the record
+//! is durable, so recovery can always start at `last_migrated_segment_id + 1`.
+//!
+//! ## Index RAM
+//! 8 bytes per cache line (backing line, device id, dirty bits) plus a hash
+//! table of 1.5 × 4 bytes: about 14 bytes per 4 KiB cache line (dm-lc used
+//! about 40).
+
+pub mod cache;
+pub mod device;
+pub mod error;
+mod flusher;
+pub mod format;
+pub mod index;
+pub mod knobs;
+mod migrator;
+pub mod recover;
+pub mod sim;
+pub mod stats;
+mod ticker;
+
+pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
+pub use device::{AlignedBuf, BlockDevice, FileDevice};
+pub use error::{DeviceRole, Error, Result};
+pub use knobs::{Knob, KnobSpec};
+pub use recover::{format_cache_device, read_superblock, RecoveryReport, MIN_CACHE_BYTES};
+pub use stats::StatsSnapshot;

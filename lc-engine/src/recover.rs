@@ -1,0 +1,302 @@
+//! Format and resume: writing a fresh superblock, and rebuilding a cache's
+//! index from its segment headers after a clean stop or a crash.
+//!
+//! Resume reads every segment header once, in log order starting at the slot
+//! of `last_migrated_segment_id + 1`. The contiguous run of well-formed
+//! headers with the expected ids is the candidate log. A segment is replayed
+//! without reading its data when a later header's `durable_id` vouches that
+//! it was flushed before that header was sealed; the few segments at the end
+//! of the run that nobody vouches for are checked against their full
+//! checksum, and the run ends before the first that fails (a torn segment is
+//! never replayed). Headers of this cache with ids beyond the run are zeroed
+//! before the cache accepts I/O, so a later crash cannot resurrect them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::cache::{line_index, Cache, CacheOptions, Inner, State};
+use crate::device::{AlignedBuf, BlockDevice};
+use crate::error::{DeviceRole, Error, Result};
+use crate::format::*;
+use crate::index::{Index, LineKey};
+use crate::knobs::Knobs;
+use crate::stats::Stats;
+
+fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::io(DeviceRole::Cache, context, e)
+}
+
+fn read_block(dev: &dyn BlockDevice, offset: u64, context: &'static str) -> Result<AlignedBuf> {
+    let mut b = AlignedBuf::zeroed(LINE_SIZE);
+    dev.read_at(&mut b, offset).map_err(io_err(context))?;
+    Ok(b)
+}
+
+/// Smallest cache device accepted by [`format_cache_device`].
+pub const MIN_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MIN_SEGMENTS * SEGMENT_SIZE as u64;
+
+/// Writes a fresh lc superblock (format v1) to `dev`, dm-lc's
+/// `format_cache_device`. Refuses a device that is too small, and one that
+/// holds an lc cache or another recognisable format unless `force` is set;
+/// a refusal writes nothing.
+pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBlockHeader> {
+    let size = dev.size_bytes();
+    let nr_segments = segments_for(size);
+    if size < MIN_CACHE_BYTES {
+        return Err(Error::TooSmall {
+            size,
+            min: MIN_CACHE_BYTES,
+        });
+    }
+    if !force {
+        let mut head = AlignedBuf::zeroed(SIGNATURE_PROBE_BYTES.min(size as usize));
+        dev.read_at(&mut head, 0)
+            .map_err(io_err("reading the device start"))?;
+        if let Some(sig) = detect_signature(&head) {
+            return Err(Error::HasSignature(sig));
+        }
+    }
+    let header = SuperBlockHeader {
+        version: FORMAT_VERSION,
+        segment_size: SEGMENT_SIZE as u32,
+        lines_per_segment: LINES_PER_SEGMENT as u32,
+        nr_segments: nr_segments.min(u32::MAX as u64 / LINES_PER_SEGMENT as u64),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        uuid: rand::random(),
+    };
+    let mut block = AlignedBuf::zeroed(LINE_SIZE);
+    for (seq, off) in RECORD_OFFSETS.iter().enumerate() {
+        let r = SuperBlockRecord {
+            sequence: seq as u64,
+            last_migrated_segment_id: 0,
+            uuid: header.uuid,
+        };
+        block.copy_from_slice(&r.to_block());
+        dev.write_at(&block, *off)
+            .map_err(io_err("writing the superblock record"))?;
+    }
+    block.copy_from_slice(&header.to_block());
+    dev.write_at(&block, 0)
+        .map_err(io_err("writing the superblock"))?;
+    dev.flush().map_err(io_err("flushing the cache device"))?;
+    Ok(header)
+}
+
+/// Reads the superblock header of `dev` (to identify a cache without resuming it).
+pub fn read_superblock(dev: &dyn BlockDevice) -> Result<SuperBlockHeader> {
+    if dev.size_bytes() < LINE_SIZE as u64 {
+        return Err(Error::NotFormatted);
+    }
+    let sb = SuperBlockHeader::parse(&read_block(dev, 0, "reading the superblock")?)?;
+    if SUPERBLOCK_REGION + sb.nr_segments * SEGMENT_SIZE as u64 > dev.size_bytes() {
+        return Err(Error::Corrupt(format!(
+            "superblock says {} segments but the device has only {} bytes",
+            sb.nr_segments,
+            dev.size_bytes()
+        )));
+    }
+    Ok(sb)
+}
+
+/// What a resume found, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// `last_migrated_segment_id` from the record block.
+    pub last_migrated_segment_id: u64,
+    /// Segments replayed into the index.
+    pub replayed_segments: u64,
+    /// Of those, segments whose full data checksum was verified.
+    pub verified_segments: u64,
+    /// Segments rejected at the end of the log (torn or never completed).
+    pub rejected_segments: u64,
+    /// Stale headers beyond the log that were zeroed.
+    pub zeroed_headers: u64,
+}
+
+impl Cache {
+    /// Resumes the cache on `dev` as cache `cache_id` (dm-lc's
+    /// `resume_cache`): recovers the log, then starts the flusher, the
+    /// write-back and the timers. Backing devices are attached afterwards
+    /// with [`Cache::attach_device`]; dirty data of a device not yet attached
+    /// waits in the cache.
+    pub fn resume(cache_id: u8, dev: Arc<dyn BlockDevice>, opts: CacheOptions) -> Result<Cache> {
+        Ok(Self::resume_with_report(cache_id, dev, opts)?.0)
+    }
+
+    /// [`Cache::resume`], also returning what recovery found.
+    pub fn resume_with_report(
+        cache_id: u8,
+        dev: Arc<dyn BlockDevice>,
+        opts: CacheOptions,
+    ) -> Result<(Cache, RecoveryReport)> {
+        if cache_id == 0 {
+            return Err(Error::InvalidArgument("cache ids are 1..=255".into()));
+        }
+        if opts.pool_segments == 0 {
+            return Err(Error::InvalidArgument(
+                "the RAM segment pool needs at least one buffer".into(),
+            ));
+        }
+        let sb = read_superblock(&*dev)?;
+        let nr = sb.nr_segments;
+        let record = RECORD_OFFSETS
+            .iter()
+            .map(|&off| read_block(&*dev, off, "reading the superblock record"))
+            .collect::<Result<Vec<_>>>()?
+            .iter()
+            .filter_map(|b| SuperBlockRecord::parse(b))
+            .filter(|r| r.uuid == sb.uuid)
+            .max_by_key(|r| r.sequence)
+            .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?;
+        let migrated = record.last_migrated_segment_id;
+
+        let mut st = State {
+            index: Index::new((nr as usize) * LINES_PER_SEGMENT),
+            current: None,
+            next_id: migrated + 1,
+            ram: vec![None; nr as usize],
+            free_bufs: Vec::new(),
+            allocated_bufs: 0,
+            slot_ids: vec![0; nr as usize],
+            last_closed_id: migrated,
+            last_flushed_id: migrated,
+            durable_id: migrated,
+            last_migrated_id: migrated,
+            persisted_migrated_id: migrated,
+            record_sequence: record.sequence,
+            waiters: Vec::new(),
+            barrier_since: None,
+            devices: BTreeMap::new(),
+            migrate_urgent: false,
+            drain_target: 0,
+            last_segment_of_device: vec![0; 256],
+            last_commit: Instant::now(),
+            stopping: false,
+        };
+        let report = replay_log(&*dev, &sb, migrated, &mut st)?;
+        let end = report_end(&report, migrated);
+        st.next_id = end + 1;
+        st.last_closed_id = end;
+        st.last_flushed_id = end;
+        st.durable_id = end;
+        tracing::info!(cache = cache_id, ?report, "cache resumed");
+
+        let inner = Arc::new(Inner {
+            cache_id,
+            dev,
+            sb,
+            nr_segments: nr,
+            pool_segments: opts.pool_segments.min(nr as usize),
+            knobs: Knobs::new(nr),
+            stats: Stats::default(),
+            state: Mutex::new(st),
+            progress_cv: Condvar::new(),
+            migrate_cv: Condvar::new(),
+            ticker_cv: Condvar::new(),
+            flusher_tx: Mutex::new(None),
+            pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
+            migration_io: Mutex::new(()),
+        });
+        Ok((Cache::start(inner)?, report))
+    }
+}
+
+fn report_end(r: &RecoveryReport, migrated: u64) -> u64 {
+    migrated + r.replayed_segments
+}
+
+fn replay(st: &mut State, slot: u64, h: &SegmentHeader) {
+    st.slot_ids[slot as usize] = h.global_id;
+    for (i, m) in h.metablocks.iter().enumerate() {
+        if m.device_id == 0 {
+            continue; // a line invalidated before the segment was sealed
+        }
+        let key = LineKey {
+            device_id: m.device_id,
+            line: m.sector / SECTORS_PER_LINE as u64,
+        };
+        st.index.insert(key, line_index(slot, i), m.dirty_bits);
+        st.last_segment_of_device[m.device_id as usize] = h.global_id;
+    }
+}
+
+/// Reads every header, replays the valid log after `migrated` into `st`,
+/// and zeroes stale headers beyond it.
+fn replay_log(
+    dev: &dyn BlockDevice,
+    sb: &SuperBlockHeader,
+    migrated: u64,
+    st: &mut State,
+) -> Result<RecoveryReport> {
+    let nr = sb.nr_segments;
+    let mut report = RecoveryReport {
+        last_migrated_segment_id: migrated,
+        ..Default::default()
+    };
+    let first_slot = slot_of(migrated + 1, nr);
+    let mut expected = migrated + 1;
+    let mut in_run = true;
+    let mut vouched = migrated; // highest id a replayed-or-pending header vouches for
+    let mut pending: VecDeque<(u64, SegmentHeader, AlignedBuf)> = VecDeque::new();
+    let mut others: Vec<(u64, u64)> = Vec::new(); // (slot, id) of valid headers outside the run
+    for k in 0..nr {
+        let slot = (first_slot + k) % nr;
+        let block = read_block(dev, segment_offset(slot), "reading a segment header")?;
+        let parsed = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
+        match parsed {
+            Some(h) if in_run && h.global_id == expected => {
+                expected += 1;
+                vouched = vouched.max(h.durable_id.min(h.global_id - 1));
+                pending.push_back((slot, h, block));
+                while pending
+                    .front()
+                    .is_some_and(|(_, h, _)| h.global_id <= vouched)
+                {
+                    let (slot, h, _) = pending.pop_front().expect("non-empty");
+                    replay(st, slot, &h);
+                    report.replayed_segments += 1;
+                }
+            }
+            other => {
+                in_run = false;
+                if let Some(h) = other {
+                    others.push((slot, h.global_id));
+                }
+            }
+        }
+    }
+    // the unvouched tail: verify full checksums, stop at the first failure
+    let mut end = migrated + report.replayed_segments;
+    while let Some((slot, h, block)) = pending.pop_front() {
+        let mut data = AlignedBuf::zeroed(LINE_SIZE * (h.length as usize).max(1));
+        let data = &mut data[..LINE_SIZE * h.length as usize];
+        dev.read_at(data, segment_offset(slot) + LINE_SIZE as u64)
+            .map_err(io_err("reading a segment"))?;
+        if !SegmentHeader::verify(&block, data) {
+            report.rejected_segments = 1 + pending.len() as u64;
+            others.push((slot, h.global_id));
+            others.extend(pending.drain(..).map(|(s, h, _)| (s, h.global_id)));
+            break;
+        }
+        replay(st, slot, &h);
+        report.replayed_segments += 1;
+        report.verified_segments += 1;
+        end = h.global_id;
+    }
+    let zero = AlignedBuf::zeroed(LINE_SIZE);
+    for (slot, id) in others {
+        if id > end {
+            dev.write_at(&zero, segment_offset(slot))
+                .map_err(io_err("clearing a stale segment header"))?;
+            report.zeroed_headers += 1;
+        }
+    }
+    if report.zeroed_headers > 0 {
+        dev.flush().map_err(io_err("flushing the cache device"))?;
+    }
+    Ok(report)
+}
