@@ -2,9 +2,10 @@
 //! order, a batch of segments at a time.
 //!
 //! A batch is the next `nr_max_batched_migration` durable segments after
-//! `last_migrated_segment_id`. Their still-valid lines are read from the
-//! cache device, the dirty sectors are written to each backing device sorted
-//! by address (contiguous runs merged), the backing devices are flushed, and
+//! `last_migrated_segment_id`. The segments are read from the cache device;
+//! their lines that are still the newest copy (or whose newer copy is not yet
+//! durable) have their dirty sectors written to each backing device sorted
+//! by address (contiguous runs merged); the backing devices are flushed, and
 //! only then do the lines leave the index and `last_migrated_segment_id`
 //! advance. Errors are counted and retried with backoff; nothing is dropped.
 //!
@@ -24,9 +25,10 @@ use crate::index::LineKey;
 use crate::knobs::Knob;
 use crate::stats::ErrorCounter;
 
-/// One still-valid line of a batch.
+/// One line of a batch to write back.
 struct Item {
     key: LineKey,
+    /// Its cache line (removed from the index after write-back if still there).
     idx: u32,
     bits: u8,
     /// Position of its segment in the batch.
@@ -35,43 +37,52 @@ struct Item {
     line: usize,
 }
 
-/// A planned batch: the lines to write back and where they live.
-struct Batch {
-    end_id: u64,
-    slots: Vec<u64>,
-    items: Vec<Item>,
-    devices: BTreeMap<u8, Arc<Backing>>,
+/// A segment of a batch as read from the cache device.
+struct SegmentCopy {
+    slot: u64,
+    header: SegmentHeader,
+    /// Header block followed by the `length` data lines.
+    buf: AlignedBuf,
 }
 
 pub(crate) fn run(inner: Arc<Inner>) {
-    while let Some(batch) = next_batch(&inner) {
-        if !migrate(&inner, &batch) {
-            for &s in &batch.slots {
-                inner.unpin(s);
-            }
-            return;
-        }
+    while let Some((from, end_id)) = next_range(&inner) {
+        let slots: Vec<u64> = (from + 1..=end_id)
+            .map(|id| slot_of(id, inner.nr_segments))
+            .collect();
+        let done = migrate_range(&inner, from, end_id);
         let mut st = lock(&inner.state);
-        for &s in &batch.slots {
+        for &s in &slots {
             inner.unpin(s);
         }
-        for it in &batch.items {
-            if st.index.lookup(it.key) == Some(it.idx) {
-                st.index.remove(it.idx);
+        match done {
+            Outcome::Done(items) => {
+                for it in &items {
+                    if st.index.lookup(it.key) == Some(it.idx) {
+                        st.index.remove(it.idx);
+                    }
+                }
+                st.last_migrated_id = end_id;
+                st.migrate_urgent = false;
+                drop(st);
+                inner.progress_cv.notify_all();
             }
+            Outcome::MissingDevice(dev) => {
+                tracing::warn!(
+                    cache = inner.cache_id,
+                    "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
+                );
+                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
+            }
+            Outcome::Stopped => return,
         }
-        st.last_migrated_id = batch.end_id;
-        st.migrate_urgent = false;
-        drop(st);
-        inner.progress_cv.notify_all();
     }
 }
 
-/// Waits until a batch is due and every device it touches is attached;
-/// `None` when the cache stops.
-fn next_batch(inner: &Inner) -> Option<Batch> {
+/// Waits until write-back is due; returns the id range (from, end] to
+/// write back, with its slots pinned. `None` when the cache stops.
+fn next_range(inner: &Inner) -> Option<(u64, u64)> {
     let mut st = lock(&inner.state);
-    let mut warned_missing = 0u8;
     loop {
         if st.stopping {
             return None;
@@ -84,58 +95,115 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
         if wanted && st.durable_id > from {
             let batched = inner.knobs.get(Knob::NrMaxBatchedMigration).max(1);
             let end_id = (from + batched).min(st.durable_id);
-            let mut batch = Batch {
-                end_id,
-                slots: Vec::new(),
-                items: Vec::new(),
-                devices: BTreeMap::new(),
-            };
-            let mut missing = None;
-            for (seg, id) in (from + 1..=end_id).enumerate() {
-                let slot = slot_of(id, inner.nr_segments);
-                batch.slots.push(slot);
-                for line in 0..LINES_PER_SEGMENT {
-                    let idx = line_index(slot, line);
-                    if let Some(info) = st.index.info(idx) {
-                        let dev = info.key.device_id;
-                        match st.devices.get(&dev) {
-                            Some(b) => {
-                                batch.devices.entry(dev).or_insert_with(|| b.clone());
-                            }
-                            None => missing = Some(dev),
-                        }
-                        batch.items.push(Item {
-                            key: info.key,
-                            idx,
-                            bits: info.dirty_bits,
-                            seg,
-                            line,
-                        });
-                    }
-                }
+            for id in from + 1..=end_id {
+                inner.pin(slot_of(id, inner.nr_segments));
             }
-            match missing {
-                None => {
-                    for &s in &batch.slots {
-                        inner.pin(s);
-                    }
-                    return Some(batch);
-                }
-                Some(dev) if warned_missing != dev => {
-                    warned_missing = dev;
-                    tracing::warn!(
-                        cache = inner.cache_id,
-                        "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
-                    );
-                }
-                Some(_) => {}
-            }
+            return Some((from, end_id));
         }
         st = inner
             .migrate_cv
             .wait_timeout(st, Duration::from_secs(1))
             .unwrap_or_else(|e| e.into_inner())
             .0;
+    }
+}
+
+enum Outcome {
+    Done(Vec<Item>),
+    MissingDevice(u8),
+    Stopped,
+}
+
+/// Reads the segments (from, end], chooses the lines to write back, writes
+/// them and flushes the backing devices.
+///
+/// A line is written back when its copy in this segment is still the
+/// newest, and also when a newer copy exists only in a segment that is not
+/// yet durable: a crash could lose that newer copy, and once
+/// `last_migrated_segment_id` has passed this segment, recovery would not
+/// replay the older one either.
+fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
+    let mut segs = Vec::new();
+    for id in from + 1..=end_id {
+        let slot = slot_of(id, inner.nr_segments);
+        let mut head = AlignedBuf::zeroed(LINE_SIZE);
+        let off = segment_offset(slot);
+        if !retry(
+            inner,
+            ErrorCounter::CacheRead,
+            "reading a segment header",
+            || inner.dev.read_at(&mut head, off),
+        ) {
+            return Outcome::Stopped;
+        }
+        let Some(header) = SegmentHeader::parse(&head, slot, inner.nr_segments, &inner.sb.uuid)
+            .filter(|h| h.global_id == id)
+        else {
+            // unreachable unless the device lost a flushed write: nothing to replay either
+            tracing::error!(
+                cache = inner.cache_id,
+                "segment {id} has no valid header on the cache device"
+            );
+            continue;
+        };
+        let mut buf = AlignedBuf::zeroed((1 + header.length as usize) * LINE_SIZE);
+        if header.length > 0
+            && !retry(inner, ErrorCounter::CacheRead, "reading a segment", || {
+                inner.dev.read_at(&mut buf, off)
+            })
+        {
+            return Outcome::Stopped;
+        }
+        segs.push(SegmentCopy { slot, header, buf });
+    }
+    let mut items = Vec::new();
+    let mut devices: BTreeMap<u8, Arc<Backing>> = BTreeMap::new();
+    {
+        let st = lock(&inner.state);
+        for (seg, copy) in segs.iter().enumerate() {
+            for (line, m) in copy.header.metablocks.iter().enumerate() {
+                if m.device_id == 0 {
+                    continue;
+                }
+                let key = LineKey {
+                    device_id: m.device_id,
+                    line: m.sector / SECTORS_PER_LINE as u64,
+                };
+                let idx = line_index(copy.slot, line);
+                let bits = match st.index.lookup(key) {
+                    Some(i) if i == idx => m.dirty_bits,
+                    Some(newer)
+                        if st.slot_ids[newer as usize / LINES_PER_SEGMENT] > st.durable_id =>
+                    {
+                        // only sectors the newer copy still holds dirty (a
+                        // discard may have dropped some)
+                        m.dirty_bits & st.index.info(newer).map_or(0, |i| i.dirty_bits)
+                    }
+                    _ => 0, // the newer copy is durable, or the line was discarded
+                };
+                if bits == 0 {
+                    continue;
+                }
+                match st.devices.get(&m.device_id) {
+                    Some(b) => {
+                        devices.entry(m.device_id).or_insert_with(|| b.clone());
+                    }
+                    None => return Outcome::MissingDevice(m.device_id),
+                }
+                items.push(Item {
+                    key,
+                    idx,
+                    bits,
+                    seg,
+                    line,
+                });
+            }
+        }
+    }
+    if write_back(inner, &segs, &items, &devices) {
+        Outcome::Done(items)
+    } else {
+        Outcome::Stopped
     }
 }
 
@@ -170,34 +238,19 @@ fn retry(
 /// Largest merged backing write.
 const MAX_RUN_BYTES: usize = 1 << 20;
 
-/// Copies the batch's dirty data to the backing devices and flushes them.
-fn migrate(inner: &Inner, batch: &Batch) -> bool {
-    // read the segments that hold lines (one sequential read each)
-    let mut seg_data: Vec<Option<AlignedBuf>> = (0..batch.slots.len()).map(|_| None).collect();
-    for (seg, &slot) in batch.slots.iter().enumerate() {
-        let Some(max_line) = batch
-            .items
-            .iter()
-            .filter(|it| it.seg == seg)
-            .map(|it| it.line)
-            .max()
-        else {
-            continue;
-        };
-        let mut buf = AlignedBuf::zeroed((max_line + 1) * LINE_SIZE);
-        let off = segment_offset(slot) + LINE_SIZE as u64;
-        if !retry(inner, ErrorCounter::CacheRead, "reading a segment", || {
-            inner.dev.read_at(&mut buf, off)
-        }) {
-            return false;
-        }
-        seg_data[seg] = Some(buf);
-    }
+/// Writes the items' dirty sectors to the backing devices, sorted and
+/// merged into runs, then flushes the devices written.
+fn write_back(
+    inner: &Inner,
+    segs: &[SegmentCopy],
+    items: &[Item],
+    devices: &BTreeMap<u8, Arc<Backing>>,
+) -> bool {
     // dirty sector runs: (device, first sector, bytes)
     let mut runs: Vec<(u8, u64, &[u8])> = Vec::new();
-    for it in &batch.items {
-        let data = seg_data[it.seg].as_ref().expect("read above");
-        let line = &data[it.line * LINE_SIZE..(it.line + 1) * LINE_SIZE];
+    for it in items {
+        let data = &segs[it.seg].buf;
+        let line = &data[(1 + it.line) * LINE_SIZE..(2 + it.line) * LINE_SIZE];
         let mut s = 0;
         while s < SECTORS_PER_LINE {
             if it.bits & (1 << s) == 0 {
@@ -237,7 +290,7 @@ fn migrate(inner: &Inner, batch: &Batch) -> bool {
             buf[pos..pos + r.2.len()].copy_from_slice(r.2);
             pos += r.2.len();
         }
-        let b = &batch.devices[&dev];
+        let b = &devices[&dev];
         let off = start * SECTOR_SIZE as u64;
         if !retry(
             inner,
@@ -251,7 +304,7 @@ fn migrate(inner: &Inner, batch: &Batch) -> bool {
             .fetch_add((bytes / SECTOR_SIZE) as u64, Ordering::Relaxed);
         i = j;
     }
-    for b in batch.devices.values() {
+    for b in devices.values() {
         if !retry(
             inner,
             ErrorCounter::BackingWrite,
