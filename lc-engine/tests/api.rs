@@ -1,0 +1,364 @@
+//! The engine's API as the daemon uses it: format/resume refusals, bad
+//! input (typed errors, nothing changed), counters, knobs, several devices and
+//! caches, concurrent callers, detach, and real files with O_DIRECT.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use lc_engine::sim::{PowerDomain, SimDisk};
+use lc_engine::{
+    format_cache_device, read_superblock, BlockDevice, Cache, CacheOptions, Error, FileDevice,
+    Knob, MIN_CACHE_BYTES,
+};
+
+fn opts() -> CacheOptions {
+    CacheOptions { pool_segments: 2 }
+}
+
+#[test]
+fn format_refuses_small_devices_and_foreign_signatures_without_changing_them() {
+    let dom = PowerDomain::new();
+    let small = SimDisk::new(dom.clone(), MIN_CACHE_BYTES - 512);
+    assert!(matches!(
+        format_cache_device(&*small, false),
+        Err(Error::TooSmall { .. })
+    ));
+    assert!(small.snapshot().iter().all(|&b| b == 0), "nothing written");
+
+    let mut img = vec![0u8; 4 * MIB as usize];
+    img[1080] = 0x53;
+    img[1081] = 0xEF; // ext4 superblock magic
+    let ext4 = SimDisk::from_image(dom.clone(), img.clone());
+    let err = format_cache_device(&*ext4, false).unwrap_err();
+    assert!(err.to_string().contains("ext2/3/4"), "{err}");
+    assert!(ext4.snapshot() == img, "nothing written");
+    format_cache_device(&*ext4, true).unwrap();
+    assert!(read_superblock(&*ext4).is_ok());
+
+    let err = format_cache_device(&*ext4, false).unwrap_err();
+    assert!(matches!(err, Error::HasSignature("lc cache")), "{err}");
+}
+
+#[test]
+fn resume_refuses_unformatted_corrupt_and_bad_ids() {
+    let dom = PowerDomain::new();
+    let blank = SimDisk::new(dom.clone(), 4 * MIB);
+    assert!(matches!(
+        Cache::resume(1, blank, opts()),
+        Err(Error::NotFormatted)
+    ));
+
+    let dev = sim_cache_disk(&dom, 3);
+    assert!(matches!(
+        Cache::resume(0, dev.clone(), opts()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Cache::resume(1, dev.clone(), CacheOptions { pool_segments: 0 }),
+        Err(Error::InvalidArgument(_))
+    ));
+    let mut img = dev.snapshot();
+    img[30] ^= 1;
+    let corrupt = SimDisk::from_image(dom.clone(), img);
+    assert!(matches!(
+        Cache::resume(1, corrupt, opts()),
+        Err(Error::Corrupt(_))
+    ));
+
+    // both records broken: refuse rather than guess
+    let mut img = dev.snapshot();
+    img[4096 + 20] ^= 1;
+    img[8192 + 20] ^= 1;
+    let no_record = SimDisk::from_image(dom.clone(), img);
+    assert!(matches!(
+        Cache::resume(1, no_record, opts()),
+        Err(Error::Corrupt(_))
+    ));
+
+    // a device shrunk below what the superblock says
+    let img = dev.snapshot();
+    let shrunk = SimDisk::from_image(dom, img[..3 * MIB as usize].to_vec());
+    assert!(matches!(
+        Cache::resume(1, shrunk, opts()),
+        Err(Error::Corrupt(_))
+    ));
+}
+
+#[test]
+fn bad_io_and_knob_values_are_typed_errors_and_change_nothing() {
+    let dom = PowerDomain::new();
+    let cache = resume(sim_cache_disk(&dom, 3), 2);
+    let b = SimDisk::from_image(dom.clone(), pattern(0, 0, 64));
+    assert!(matches!(
+        cache.attach_device(0, b.clone()),
+        Err(Error::InvalidArgument(_))
+    ));
+    cache.attach_device(7, b.clone()).unwrap();
+    assert!(matches!(
+        cache.attach_device(7, b.clone()),
+        Err(Error::DeviceExists(7))
+    ));
+
+    let mut buf = vec![0u8; 4096];
+    assert!(matches!(
+        cache.write(8, 0, &buf),
+        Err(Error::UnknownDevice(8))
+    ));
+    assert!(matches!(
+        cache.read(8, 0, &mut buf),
+        Err(Error::UnknownDevice(8))
+    ));
+    assert!(matches!(
+        cache.write(7, 60, &buf),
+        Err(Error::OutOfRange {
+            end: 68,
+            size: 64,
+            ..
+        })
+    ));
+    assert!(matches!(
+        cache.read(7, u64::MAX - 2, &mut buf),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        cache.discard(7, 63, 2),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        cache.write(7, 0, &buf[..100]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        cache.write(7, 0, &[]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        cache.nr_dirty_caches(7),
+        0,
+        "no failed request wrote anything"
+    );
+
+    for (knob, bad) in [
+        (Knob::NrMaxBatchedMigration, 0),
+        (Knob::NrMaxBatchedMigration, 4),
+        (Knob::AllowMigrate, 2),
+        (Knob::BarrierDeadlineMs, 0),
+        (Knob::UpdateInterval, 0),
+    ] {
+        let before = cache.knob(knob);
+        let err = cache.set_knob(knob, bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains(knob.spec().name), "{err}");
+        assert_eq!(cache.knob(knob), before);
+    }
+    assert!(matches!(
+        cache.set_migrate_threshold(7, 101),
+        Err(Error::InvalidArgument(_))
+    ));
+    cache.set_migrate_threshold(7, 40).unwrap();
+    assert_eq!(cache.devices()[0].migrate_threshold, 40);
+}
+
+#[test]
+fn the_sixteen_counters_count_each_kind_of_io() {
+    let dom = PowerDomain::new();
+    let cache = resume(sim_cache_disk(&dom, 3), 2);
+    cache
+        .attach_device(1, SimDisk::new(dom.clone(), MIB))
+        .unwrap();
+    let full = vec![1u8; 4096];
+    cache.write(1, 0, &full).unwrap(); // write miss, fullsize
+    cache.write(1, 0, &full[..512]).unwrap(); // write hit on the RAM buffer, partial
+    let mut b = vec![0u8; 4096];
+    cache.read(1, 0, &mut b).unwrap(); // read hit on buffer, fullsize
+    cache.read(1, 8, &mut b[..512]).unwrap(); // read miss, partial
+    let s = cache.status().stats;
+    assert_eq!(s.get(true, false, false, true), 1);
+    assert_eq!(s.get(true, true, true, false), 1);
+    assert_eq!(s.get(false, true, true, true), 1);
+    assert_eq!(s.get(false, false, false, false), 1);
+    assert_eq!(s.counters.iter().sum::<u64>(), 4);
+    cache.flush_sync().unwrap();
+    while cache.status().last_flushed_segment_id < 1 {
+        std::thread::yield_now();
+    }
+    cache.read(1, 0, &mut b).unwrap(); // read hit from the cache device
+    assert_eq!(cache.status().stats.get(false, true, false, true), 1);
+    cache.clear_stat();
+    assert_eq!(cache.status().stats.counters, [0; 16]);
+}
+
+#[test]
+fn partially_dirty_lines_read_backing_data_overlaid_with_dirty_sectors() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 3);
+    let b = SimDisk::from_image(dom.clone(), pattern(0, 0, 64));
+    let cache = resume(cdev, 2);
+    cache.attach_device(1, b).unwrap();
+    cache.write(1, 10, &pattern(1, 10, 2)).unwrap(); // sectors 2,3 of line 1
+    cache.flush_sync().unwrap();
+    cache.write(1, 13, &pattern(2, 13, 1)).unwrap(); // sector 5, newer segment: merges
+    let mut got = vec![0u8; 8 * 512];
+    cache.read(1, 8, &mut got).unwrap();
+    let mut want = pattern(0, 8, 8);
+    want[2 * 512..4 * 512].copy_from_slice(&pattern(1, 10, 2));
+    want[5 * 512..6 * 512].copy_from_slice(&pattern(2, 13, 1));
+    assert!(got == want);
+    // discard of sectors 10..12 keeps sector 13's dirty data
+    cache.discard(1, 10, 2).unwrap();
+    let mut s13 = vec![0u8; 512];
+    cache.read(1, 13, &mut s13).unwrap();
+    assert!(s13 == pattern(2, 13, 1));
+}
+
+#[test]
+fn detach_writes_everything_back_reports_progress_and_forgets_the_id() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 4);
+    let b1 = SimDisk::from_image(dom.clone(), pattern(0, 0, 2048));
+    let b2 = SimDisk::from_image(dom.clone(), pattern(0, 0, 2048));
+    let cache = resume(cdev.clone(), 2);
+    cache.attach_device(1, b1.clone()).unwrap();
+    cache.attach_device(2, b2.clone()).unwrap();
+    for round in 1..=3u64 {
+        cache.write(1, 0, &pattern(round, 0, 2048)).unwrap();
+        cache.write(2, 100, &pattern(10 + round, 100, 64)).unwrap();
+        cache.flush_sync().unwrap();
+    }
+    assert_eq!(cache.nr_dirty_caches(1), 256);
+    let mut calls = Vec::new();
+    cache.detach_device(1, |p| calls.push(p)).unwrap();
+    let last = calls.last().unwrap();
+    assert!(
+        !calls.is_empty() && last.done == last.total && last.total > 0,
+        "{calls:?}"
+    );
+    let mut raw = vec![0u8; 2048 * 512];
+    b1.read_at(&mut raw, 0).unwrap();
+    assert!(
+        raw == pattern(3, 0, 2048),
+        "backing device 1 holds the newest data"
+    );
+    assert!(matches!(
+        cache.write(1, 0, &[0; 512]),
+        Err(Error::UnknownDevice(1))
+    ));
+    assert!(matches!(
+        cache.detach_device(1, |_| {}),
+        Err(Error::UnknownDevice(1))
+    ));
+    // device 2 still works and its data is intact
+    let mut got = vec![0u8; 64 * 512];
+    cache.read(2, 100, &mut got).unwrap();
+    assert!(got == pattern(13, 100, 64));
+    // a crash now must not resurrect device 1's old lines under a new device 1
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let mut images = dom.cut(&[&cdev], &mut rng);
+    drop(cache);
+    let fresh = SimDisk::from_image(PowerDomain::new(), pattern(0, 0, 2048));
+    let cache = Cache::resume(
+        1,
+        SimDisk::from_image(PowerDomain::new(), images.remove(0)),
+        opts(),
+    )
+    .unwrap();
+    cache.attach_device(1, fresh).unwrap();
+    assert_eq!(cache.nr_dirty_caches(1), 0);
+    let mut got = vec![0u8; 2048 * 512];
+    cache.read(1, 0, &mut got).unwrap();
+    assert!(got == pattern(0, 0, 2048));
+}
+
+#[test]
+fn several_caches_and_concurrent_callers() {
+    let dom = PowerDomain::new();
+    let c1 = Arc::new(Cache::resume(1, sim_cache_disk(&dom, 4), opts()).unwrap());
+    let c2 = Arc::new(Cache::resume(2, sim_cache_disk(&dom, 4), opts()).unwrap());
+    assert_ne!(c1.uuid(), c2.uuid());
+    for c in [&c1, &c2] {
+        c.attach_device(1, SimDisk::from_image(dom.clone(), pattern(0, 0, 4096)))
+            .unwrap();
+        c.attach_device(2, SimDisk::from_image(dom.clone(), pattern(0, 0, 4096)))
+            .unwrap();
+        c.set_knob(Knob::AllowMigrate, 1).unwrap();
+    }
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let c = if t % 2 == 0 { c1.clone() } else { c2.clone() };
+            std::thread::spawn(move || {
+                let dev = (t / 2 % 2) as u8 + 1;
+                let base = (t / 4) * 2048;
+                for round in 1..=20u64 {
+                    let tag = t * 1000 + round;
+                    for k in 0..16 {
+                        let s = base + (k * 37 + round * 11) % 2000;
+                        c.write(dev, s, &pattern(tag, s, 7)).unwrap();
+                        let mut back = vec![0u8; 7 * 512];
+                        c.read(dev, s, &mut back).unwrap();
+                        assert!(back == pattern(tag, s, 7), "read your own write");
+                    }
+                    if round % 5 == 0 {
+                        c.flush_sync().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for c in [&c1, &c2] {
+        c.migrate_all().unwrap();
+        assert!(c.devices().iter().all(|d| d.nr_dirty_caches == 0));
+    }
+}
+
+#[test]
+fn works_on_real_files_with_direct_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let cpath = dir.path().join("cache.img");
+    let bpath = dir.path().join("backing.img");
+    std::fs::File::create(&cpath)
+        .unwrap()
+        .set_len(6 * MIB)
+        .unwrap();
+    std::fs::File::create(&bpath)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let cdev = Arc::new(FileDevice::open(&cpath).unwrap());
+    format_cache_device(&*cdev, false).unwrap();
+    let cache = Cache::resume(3, cdev.clone(), opts()).unwrap();
+    cache
+        .attach_device(1, Arc::new(FileDevice::open(&bpath).unwrap()))
+        .unwrap();
+    for i in 0..600u64 {
+        let s = (i * 97) % 16000;
+        cache.write(1, s, &pattern(i, s, 3)).unwrap();
+    }
+    cache.flush_sync().unwrap();
+    let st = cache.status();
+    assert!(st.static_ram_bytes >= st.index_ram_bytes && st.index_ram_bytes > 0);
+    cache.shutdown().unwrap();
+    drop(cache);
+    let (cache, report) =
+        Cache::resume_with_report(3, Arc::new(FileDevice::open(&cpath).unwrap()), opts()).unwrap();
+    assert!(report.replayed_segments >= 1, "{report:?}");
+    cache
+        .attach_device(1, Arc::new(FileDevice::open(&bpath).unwrap()))
+        .unwrap();
+    cache.migrate_all().unwrap();
+    drop(cache);
+    let raw = std::fs::read(&bpath).unwrap();
+    let mut want = vec![0u8; 8 * MIB as usize];
+    for i in 0..600u64 {
+        let s = (i * 97) % 16000;
+        want[s as usize * 512..(s as usize + 3) * 512].copy_from_slice(&pattern(i, s, 3));
+    }
+    assert!(
+        raw == want,
+        "backing file holds every write after write-back"
+    );
+}
