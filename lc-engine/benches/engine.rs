@@ -1,1 +1,498 @@
-fn main() {}
+//! Throughput, index-RAM and resume benchmark of the lc engine.
+//!
+//! Run with
+//!
+//! ```text
+//! cargo bench -p lc-engine --bench engine
+//! ```
+//!
+//! One run measures three ratios, each from two measurements taken in that
+//! same run on the same file system, and prints the raw figures with them:
+//!
+//! 1. **random write / sequential write**: 4 KiB writes at random 4 KiB-aligned
+//!    offsets of a (sparse, never written) backing file, issued by
+//!    `LC_BENCH_THREADS` threads (default 32, i.e. 32 writes in flight) on one
+//!    [`Cache`], `LC_BENCH_MB` MiB in all (default 1024), ended by
+//!    `flush_sync()`; the cache device is large enough that no write-back is
+//!    needed (`allow_migrate` stays 0). The baseline writes as many bytes with
+//!    sequential 1 MiB `O_DIRECT` writes through [`FileDevice`] to the same
+//!    file, then flushes; it runs before and after the engine and the mean is
+//!    used. Target >= 0.97; the format's limit is 255/256 (one header block
+//!    per 255 data lines).
+//! 2. **index RAM per cache line** of a full cache (every line holds a
+//!    distinct backing line): `status().index_ram_bytes / nr_caches`.
+//!    Target <= 16 bytes.
+//! 3. **resume / header read**: time of [`Cache::resume`] on that full cache
+//!    of `LC_BENCH_RESUME_MB` MiB (default 1024) after a clean shutdown,
+//!    divided by the time to read just the 4 KiB header of every segment with
+//!    one thread (measured before and after the resume; the mean is used).
+//!    Target <= 1.2.
+//!
+//! Files live in a temporary directory created in `LC_BENCH_DIR` (default
+//! [`std::env::temp_dir`]) and removed at the end. Choose a directory on the
+//! disk you want to measure: on tmpfs `O_DIRECT` is refused, the files are
+//! opened buffered and the figures say little. The run needs about
+//! `LC_BENCH_MB + 64` MiB, then `LC_BENCH_RESUME_MB + 1` MiB, of free space.
+//!
+//! This is a measurement, not a test: it asserts nothing about timings.
+
+use std::error::Error as StdError;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use lc_engine::format::{LINES_PER_SEGMENT, LINE_SIZE, SECTOR_SIZE, SEGMENT_SIZE};
+use lc_engine::{
+    format_cache_device, AlignedBuf, BlockDevice, Cache, CacheOptions, FileDevice, Knob,
+    RecoveryReport,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type BoxResult<T> = Result<T, Box<dyn StdError>>;
+
+const MIB: u64 = 1 << 20;
+/// Cache id used for every cache of the benchmark.
+const CACHE_ID: u8 = 1;
+/// Backing device id used for every write.
+const DEVICE_ID: u8 = 1;
+/// Spare segments of the random-write cache beyond what the writes fill.
+const SPARE_SEGMENTS: u64 = 63;
+
+/// Target of the random-write ratio (at least).
+const TARGET_WRITE_RATIO: f64 = 0.97;
+/// Target of the index RAM per cache line, in bytes (at most).
+const TARGET_RAM_PER_LINE: f64 = 16.0;
+/// Target of the resume ratio (at most).
+const TARGET_RESUME_RATIO: f64 = 1.2;
+
+/// What the run is asked to do, from the environment.
+struct Config {
+    /// Directory the temporary directory is created in.
+    dir: PathBuf,
+    /// MiB written by the random-write measurement and its baseline.
+    write_mb: u64,
+    /// Size of the full cache that is resumed, in MiB of segments.
+    resume_mb: u64,
+    /// Writer threads of the random-write measurement.
+    threads: usize,
+}
+
+impl Config {
+    fn from_env() -> BoxResult<Config> {
+        let dir = std::env::var_os("LC_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let cfg = Config {
+            dir,
+            write_mb: env_u64("LC_BENCH_MB", 1024)?,
+            resume_mb: env_u64("LC_BENCH_RESUME_MB", 1024)?,
+            threads: usize::try_from(env_u64("LC_BENCH_THREADS", 32)?)?,
+        };
+        if cfg.write_mb == 0 || cfg.resume_mb < 2 || cfg.threads == 0 {
+            return Err(
+                "LC_BENCH_MB and LC_BENCH_THREADS must be >= 1, LC_BENCH_RESUME_MB >= 2".into(),
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// Reads a positive integer from the environment, or `default` when unset.
+fn env_u64(name: &str, default: u64) -> BoxResult<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| format!("{name}={v:?} is not a number: {e}").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+/// One timed run: how many bytes (or operations) in how long.
+#[derive(Clone, Copy)]
+struct Timing {
+    amount: u64,
+    elapsed: Duration,
+}
+
+impl Timing {
+    fn secs(self) -> f64 {
+        self.elapsed.as_secs_f64()
+    }
+
+    /// Throughput in MiB/s, taking `amount` as bytes.
+    fn mib_per_s(self) -> f64 {
+        self.amount as f64 / MIB as f64 / self.secs()
+    }
+}
+
+/// Mean duration of two timings of the same amount.
+fn mean(a: Timing, b: Timing) -> Timing {
+    Timing {
+        amount: a.amount,
+        elapsed: (a.elapsed + b.elapsed) / 2,
+    }
+}
+
+/// Creates a sparse file of `bytes` (holes until written).
+fn create_file(path: &Path, bytes: u64) -> BoxResult<()> {
+    File::create(path)?.set_len(bytes)?;
+    Ok(())
+}
+
+/// Sequential 1 MiB writes of `bytes` from offset 0 of `path` through
+/// [`FileDevice`], then a device flush (the baseline of measurement 1).
+fn sequential_write(path: &Path, bytes: u64) -> BoxResult<Timing> {
+    let dev = FileDevice::open(path)?;
+    let mut buf = AlignedBuf::zeroed(SEGMENT_SIZE);
+    buf.fill(0x5A);
+    let start = Instant::now();
+    for k in 0..bytes / MIB {
+        dev.write_at(&buf, k * MIB)?;
+    }
+    dev.flush()?;
+    Ok(Timing {
+        amount: bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Reads the 4 KiB header of each of the `nr_segments` segments of the cache
+/// device at `path`, one after the other (the baseline of measurement 3).
+fn read_headers(path: &Path, nr_segments: u64) -> BoxResult<Timing> {
+    let dev = FileDevice::open(path)?;
+    let mut buf = AlignedBuf::zeroed(LINE_SIZE);
+    let start = Instant::now();
+    for k in 0..nr_segments {
+        dev.read_at(&mut buf, (1 + k) * MIB)?;
+    }
+    Ok(Timing {
+        amount: nr_segments,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Formats the file at `path` and resumes a cache on it with the backing
+/// file attached; write-back stays off.
+fn fresh_cache(path: &Path, backing: &Arc<dyn BlockDevice>) -> BoxResult<Cache> {
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path)?);
+    format_cache_device(&*dev, true)?;
+    let cache = Cache::resume(CACHE_ID, dev, CacheOptions::default())?;
+    cache.set_knob(Knob::AllowMigrate, 0)?;
+    cache.attach_device(DEVICE_ID, backing.clone())?;
+    Ok(cache)
+}
+
+/// Result of the random-write measurement.
+struct RandomWrite {
+    /// From the start of the writes until `flush_sync()` returned.
+    total: Timing,
+    /// From the start of the writes until the last one was acknowledged.
+    acked: Timing,
+    /// Segments the flusher wrote to the cache device.
+    segments_written: u64,
+}
+
+/// `threads` threads write `bytes` in 4 KiB writes at random line-aligned
+/// offsets below `backing_lines` through `cache`, then one `flush_sync()`.
+fn random_write(
+    cache: &Cache,
+    bytes: u64,
+    threads: usize,
+    backing_lines: u64,
+) -> BoxResult<RandomWrite> {
+    let lines = bytes / LINE_SIZE as u64;
+    let start_line = Barrier::new(threads + 1);
+    let (start, acked) = std::thread::scope(|s| -> BoxResult<(Instant, Instant)> {
+        let workers: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                let start_line = &start_line;
+                // thread t writes lines t, t + threads, ... of the total
+                let n = lines / threads as u64 + u64::from(t < lines % threads as u64);
+                s.spawn(move || -> lc_engine::Result<()> {
+                    let mut rng = StdRng::seed_from_u64(0x1c_5eed + t);
+                    let mut data = [0u8; LINE_SIZE];
+                    data.fill(t as u8);
+                    start_line.wait();
+                    for i in 0..n {
+                        data[..8].copy_from_slice(&i.to_le_bytes());
+                        let line = rng.gen_range(0..backing_lines);
+                        let sector = line * (LINE_SIZE / SECTOR_SIZE) as u64;
+                        cache.write(DEVICE_ID, sector, &data)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        start_line.wait();
+        let start = Instant::now();
+        for w in workers {
+            w.join().map_err(|_| "a writer thread panicked")??;
+        }
+        Ok((start, Instant::now()))
+    })?;
+    cache.flush_sync()?;
+    let done = Instant::now();
+    Ok(RandomWrite {
+        total: Timing {
+            amount: bytes,
+            elapsed: done - start,
+        },
+        acked: Timing {
+            amount: bytes,
+            elapsed: acked - start,
+        },
+        segments_written: cache.status().last_durable_segment_id,
+    })
+}
+
+/// Fills `cache` so that every cache line holds a distinct backing line:
+/// backing lines `0..nr_caches`, written in order, 255 lines per call.
+fn fill_cache(cache: &Cache) -> BoxResult<Timing> {
+    let nr_caches = cache.status().nr_caches;
+    let chunk_lines = LINES_PER_SEGMENT as u64;
+    let mut data = vec![0xC3u8; chunk_lines as usize * LINE_SIZE];
+    let start = Instant::now();
+    let mut line = 0;
+    while line < nr_caches {
+        let n = chunk_lines.min(nr_caches - line);
+        data[..8].copy_from_slice(&line.to_le_bytes());
+        let sector = line * (LINE_SIZE / SECTOR_SIZE) as u64;
+        cache.write(DEVICE_ID, sector, &data[..n as usize * LINE_SIZE])?;
+        line += n;
+    }
+    cache.flush_sync()?;
+    Ok(Timing {
+        amount: nr_caches * LINE_SIZE as u64,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// File system type and source of the mount holding `dir`, from /proc/mounts.
+fn file_system_of(dir: &Path) -> String {
+    let Ok(dir) = dir.canonicalize() else {
+        return "unknown".into();
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (source, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            // /proc/mounts escapes blanks in paths as octal: \040 etc.
+            let target = target.replace("\\040", " ").replace("\\011", "\t");
+            dir.starts_with(&target)
+                .then(|| (target.len(), format!("{fstype} ({source} on {target})")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, fs)| fs)
+}
+
+/// First line of /proc/cpuinfo naming the CPU model, if any.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Prints a table row: what, amount, seconds, rate.
+fn row(what: &str, amount: &str, secs: f64, rate: &str) {
+    println!("  {what:<44} {amount:>14} {secs:>9.3} s {rate:>14}");
+}
+
+/// Prints a table row of a byte throughput.
+fn row_bytes(what: &str, t: Timing) {
+    row(
+        what,
+        &format!("{} MiB", t.amount / MIB),
+        t.secs(),
+        &format!("{:.1} MiB/s", t.mib_per_s()),
+    );
+}
+
+/// Prints a table row of a header read.
+fn row_headers(what: &str, t: Timing) {
+    row(
+        what,
+        &format!("{} headers", t.amount),
+        t.secs(),
+        &format!("{:.1} µs each", t.secs() * 1e6 / t.amount as f64),
+    );
+}
+
+/// The final verdict line of one ratio.
+fn verdict(name: &str, value: f64, at_least: bool, target: f64) {
+    let met = if at_least {
+        value >= target
+    } else {
+        value <= target
+    };
+    let op = if at_least { ">=" } else { "<=" };
+    let status = if met { "met" } else { "NOT met" };
+    println!("ratio {name} = {value:.3} (target {op} {target}: {status})");
+}
+
+fn main() -> BoxResult<()> {
+    let cfg = Config::from_env()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("lc-bench-")
+        .tempdir_in(&cfg.dir)?;
+    let cache_path = tmp.path().join("cache.img");
+    let backing_path = tmp.path().join("backing.img");
+    let resume_path = tmp.path().join("resume.img");
+
+    // A sparse backing file, never written: write-back stays off.
+    let backing_bytes = 4 * cfg.write_mb.max(cfg.resume_mb) * MIB;
+    create_file(&backing_path, backing_bytes)?;
+    let backing_dev = FileDevice::open(&backing_path)?;
+    let direct = backing_dev.is_direct();
+    let backing: Arc<dyn BlockDevice> = Arc::new(backing_dev);
+    let backing_lines = backing_bytes / LINE_SIZE as u64;
+
+    println!("lc-engine benchmark");
+    println!(
+        "  nproc {}, CPU {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    println!("  directory {}", tmp.path().display());
+    println!("  file system {}", file_system_of(tmp.path()));
+    println!(
+        "  O_DIRECT used: {}",
+        if direct { "yes" } else { "NO (buffered I/O)" }
+    );
+    println!(
+        "  LC_BENCH_MB={} LC_BENCH_RESUME_MB={} LC_BENCH_THREADS={}",
+        cfg.write_mb, cfg.resume_mb, cfg.threads
+    );
+    println!();
+
+    // --- 1. random writes through the engine vs sequential writes ---------
+    let write_bytes = cfg.write_mb * MIB;
+    let lines = write_bytes / LINE_SIZE as u64;
+    let nr_segments = lines.div_ceil(LINES_PER_SEGMENT as u64) + SPARE_SEGMENTS;
+    let cache_bytes = (1 + nr_segments) * MIB;
+    create_file(&cache_path, cache_bytes)?;
+    // Untimed: allocate every block of the file, so that no measurement
+    // pays for the file system's block allocation and all see the same file.
+    let warm_up = sequential_write(&cache_path, cache_bytes)?;
+    let seq_before = sequential_write(&cache_path, write_bytes)?;
+    let cache = fresh_cache(&cache_path, &backing)?;
+    let rw = random_write(&cache, write_bytes, cfg.threads, backing_lines)?;
+    cache.shutdown()?;
+    drop(cache);
+    let seq_after = sequential_write(&cache_path, write_bytes)?;
+    std::fs::remove_file(&cache_path)?;
+    let seq = mean(seq_before, seq_after);
+    let write_ratio = rw.total.mib_per_s() / seq.mib_per_s();
+
+    println!(
+        "1. random 4 KiB writes ({} threads) vs sequential 1 MiB O_DIRECT writes",
+        cfg.threads
+    );
+    println!(
+        "  cache device {} MiB ({nr_segments} segments), backing file {} MiB (sparse)",
+        cache_bytes / MIB,
+        backing_bytes / MIB
+    );
+    row_bytes("warm-up: allocate the file (not used)", warm_up);
+    row_bytes("sequential write, before", seq_before);
+    row_bytes("sequential write, after", seq_after);
+    row_bytes("sequential write, mean", seq);
+    row_bytes("engine: writes acknowledged (in RAM)", rw.acked);
+    row_bytes("engine: writes + flush_sync", rw.total);
+    println!(
+        "  engine: {} segments ({} MiB) written to the cache device",
+        rw.segments_written, rw.segments_written
+    );
+    println!(
+        "  random_write/seq_write = {write_ratio:.3}, target >= {TARGET_WRITE_RATIO} (limit 255/256 = {:.3})",
+        255.0 / 256.0
+    );
+    println!();
+
+    // --- 2. index RAM of a full cache --------------------------------------
+    create_file(&resume_path, (1 + cfg.resume_mb) * MIB)?;
+    let cache = fresh_cache(&resume_path, &backing)?;
+    let fill = fill_cache(&cache)?;
+    let status = cache.status();
+    let ram_per_line = status.index_ram_bytes as f64 / status.nr_caches as f64;
+    cache.shutdown()?;
+    drop(cache);
+
+    println!("2. index RAM of a full cache");
+    row_bytes("fill: distinct lines, in order, + flush_sync", fill);
+    println!(
+        "  nr_segments {}, nr_caches {}, lines in use (dirty) {}",
+        status.nr_segments, status.nr_caches, status.nr_dirty_caches
+    );
+    println!(
+        "  index_ram_bytes {} ({:.3} bytes per cache line), static_ram_bytes {}",
+        status.index_ram_bytes, ram_per_line, status.static_ram_bytes
+    );
+    println!();
+
+    // --- 3. resume of the full cache vs reading its headers ----------------
+    let headers_before = read_headers(&resume_path, status.nr_segments)?;
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&resume_path)?);
+    let start = Instant::now();
+    let (cache, report) = Cache::resume_with_report(CACHE_ID, dev, CacheOptions::default())?;
+    let resume = Timing {
+        amount: status.nr_segments,
+        elapsed: start.elapsed(),
+    };
+    cache.shutdown()?;
+    drop(cache);
+    let headers_after = read_headers(&resume_path, status.nr_segments)?;
+    let headers = mean(headers_before, headers_after);
+    let resume_ratio = resume.secs() / headers.secs();
+
+    println!("3. resume of the full cache vs reading every segment header");
+    row_headers("header read, before", headers_before);
+    row_headers("header read, after", headers_after);
+    row_headers("header read, mean", headers);
+    row_headers("Cache::resume", resume);
+    let RecoveryReport {
+        replayed_segments,
+        verified_segments,
+        rejected_segments,
+        zeroed_headers,
+        ..
+    } = report;
+    println!(
+        "  resume: {replayed_segments} segments replayed, {verified_segments} verified by full \
+         checksum, {rejected_segments} rejected, {zeroed_headers} headers zeroed"
+    );
+    println!();
+
+    verdict(
+        "random_write/seq_write",
+        write_ratio,
+        true,
+        TARGET_WRITE_RATIO,
+    );
+    verdict(
+        "index_ram_bytes/nr_caches",
+        ram_per_line,
+        false,
+        TARGET_RAM_PER_LINE,
+    );
+    verdict(
+        "resume/header_read",
+        resume_ratio,
+        false,
+        TARGET_RESUME_RATIO,
+    );
+    tmp.close()?;
+    Ok(())
+}

@@ -349,19 +349,18 @@ impl Inner {
     /// Makes sure an open segment with a free line exists; may wait (then
     /// the caller must look everything up again).
     fn open_segment<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
-        if st
-            .current
-            .as_ref()
-            .is_some_and(|c| c.length == LINES_PER_SEGMENT)
-        {
-            self.close_current(&mut st);
-        }
-        if st.current.is_some() {
-            return Ok(st);
-        }
         loop {
             if st.stopping {
                 return Err(Error::Stopped);
+            }
+            // another writer may have opened (or even filled) one while we waited
+            match &st.current {
+                Some(c) if c.length < LINES_PER_SEGMENT => return Ok(st),
+                Some(_) => {
+                    self.close_current(&mut st);
+                    continue;
+                }
+                None => {}
             }
             let id = st.next_id;
             let slot_free = id <= self.nr_segments || st.last_migrated_id >= id - self.nr_segments;
@@ -617,9 +616,7 @@ impl Cache {
                 "I/O length {len_bytes} is not a positive multiple of 512"
             )));
         }
-        let end = sector
-            .checked_add((len_bytes / SECTOR_SIZE) as u64)
-            .unwrap_or(u64::MAX);
+        let end = sector.saturating_add((len_bytes / SECTOR_SIZE) as u64);
         if end > b.size_sectors {
             return Err(Error::OutOfRange {
                 device_id: b.id,

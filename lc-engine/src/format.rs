@@ -164,8 +164,8 @@ impl SuperBlockHeader {
 /// The record block: the mutable part of the superblock.
 ///
 /// Layout (4 KiB block at one of [`RECORD_OFFSETS`]): `magic[4] pad:u32
-/// sequence:u64 last_migrated_segment_id:u64 uuid[16] checksum:u32`, crc32c
-/// over bytes `0..40`. Record `sequence` is written to
+/// sequence:u64 last_migrated_segment_id:u64 uuid[16] durable_segment_id:u64
+/// checksum:u32`, crc32c over bytes `0..48`. Record `sequence` is written to
 /// `RECORD_OFFSETS[sequence % 2]`; resume takes the valid record with the
 /// highest sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +176,14 @@ pub struct SuperBlockRecord {
     pub last_migrated_segment_id: u64,
     /// Must equal the superblock header's uuid.
     pub uuid: [u8; 16],
+    /// Every segment up to this id was written and flushed before this
+    /// record was written (after a clean stop: every segment), so resume
+    /// need not verify their data checksums.
+    pub durable_segment_id: u64,
 }
 
 impl SuperBlockRecord {
-    const CHECKSUM_AT: usize = 40;
+    const CHECKSUM_AT: usize = 48;
 
     /// Serialises into a 4 KiB block.
     pub fn to_block(&self) -> Vec<u8> {
@@ -188,6 +192,7 @@ impl SuperBlockRecord {
         put_u64(&mut b, 8, self.sequence);
         put_u64(&mut b, 16, self.last_migrated_segment_id);
         b[24..40].copy_from_slice(&self.uuid);
+        put_u64(&mut b, 40, self.durable_segment_id);
         let c = crc32c::crc32c(&b[..Self::CHECKSUM_AT]);
         put_u32(&mut b, Self::CHECKSUM_AT, c);
         b
@@ -205,6 +210,7 @@ impl SuperBlockRecord {
             sequence: get_u64(b, 8),
             last_migrated_segment_id: get_u64(b, 16),
             uuid: b[24..40].try_into().expect("16 bytes"),
+            durable_segment_id: get_u64(b, 40),
         })
     }
 }
@@ -458,8 +464,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn record_round_trip(seq in any::<u64>(), l in any::<u64>(), uuid in any::<[u8; 16]>()) {
-            let r = SuperBlockRecord { sequence: seq, last_migrated_segment_id: l, uuid };
+        fn record_round_trip(seq in any::<u64>(), l in any::<u64>(), d in any::<u64>(), uuid in any::<[u8; 16]>()) {
+            let r = SuperBlockRecord { sequence: seq, last_migrated_segment_id: l, uuid, durable_segment_id: d };
             prop_assert_eq!(SuperBlockRecord::parse(&r.to_block()), Some(r));
         }
 

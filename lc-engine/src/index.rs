@@ -183,12 +183,10 @@ mod tests {
             for (op, dev, line, slot) in ops {
                 let key = LineKey { device_id: dev, line };
                 match op {
-                    0 => {
-                        // insert into a free cache line
-                        if idx.info(slot).is_none() {
-                            idx.insert(key, slot, 1);
-                            model.insert(key, slot);
-                        }
+                    // insert into a free cache line
+                    0 if idx.info(slot).is_none() => {
+                        idx.insert(key, slot, 1);
+                        model.insert(key, slot);
                     }
                     1 => {
                         if let Some(i) = model.remove(&key) {

@@ -74,6 +74,7 @@ pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBl
             sequence: seq as u64,
             last_migrated_segment_id: 0,
             uuid: header.uuid,
+            durable_segment_id: 0,
         };
         block.copy_from_slice(&r.to_block());
         dev.write_at(&block, *off)
@@ -177,7 +178,7 @@ impl Cache {
             last_commit: Instant::now(),
             stopping: false,
         };
-        let report = replay_log(&*dev, &sb, migrated, &mut st)?;
+        let report = replay_log(&*dev, &sb, &record, &mut st)?;
         let end = report_end(&report, migrated);
         st.next_id = end + 1;
         st.last_closed_id = end;
@@ -224,14 +225,16 @@ fn replay(st: &mut State, slot: u64, h: &SegmentHeader) {
     }
 }
 
-/// Reads every header, replays the valid log after `migrated` into `st`,
+/// Reads every header, replays the valid log after the record's
+/// `last_migrated_segment_id` into `st`,
 /// and zeroes stale headers beyond it.
 fn replay_log(
     dev: &dyn BlockDevice,
     sb: &SuperBlockHeader,
-    migrated: u64,
+    record: &SuperBlockRecord,
     st: &mut State,
 ) -> Result<RecoveryReport> {
+    let migrated = record.last_migrated_segment_id;
     let nr = sb.nr_segments;
     let mut report = RecoveryReport {
         last_migrated_segment_id: migrated,
@@ -240,7 +243,8 @@ fn replay_log(
     let first_slot = slot_of(migrated + 1, nr);
     let mut expected = migrated + 1;
     let mut in_run = true;
-    let mut vouched = migrated; // highest id a replayed-or-pending header vouches for
+    // highest id known durable: from the record, then from each header read
+    let mut vouched = migrated.max(record.durable_segment_id);
     let mut pending: VecDeque<(u64, SegmentHeader, AlignedBuf)> = VecDeque::new();
     let mut others: Vec<(u64, u64)> = Vec::new(); // (slot, id) of valid headers outside the run
     for k in 0..nr {

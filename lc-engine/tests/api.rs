@@ -311,7 +311,12 @@ fn several_caches_and_concurrent_callers() {
     }
     for c in [&c1, &c2] {
         c.migrate_all().unwrap();
-        assert!(c.devices().iter().all(|d| d.nr_dirty_caches == 0));
+        assert!(
+            c.devices().iter().all(|d| d.nr_dirty_caches == 0),
+            "{:?} {:?}",
+            c.devices(),
+            c.status()
+        );
     }
 }
 
@@ -346,6 +351,10 @@ fn works_on_real_files_with_direct_io() {
     let (cache, report) =
         Cache::resume_with_report(3, Arc::new(FileDevice::open(&cpath).unwrap()), opts()).unwrap();
     assert!(report.replayed_segments >= 1, "{report:?}");
+    assert_eq!(
+        report.verified_segments, 0,
+        "a clean stop vouches for every segment: {report:?}"
+    );
     cache
         .attach_device(1, Arc::new(FileDevice::open(&bpath).unwrap()))
         .unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use common::*;
 use lc_engine::sim::{PowerDomain, SimDisk};
-use lc_engine::{format_cache_device, BlockDevice, Cache, CacheOptions, Knob};
+use lc_engine::{format_cache_device, Cache, CacheOptions, Knob};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -321,11 +321,13 @@ fn power_cuts_lose_no_acknowledged_write_part2() {
 
 #[test]
 fn a_torn_last_segment_is_never_replayed() {
-    // Write one segment's worth, flush, then write more without a flush and
-    // tear the cache device image by hand in the middle of the last segment.
+    // Segment 1 is durable; segment 2 is written and flushed, the power
+    // fails, and segment 2's data is damaged by hand. No later header or
+    // record vouches for segment 2, so its checksum is checked and it is
+    // rejected: recovery falls back to segment 1.
     let dom = PowerDomain::new();
     let cdev = sim_cache_disk(&dom, 4);
-    let b = SimDisk::new(dom.clone(), 4 * MIB);
+    let b = SimDisk::from_image(dom.clone(), pattern(0, 0, 8192));
     let cache = resume(cdev.clone(), 2);
     cache.attach_device(1, b.clone()).unwrap();
     cache.write(1, 0, &pattern(1, 0, 8)).unwrap();
@@ -333,14 +335,16 @@ fn a_torn_last_segment_is_never_replayed() {
     cache.write(1, 0, &pattern(2, 0, 8)).unwrap();
     cache.write(1, 8, &pattern(2, 8, 8)).unwrap();
     cache.flush_sync().unwrap();
+    // the power fails (a clean stop would vouch for every segment in the record)
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut img = dom.cut(&[&cdev], &mut rng).remove(0);
     drop(cache);
-    let mut img = cdev.snapshot();
     // segment 2 lives in slot 1: flip a byte of its second data line
     let off = (MIB + MIB + 2 * 4096) as usize;
     img[off] ^= 0xFF;
     let dom2 = PowerDomain::new();
     let c2 = SimDisk::from_image(dom2.clone(), img);
-    let bb = SimDisk::from_image(dom2, b.snapshot());
+    let bb = SimDisk::from_image(dom2, pattern(0, 0, 8192));
     let (cache, report) =
         Cache::resume_with_report(1, c2, CacheOptions { pool_segments: 2 }).unwrap();
     assert_eq!(report.replayed_segments, 1, "{report:?}");
@@ -348,12 +352,10 @@ fn a_torn_last_segment_is_never_replayed() {
     cache.attach_device(1, bb).unwrap();
     let mut buf = vec![0u8; 4096];
     cache.read(1, 0, &mut buf).unwrap();
-    assert_eq!(
-        buf,
-        pattern(1, 0, 8),
+    assert!(
+        buf == pattern(1, 0, 8),
         "falls back to the older, intact copy"
     );
-    let _ = BlockDevice::size_bytes(&*b);
 }
 
 #[test]

@@ -4,12 +4,14 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
 use lc_engine::sim::{PowerDomain, SimDisk};
 use lc_engine::{BlockDevice, Cache, CacheOptions, Knob};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use rand::SeedableRng;
 
 const SECTORS: u64 = 256;
@@ -180,26 +182,59 @@ fn run(ops: Vec<Op>, devices: u8, segments: u64, pool: usize) -> Result<(), Test
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+static OPS_RUN: AtomicU64 = AtomicU64::new(0);
 
-    #[test]
-    fn engine_matches_reference_model(
-        devices in 1u8..=3,
-        segments in 2u64..=4,
-        pool in 1usize..=3,
-        ops in proptest::collection::vec(op(3), 1..120),
-    ) {
+#[test]
+fn engine_matches_reference_model() {
+    let cases = 96;
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        1u8..=3,
+        2u64..=4,
+        1usize..=3,
+        proptest::collection::vec(op(3), 1..120),
+    );
+    let result = runner.run(&strategy, |(devices, segments, pool, ops)| {
         let ops: Vec<Op> = ops
             .into_iter()
-            .map(|o| match o {
-                Op::Write { dev, sector, n } => Op::Write { dev: (dev - 1) % devices + 1, sector, n },
-                Op::Fua { dev, sector, n } => Op::Fua { dev: (dev - 1) % devices + 1, sector, n },
-                Op::Read { dev, sector, n } => Op::Read { dev: (dev - 1) % devices + 1, sector, n },
-                Op::Discard { dev, sector, n } => Op::Discard { dev: (dev - 1) % devices + 1, sector, n },
-                o => o,
+            .map(|o| {
+                let fix = |dev: u8| (dev - 1) % devices + 1;
+                match o {
+                    Op::Write { dev, sector, n } => Op::Write {
+                        dev: fix(dev),
+                        sector,
+                        n,
+                    },
+                    Op::Fua { dev, sector, n } => Op::Fua {
+                        dev: fix(dev),
+                        sector,
+                        n,
+                    },
+                    Op::Read { dev, sector, n } => Op::Read {
+                        dev: fix(dev),
+                        sector,
+                        n,
+                    },
+                    Op::Discard { dev, sector, n } => Op::Discard {
+                        dev: fix(dev),
+                        sector,
+                        n,
+                    },
+                    o => o,
+                }
             })
             .collect();
-        run(ops, devices, segments, pool)?;
+        OPS_RUN.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        run(ops, devices, segments, pool)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    println!(
+        "model test: {cases} random cases, {} operations checked against the reference",
+        OPS_RUN.load(Ordering::Relaxed)
+    );
 }
