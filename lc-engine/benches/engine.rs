@@ -30,15 +30,19 @@
 //!
 //! Files live in a temporary directory created in `LC_BENCH_DIR` (default
 //! [`std::env::temp_dir`]) and removed at the end. Choose a directory on the
-//! disk you want to measure: on tmpfs `O_DIRECT` is refused, the files are
-//! opened buffered and the figures say little. The run needs about
+//! disk you want to measure: on tmpfs the "disk" is RAM (and before Linux 6.6
+//! `O_DIRECT` is refused there, so the files are opened buffered), and the
+//! figures say little about a cache device. The run needs about
 //! `LC_BENCH_MB + 64` MiB, then `LC_BENCH_RESUME_MB + 1` MiB, of free space.
 //!
-//! This is a measurement, not a test: it asserts nothing about timings.
+//! This is a measurement, not a test: it asserts nothing about timings. If
+//! the random writes make no progress for a minute, it reports that and
+//! exits with status 2.
 
 use std::error::Error as StdError;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,9 @@ const CACHE_ID: u8 = 1;
 const DEVICE_ID: u8 = 1;
 /// Spare segments of the random-write cache beyond what the writes fill.
 const SPARE_SEGMENTS: u64 = 63;
+
+/// The random-write measurement gives up after this long without progress.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Target of the random-write ratio (at least).
 const TARGET_WRITE_RATIO: f64 = 0.97;
@@ -197,19 +204,23 @@ struct RandomWrite {
 
 /// `threads` threads write `bytes` in 4 KiB writes at random line-aligned
 /// offsets below `backing_lines` through `cache`, then one `flush_sync()`.
+/// A watchdog ends the process (removing `scratch`) if the writes stall.
 fn random_write(
     cache: &Cache,
     bytes: u64,
     threads: usize,
     backing_lines: u64,
+    scratch: &Path,
 ) -> BoxResult<RandomWrite> {
     let lines = bytes / LINE_SIZE as u64;
     let start_line = Barrier::new(threads + 1);
     let (start, acked) = std::thread::scope(|s| -> BoxResult<(Instant, Instant)> {
+        let (stop_watchdog, stopped) = mpsc::channel::<()>();
+        s.spawn(move || watchdog(cache, &stopped, scratch));
         let workers: Vec<_> = (0..threads as u64)
             .map(|t| {
                 let start_line = &start_line;
-                // thread t writes lines t, t + threads, ... of the total
+                // each thread does its share of the writes
                 let n = lines / threads as u64 + u64::from(t < lines % threads as u64);
                 s.spawn(move || -> lc_engine::Result<()> {
                     let mut rng = StdRng::seed_from_u64(0x1c_5eed + t);
@@ -231,7 +242,9 @@ fn random_write(
         for w in workers {
             w.join().map_err(|_| "a writer thread panicked")??;
         }
-        Ok((start, Instant::now()))
+        let acked = Instant::now();
+        drop(stop_watchdog);
+        Ok((start, acked))
     })?;
     cache.flush_sync()?;
     let done = Instant::now();
@@ -246,6 +259,35 @@ fn random_write(
         },
         segments_written: cache.status().last_durable_segment_id,
     })
+}
+
+/// Writes the cache has counted so far (its 8 write counters).
+fn writes_counted(cache: &Cache) -> u64 {
+    cache.status().stats.counters[8..].iter().sum()
+}
+
+/// Until `stop` is dropped: once a second, checks that `cache` counted more
+/// writes; after [`STALL_LIMIT`] without progress, reports, removes
+/// `scratch` and exits the process (stuck writer threads cannot be joined).
+fn watchdog(cache: &Cache, stop: &mpsc::Receiver<()>, scratch: &Path) {
+    let mut last = (writes_counted(cache), Instant::now());
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_secs(1)) {
+        let now = writes_counted(cache);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= STALL_LIMIT {
+            let st = cache.status();
+            eprintln!(
+                "error: no write completed for {} s after {now} writes (current segment {}, \
+                 last flushed {}); the engine is stuck, giving up",
+                STALL_LIMIT.as_secs(),
+                st.current_segment_id,
+                st.last_flushed_segment_id
+            );
+            let _ = std::fs::remove_dir_all(scratch);
+            std::process::exit(2);
+        }
+    }
 }
 
 /// Fills `cache` so that every cache line holds a distinct backing line:
@@ -366,7 +408,11 @@ fn main() -> BoxResult<()> {
         cpu_model()
     );
     println!("  directory {}", tmp.path().display());
-    println!("  file system {}", file_system_of(tmp.path()));
+    let fs = file_system_of(tmp.path());
+    println!("  file system {fs}");
+    if fs.starts_with("tmpfs") || fs.starts_with("ramfs") {
+        println!("  warning: this directory is in RAM; set LC_BENCH_DIR to a disk");
+    }
     println!(
         "  O_DIRECT used: {}",
         if direct { "yes" } else { "NO (buffered I/O)" }
@@ -388,7 +434,7 @@ fn main() -> BoxResult<()> {
     let warm_up = sequential_write(&cache_path, cache_bytes)?;
     let seq_before = sequential_write(&cache_path, write_bytes)?;
     let cache = fresh_cache(&cache_path, &backing)?;
-    let rw = random_write(&cache, write_bytes, cfg.threads, backing_lines)?;
+    let rw = random_write(&cache, write_bytes, cfg.threads, backing_lines, tmp.path())?;
     cache.shutdown()?;
     drop(cache);
     let seq_after = sequential_write(&cache_path, write_bytes)?;
@@ -412,8 +458,9 @@ fn main() -> BoxResult<()> {
     row_bytes("engine: writes acknowledged (in RAM)", rw.acked);
     row_bytes("engine: writes + flush_sync", rw.total);
     println!(
-        "  engine: {} segments ({} MiB) written to the cache device",
-        rw.segments_written, rw.segments_written
+        "  engine: last segment id written {} (the writes fill at most {})",
+        rw.segments_written,
+        lines.div_ceil(LINES_PER_SEGMENT as u64)
     );
     println!(
         "  random_write/seq_write = {write_ratio:.3}, target >= {TARGET_WRITE_RATIO} (limit 255/256 = {:.3})",

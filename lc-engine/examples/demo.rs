@@ -7,7 +7,7 @@
 //! (default DIR: `/var/tmp/lc-demo`; the two image files stay there).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,7 +66,7 @@ fn print_status(s: &CacheStatus) {
     }
 }
 
-fn open(p: &PathBuf) -> anyhow::Result<Arc<FileDevice>> {
+fn open(p: &Path) -> anyhow::Result<Arc<FileDevice>> {
     Ok(Arc::new(FileDevice::open(p)?))
 }
 

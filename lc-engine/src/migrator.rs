@@ -128,24 +128,30 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
         let slot = slot_of(id, inner.nr_segments);
         let mut head = AlignedBuf::zeroed(LINE_SIZE);
         let off = segment_offset(slot);
+        let mut header = None;
+        // A durable segment's header must be there; if it is not, the device
+        // returned bad data: treat it as a read error and retry, never skip.
+        let read_header = || {
+            inner.dev.read_at(&mut head, off)?;
+            header = SegmentHeader::parse(&head, slot, inner.nr_segments, &inner.sb.uuid)
+                .filter(|h| h.global_id == id);
+            match header {
+                Some(_) => Ok(()),
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("segment {id} has no valid header on the cache device"),
+                )),
+            }
+        };
         if !retry(
             inner,
             ErrorCounter::CacheRead,
             "reading a segment header",
-            || inner.dev.read_at(&mut head, off),
+            read_header,
         ) {
             return Outcome::Stopped;
         }
-        let Some(header) = SegmentHeader::parse(&head, slot, inner.nr_segments, &inner.sb.uuid)
-            .filter(|h| h.global_id == id)
-        else {
-            // unreachable unless the device lost a flushed write: nothing to replay either
-            tracing::error!(
-                cache = inner.cache_id,
-                "segment {id} has no valid header on the cache device"
-            );
-            continue;
-        };
+        let header = header.expect("parsed above");
         let mut buf = AlignedBuf::zeroed((1 + header.length as usize) * LINE_SIZE);
         if header.length > 0
             && !retry(inner, ErrorCounter::CacheRead, "reading a segment", || {

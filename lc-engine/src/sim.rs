@@ -26,6 +26,11 @@ impl PowerDomain {
         Arc::new(PowerDomain::default())
     }
 
+    /// True once the power has been cut.
+    pub fn is_dead(&self) -> bool {
+        *self.dead.read().expect("power lock")
+    }
+
     /// Cuts the power: from now on the domain's disks drop writes and read
     /// zeros. Returns, for each disk given, the image a restarted machine
     /// would find: everything flushed, plus a random subset of the writes
