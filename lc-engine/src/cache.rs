@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -95,7 +95,6 @@ pub(crate) struct State {
     pub waiters: Vec<Waiter>,
     /// When the first FLUSH began waiting on the current segment.
     pub barrier_since: Option<Instant>,
-    pub devices: BTreeMap<u8, Arc<Backing>>,
     /// A writer waits for a segment that is not yet written back.
     pub migrate_urgent: bool,
     /// Write-back must reach at least this id (detach).
@@ -128,12 +127,20 @@ pub(crate) struct Inner {
     /// while it discards them, so write-back never writes into a discarded range
     /// after the discard.
     pub migration_io: Mutex<()>,
+    /// Attached backing devices (read on every I/O, so not under `state`).
+    /// Lock order: `state` before `devices`.
+    pub devices: RwLock<BTreeMap<u8, Arc<Backing>>>,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicked thread leaves consistent
 /// metadata behind because every update is done in one critical section).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Read-locks an RwLock, ignoring poisoning (see [`lock`]).
+pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Line index of line `i` of segment slot `slot`.
@@ -333,7 +340,9 @@ impl Inner {
             checksum: 0,
             metablocks,
         };
-        header.write_to(&mut buf[..LINE_SIZE]);
+        let (head, data) = buf.split_at_mut(LINE_SIZE);
+        header.write_to(head);
+        SegmentHeader::seal(head, &data[..length * LINE_SIZE]);
         let buf = Arc::new(buf);
         st.ram[slot as usize] = Some(buf.clone());
         st.last_closed_id = id;
@@ -603,8 +612,7 @@ impl Cache {
     }
 
     fn backing(&self, device_id: u8) -> Result<Arc<Backing>> {
-        lock(&self.inner.state)
-            .devices
+        read_lock(&self.inner.devices)
             .get(&device_id)
             .cloned()
             .ok_or(Error::UnknownDevice(device_id))
@@ -641,11 +649,15 @@ impl Cache {
                 dev.size_bytes()
             )));
         }
-        let mut st = lock(&self.inner.state);
-        if st.devices.contains_key(&device_id) {
+        let mut devices = self
+            .inner
+            .devices
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if devices.contains_key(&device_id) {
             return Err(Error::DeviceExists(device_id));
         }
-        st.devices.insert(
+        devices.insert(
             device_id,
             Arc::new(Backing {
                 id: device_id,
@@ -696,17 +708,22 @@ impl Cache {
         });
         drop(st);
         self.commit_super_block()?;
-        let mut st = lock(&self.inner.state);
-        debug_assert_eq!(st.index.nr_dirty(device_id), 0);
-        st.devices.remove(&device_id);
+        debug_assert_eq!(lock(&self.inner.state).index.nr_dirty(device_id), 0);
+        let mut devices = self
+            .inner
+            .devices
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        devices.remove(&device_id);
         Ok(())
     }
 
     /// Attached devices.
     pub fn devices(&self) -> Vec<DeviceStatus> {
+        let devices: Vec<Arc<Backing>> = read_lock(&self.inner.devices).values().cloned().collect();
         let st = lock(&self.inner.state);
-        st.devices
-            .values()
+        devices
+            .iter()
             .map(|b| DeviceStatus {
                 device_id: b.id,
                 dev: b.dev.describe(),

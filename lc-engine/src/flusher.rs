@@ -24,7 +24,7 @@ pub(crate) enum FlushJob {
         id: u64,
         /// Its slot on the device.
         slot: u64,
-        /// Header block (with metablocks, unsealed) and data.
+        /// Sealed header block and data.
         buf: Arc<AlignedBuf>,
         /// Valid lines.
         length: usize,
@@ -44,7 +44,6 @@ const FLUSH_EVERY_SEGMENTS: u64 = 16;
 
 pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<FlushJob>) {
     let mut queue: VecDeque<FlushJob> = VecDeque::new();
-    let mut header = AlignedBuf::zeroed(LINE_SIZE);
     loop {
         if queue.is_empty() {
             match rx.recv() {
@@ -63,7 +62,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<FlushJob>) {
                 buf,
                 length,
             } => {
-                write_segment(&inner, id, slot, &buf, length, &mut header);
+                write_segment(&inner, id, slot, &buf, length);
                 let mut st = lock(&inner.state);
                 st.last_flushed_id = id;
                 st.ram[slot as usize] = None;
@@ -146,14 +145,7 @@ fn retry(
     }
 }
 
-fn write_segment(
-    inner: &Inner,
-    id: u64,
-    slot: u64,
-    buf: &AlignedBuf,
-    length: usize,
-    header: &mut AlignedBuf,
-) {
+fn write_segment(inner: &Inner, id: u64, slot: u64, buf: &AlignedBuf, length: usize) {
     // Before slot reuse, the record must say the slot's old segment is
     // written back, or a crash would make recovery stop at the overwritten id.
     if id > inner.nr_segments && lock(&inner.state).persisted_migrated_id < id - inner.nr_segments {
@@ -165,13 +157,11 @@ fn write_segment(
         }
     }
     inner.wait_unpinned(slot);
-    header.copy_from_slice(&buf[..LINE_SIZE]);
-    let data = &buf[LINE_SIZE..(1 + length) * LINE_SIZE];
-    SegmentHeader::seal(header, data);
+    // sealed when it was closed: header, metablocks and data in one write
+    let image = &buf[..(1 + length) * LINE_SIZE];
     let off = segment_offset(slot);
     retry(inner, "writing a segment", id, || {
-        inner.dev.write_at(header, off)?;
-        inner.dev.write_at(data, off + LINE_SIZE as u64)
+        inner.dev.write_at(image, off)
     });
 }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{backoff, line_index, lock, Backing, Inner};
+use crate::cache::{backoff, line_index, lock, read_lock, Backing, Inner};
 use crate::device::AlignedBuf;
 use crate::format::*;
 use crate::index::LineKey;
@@ -166,6 +166,7 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
     let mut devices: BTreeMap<u8, Arc<Backing>> = BTreeMap::new();
     {
         let st = lock(&inner.state);
+        let attached = read_lock(&inner.devices);
         for (seg, copy) in segs.iter().enumerate() {
             for (line, m) in copy.header.metablocks.iter().enumerate() {
                 if m.device_id == 0 {
@@ -190,7 +191,7 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
                 if bits == 0 {
                     continue;
                 }
-                match st.devices.get(&m.device_id) {
+                match attached.get(&m.device_id) {
                     Some(b) => {
                         devices.entry(m.device_id).or_insert_with(|| b.clone());
                     }

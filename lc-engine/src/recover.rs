@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::cache::{line_index, Cache, CacheOptions, Inner, State};
@@ -171,7 +171,6 @@ impl Cache {
             record_sequence: record.sequence,
             waiters: Vec::new(),
             barrier_since: None,
-            devices: BTreeMap::new(),
             migrate_urgent: false,
             drain_target: 0,
             last_segment_of_device: vec![0; 256],
@@ -201,6 +200,7 @@ impl Cache {
             flusher_tx: Mutex::new(None),
             pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
             migration_io: Mutex::new(()),
+            devices: RwLock::new(BTreeMap::new()),
         });
         Ok((Cache::start(inner)?, report))
     }
