@@ -143,6 +143,14 @@ pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Bytes of data lines in a segment (its RAM buffer; the header is built apart).
+pub(crate) const SEGMENT_DATA_BYTES: usize = LINES_PER_SEGMENT * LINE_SIZE;
+
+/// Offset of cache line `idx` in its segment's RAM data buffer.
+fn ram_offset(idx: u32) -> usize {
+    (idx as usize % LINES_PER_SEGMENT) * LINE_SIZE
+}
+
 /// Line index of line `i` of segment slot `slot`.
 pub(crate) fn line_index(slot: u64, i: usize) -> u32 {
     (slot as usize * LINES_PER_SEGMENT + i) as u32
@@ -164,7 +172,7 @@ impl State {
     /// Where the data of cache line `idx` is in RAM, if it is.
     fn ram_line(&self, idx: u32) -> Option<&[u8]> {
         let slot = idx as u64 / LINES_PER_SEGMENT as u64;
-        let off = (1 + idx as usize % LINES_PER_SEGMENT) * LINE_SIZE;
+        let off = ram_offset(idx);
         if let Some(cur) = &self.current {
             if cur.slot == slot {
                 return Some(&cur.buf[off..off + LINE_SIZE]);
@@ -311,7 +319,7 @@ impl Inner {
         let OpenSegment {
             id,
             slot,
-            mut buf,
+            buf,
             length,
             ..
         } = cur;
@@ -340,17 +348,18 @@ impl Inner {
             checksum: 0,
             metablocks,
         };
-        let (head, data) = buf.split_at_mut(LINE_SIZE);
-        header.write_to(head);
-        SegmentHeader::seal(head, &data[..length * LINE_SIZE]);
-        let buf = Arc::new(buf);
-        st.ram[slot as usize] = Some(buf.clone());
+        // The flusher seals it (checksum) outside the lock.
+        let mut head = AlignedBuf::zeroed(LINE_SIZE);
+        header.write_to(&mut head);
+        let data = Arc::new(buf);
+        st.ram[slot as usize] = Some(data.clone());
         st.last_closed_id = id;
         st.barrier_since = None;
         self.send_job(FlushJob::Segment {
             id,
             slot,
-            buf,
+            header: head,
+            data,
             length,
         });
     }
@@ -387,7 +396,7 @@ impl Inner {
             Some(b) => b,
             None => {
                 st.allocated_bufs += 1;
-                AlignedBuf::zeroed(SEGMENT_SIZE)
+                AlignedBuf::zeroed(SEGMENT_DATA_BYTES)
             }
         };
         let id = st.next_id;
@@ -445,7 +454,7 @@ impl Inner {
             let existing = st.index.lookup(key);
             if let (Some(idx), WriteMode::Merge) = (existing, mode) {
                 if st.in_current(idx) {
-                    let off = (1 + idx as usize % LINES_PER_SEGMENT) * LINE_SIZE;
+                    let off = ram_offset(idx);
                     let cur = st.current.as_mut().expect("in_current");
                     copy_sectors(&mut cur.buf[off..off + LINE_SIZE], data, mask);
                     st.index.add_dirty(idx, mask);
@@ -485,7 +494,7 @@ impl Inner {
                 }
                 if st.in_current(idx) {
                     // Replace mode on a line of the open segment: rewrite in place.
-                    let off = (1 + idx as usize % LINES_PER_SEGMENT) * LINE_SIZE;
+                    let off = ram_offset(idx);
                     let cur = st.current.as_mut().expect("in_current");
                     copy_sectors(&mut cur.buf[off..off + LINE_SIZE], data, mask);
                     st.index.remove(idx);
@@ -498,9 +507,11 @@ impl Inner {
             let i = cur.length;
             cur.length += 1;
             let (id, slot) = (cur.id, cur.slot);
-            let off = (1 + i) * LINE_SIZE;
+            let off = i * LINE_SIZE;
             let line = &mut cur.buf[off..off + LINE_SIZE];
-            line.fill(0);
+            if bits != 0xFF {
+                line.fill(0); // sectors nobody wrote hold zeros, not stale bytes
+            }
             if let Some(o) = &old {
                 copy_sectors(line, o, bits & !mask);
             }
@@ -758,19 +769,24 @@ impl Cache {
     pub fn write(&self, device_id: u8, sector: u64, data: &[u8]) -> Result<()> {
         let b = self.backing(device_id)?;
         self.check_range(&b, sector, data.len())?;
-        let mut line = [0u8; LINE_SIZE];
+        let mut partial = [0u8; LINE_SIZE];
         let mut pos = 0;
         for (ln, s0, n) in line_pieces(sector, (data.len() / SECTOR_SIZE) as u64) {
             let bytes = n * SECTOR_SIZE;
-            line[s0 * SECTOR_SIZE..s0 * SECTOR_SIZE + bytes]
-                .copy_from_slice(&data[pos..pos + bytes]);
+            let image: &[u8] = if n == SECTORS_PER_LINE {
+                &data[pos..pos + LINE_SIZE]
+            } else {
+                partial[s0 * SECTOR_SIZE..s0 * SECTOR_SIZE + bytes]
+                    .copy_from_slice(&data[pos..pos + bytes]);
+                &partial
+            };
             pos += bytes;
             let key = LineKey {
                 device_id,
                 line: ln,
             };
             self.inner
-                .write_line(key, mask_of(s0, n), &line, WriteMode::Merge)?;
+                .write_line(key, mask_of(s0, n), image, WriteMode::Merge)?;
         }
         Ok(())
     }
@@ -954,7 +970,7 @@ impl Cache {
     fn static_ram(&self, st: &State) -> u64 {
         let per_segment = 8 + 8 + 4; // slot id, RAM buffer pointer, pin count
         (st.index.ram_bytes()
-            + self.inner.pool_segments * SEGMENT_SIZE
+            + self.inner.pool_segments * SEGMENT_DATA_BYTES
             + self.inner.nr_segments as usize * per_segment) as u64
     }
 

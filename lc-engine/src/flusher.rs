@@ -24,8 +24,10 @@ pub(crate) enum FlushJob {
         id: u64,
         /// Its slot on the device.
         slot: u64,
-        /// Sealed header block and data.
-        buf: Arc<AlignedBuf>,
+        /// Header block (metablocks filled in, checksum not yet).
+        header: AlignedBuf,
+        /// Data lines (shared with readers until written).
+        data: Arc<AlignedBuf>,
         /// Valid lines.
         length: usize,
     },
@@ -59,21 +61,23 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<FlushJob>) {
             FlushJob::Segment {
                 id,
                 slot,
-                buf,
+                mut header,
+                data,
                 length,
             } => {
-                write_segment(&inner, id, slot, &buf, length);
+                write_segment(&inner, id, slot, &mut header, &data, length);
                 let mut st = lock(&inner.state);
                 st.last_flushed_id = id;
                 st.ram[slot as usize] = None;
-                drop(st);
-                if let Ok(b) = Arc::try_unwrap(buf) {
-                    lock(&inner.state).free_bufs.push(b);
+                // readers copy under the lock and never keep the Arc: ours is the last
+                if let Ok(b) = Arc::try_unwrap(data) {
+                    st.free_bufs.push(b);
                 }
+                let someone_waits = st.waiters.iter().any(|w| w.target <= id);
+                let lag = id - st.durable_id;
+                drop(st);
                 inner.progress_cv.notify_all();
-                let someone_waits = lock(&inner.state).waiters.iter().any(|w| w.target <= id);
                 let more_segments = queue.iter().any(|j| matches!(j, FlushJob::Segment { .. }));
-                let lag = id - lock(&inner.state).durable_id;
                 if someone_waits || !more_segments || lag >= FLUSH_EVERY_SEGMENTS {
                     make_durable(&inner);
                 }
@@ -145,7 +149,14 @@ fn retry(
     }
 }
 
-fn write_segment(inner: &Inner, id: u64, slot: u64, buf: &AlignedBuf, length: usize) {
+fn write_segment(
+    inner: &Inner,
+    id: u64,
+    slot: u64,
+    header: &mut AlignedBuf,
+    data: &AlignedBuf,
+    length: usize,
+) {
     // Before slot reuse, the record must say the slot's old segment is
     // written back, or a crash would make recovery stop at the overwritten id.
     if id > inner.nr_segments && lock(&inner.state).persisted_migrated_id < id - inner.nr_segments {
@@ -156,12 +167,13 @@ fn write_segment(inner: &Inner, id: u64, slot: u64, buf: &AlignedBuf, length: us
             );
         }
     }
+    let data = &data[..length * LINE_SIZE];
+    SegmentHeader::seal(header, data);
     inner.wait_unpinned(slot);
-    // sealed when it was closed: header, metablocks and data in one write
-    let image = &buf[..(1 + length) * LINE_SIZE];
     let off = segment_offset(slot);
+    // header and data land in one sequential write
     retry(inner, "writing a segment", id, || {
-        inner.dev.write_at(image, off)
+        inner.dev.write_vectored_at(&[header, data], off)
     });
 }
 

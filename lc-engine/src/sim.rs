@@ -155,6 +155,11 @@ impl BlockDevice for SimDisk {
         Ok(())
     }
 
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        // one request: a power cut keeps, drops or tears it as a whole
+        self.write_at(&bufs.concat(), offset)
+    }
+
     fn flush(&self) -> io::Result<()> {
         let dead = self.domain.dead.read().expect("power lock");
         if *dead {
@@ -228,6 +233,10 @@ impl BlockDevice for FaultyDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.maybe_fail(&self.plan.fail_writes)?;
         self.inner.write_at(buf, offset)
+    }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.maybe_fail(&self.plan.fail_writes)?;
+        self.inner.write_vectored_at(bufs, offset)
     }
     fn flush(&self) -> io::Result<()> {
         self.maybe_fail(&self.plan.fail_flushes)?;
