@@ -13,7 +13,7 @@
 //! writer waits for a slot that is not yet written back, and while a detach
 //! drains a device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,6 +207,21 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
             }
         }
     }
+    // Several copies of one line in a batch: only the newest is written. It
+    // holds every sector of the older ones that still matters (writes merge
+    // older dirty sectors in; a discard drops them on purpose), and the
+    // address sort below must never reorder two copies of the same sectors.
+    let mut newest: HashMap<LineKey, usize> = HashMap::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        newest.insert(it.key, i); // items are in log order: the last one wins
+    }
+    // (an older copy is never the indexed one, so nothing else needs it)
+    let items: Vec<Item> = items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, it)| newest[&it.key] == *i)
+        .map(|(_, it)| it)
+        .collect();
     if write_back(inner, &segs, &items, &devices) {
         Outcome::Done(items)
     } else {

@@ -246,33 +246,49 @@ fn replay_log(
     // highest id known durable: from the record, then from each header read
     let mut vouched = migrated.max(record.durable_segment_id);
     let mut pending: VecDeque<(u64, SegmentHeader, AlignedBuf)> = VecDeque::new();
-    let mut others: Vec<(u64, u64)> = Vec::new(); // (slot, id) of valid headers outside the run
-    for k in 0..nr {
-        let slot = (first_slot + k) % nr;
-        let block = read_block(dev, segment_offset(slot), "reading a segment header")?;
-        let parsed = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
-        match parsed {
-            Some(h) if in_run && h.global_id == expected => {
-                expected += 1;
-                vouched = vouched.max(h.durable_id.min(h.global_id - 1));
-                pending.push_back((slot, h, block));
-                while pending
-                    .front()
-                    .is_some_and(|(_, h, _)| h.global_id <= vouched)
-                {
-                    let (slot, h, _) = pending.pop_front().expect("non-empty");
-                    replay(st, slot, &h);
-                    report.replayed_segments += 1;
+    // (slot, id) of valid headers outside the run
+    let mut others: Vec<(u64, u64)> = Vec::new();
+    // A reader thread streams the headers in log order while this thread
+    // parses and replays them, so replay hides behind the reads.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, AlignedBuf)>>(256);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            for k in 0..nr {
+                let slot = (first_slot + k) % nr;
+                let block = read_block(dev, segment_offset(slot), "reading a segment header");
+                let failed = block.is_err();
+                if tx.send(block.map(|b| (slot, b))).is_err() || failed {
+                    return;
                 }
             }
-            other => {
-                in_run = false;
-                if let Some(h) = other {
-                    others.push((slot, h.global_id));
+        });
+        for item in rx {
+            let (slot, block) = item?;
+            let parsed = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
+            match parsed {
+                Some(h) if in_run && h.global_id == expected => {
+                    expected += 1;
+                    vouched = vouched.max(h.durable_id.min(h.global_id - 1));
+                    pending.push_back((slot, h, block));
+                    while pending
+                        .front()
+                        .is_some_and(|(_, h, _)| h.global_id <= vouched)
+                    {
+                        let (slot, h, _) = pending.pop_front().expect("non-empty");
+                        replay(st, slot, &h);
+                        report.replayed_segments += 1;
+                    }
+                }
+                other => {
+                    in_run = false;
+                    if let Some(h) = other {
+                        others.push((slot, h.global_id));
+                    }
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     // the unvouched tail: verify full checksums, stop at the first failure
     let mut end = migrated + report.replayed_segments;
     while let Some((slot, h, block)) = pending.pop_front() {
