@@ -9,7 +9,7 @@
 //! [`crate::migrator`], [`crate::ticker`], [`crate::recover`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -54,6 +54,8 @@ pub struct Backing {
     pub migrated_sectors: AtomicU64,
     /// Sectors read from the device (read misses and partial hits).
     pub read_sectors: AtomicU64,
+    /// Set while a detach writes its data back: new writes are refused.
+    detaching: AtomicBool,
 }
 
 /// The segment currently being filled in RAM.
@@ -132,8 +134,9 @@ pub(crate) struct Inner {
     pub devices: RwLock<BTreeMap<u8, Arc<Backing>>>,
 }
 
-/// Locks a mutex, ignoring poisoning (a panicked thread leaves consistent
-/// metadata behind because every update is done in one critical section).
+/// Locks a mutex, ignoring poisoning: a panic in another thread is a bug
+/// that is reported where it happened; the cache keeps serving rather than
+/// turning it into a panic in every caller.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -677,6 +680,7 @@ impl Cache {
                 migrate_threshold: AtomicU8::new(70),
                 migrated_sectors: AtomicU64::new(0),
                 read_sectors: AtomicU64::new(0),
+                detaching: AtomicBool::new(false),
             }),
         );
         self.inner.migrate_cv.notify_all();
@@ -691,34 +695,23 @@ impl Cache {
         device_id: u8,
         mut progress: impl FnMut(DrainProgress),
     ) -> Result<()> {
-        self.backing(device_id)?;
-        self.inner.flush_sync()?;
-        let mut st = lock(&self.inner.state);
-        let target = st.last_segment_of_device[device_id as usize];
-        let start = st.last_migrated_id;
-        st.drain_target = st.drain_target.max(target);
-        self.inner.migrate_cv.notify_all();
-        while st.last_migrated_id < target {
-            if st.stopping {
-                return Err(Error::Stopped);
+        let backing = self.backing(device_id)?;
+        // From now on its writes are refused, so the drain below ends.
+        backing.detaching.store(true, Ordering::SeqCst);
+        let res = (|| loop {
+            self.inner.flush_sync()?;
+            let target = lock(&self.inner.state).last_segment_of_device[device_id as usize];
+            self.drain_to(target, &mut progress)?;
+            // a write that passed the check just before the flag was set
+            // may have landed after `target`: go round once more
+            if lock(&self.inner.state).last_segment_of_device[device_id as usize] == target {
+                return self.commit_super_block();
             }
-            progress(DrainProgress {
-                done: st.last_migrated_id - start,
-                total: target.saturating_sub(start),
-            });
-            st = self
-                .inner
-                .progress_cv
-                .wait_timeout(st, Duration::from_millis(200))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        })();
+        if let Err(e) = res {
+            backing.detaching.store(false, Ordering::SeqCst);
+            return Err(e);
         }
-        progress(DrainProgress {
-            done: target.saturating_sub(start),
-            total: target.saturating_sub(start),
-        });
-        drop(st);
-        self.commit_super_block()?;
         debug_assert_eq!(lock(&self.inner.state).index.nr_dirty(device_id), 0);
         let mut devices = self
             .inner
@@ -727,6 +720,33 @@ impl Cache {
             .unwrap_or_else(|e| e.into_inner());
         devices.remove(&device_id);
         Ok(())
+    }
+
+    /// Forces write-back until `last_migrated_segment_id` reaches `target`,
+    /// reporting progress now and then.
+    fn drain_to(&self, target: u64, progress: &mut impl FnMut(DrainProgress)) -> Result<()> {
+        let mut st = lock(&self.inner.state);
+        let start = st.last_migrated_id.min(target);
+        st.drain_target = st.drain_target.max(target);
+        self.inner.migrate_cv.notify_all();
+        loop {
+            progress(DrainProgress {
+                done: st.last_migrated_id.min(target) - start,
+                total: target - start,
+            });
+            if st.last_migrated_id >= target {
+                return Ok(());
+            }
+            if st.stopping {
+                return Err(Error::Stopped);
+            }
+            st = self
+                .inner
+                .progress_cv
+                .wait_timeout(st, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Attached devices.
@@ -768,6 +788,9 @@ impl Cache {
     /// with a volatile write cache, it is durable after the next FLUSH.
     pub fn write(&self, device_id: u8, sector: u64, data: &[u8]) -> Result<()> {
         let b = self.backing(device_id)?;
+        if b.detaching.load(Ordering::SeqCst) {
+            return Err(Error::Detaching(device_id));
+        }
         self.check_range(&b, sector, data.len())?;
         let mut partial = [0u8; LINE_SIZE];
         let mut pos = 0;
@@ -893,6 +916,9 @@ impl Cache {
     /// discard is passed to the backing device.
     pub fn discard(&self, device_id: u8, sector: u64, nr_sectors: u64) -> Result<()> {
         let b = self.backing(device_id)?;
+        if b.detaching.load(Ordering::SeqCst) {
+            return Err(Error::Detaching(device_id));
+        }
         let bytes = usize::try_from(nr_sectors.saturating_mul(SECTOR_SIZE as u64))
             .map_err(|_| Error::InvalidArgument("discard range too large".into()))?;
         self.check_range(&b, sector, bytes)?;
@@ -1005,21 +1031,8 @@ impl Cache {
     /// Forces write-back for the wait.
     pub fn migrate_all(&self) -> Result<()> {
         self.flush_sync()?;
-        let mut st = lock(&self.inner.state);
-        let target = st.last_closed_id;
-        st.drain_target = st.drain_target.max(target);
-        self.inner.migrate_cv.notify_all();
-        while st.last_migrated_id < target {
-            if st.stopping {
-                return Err(Error::Stopped);
-            }
-            st = self
-                .inner
-                .progress_cv
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        Ok(())
+        let target = lock(&self.inner.state).last_closed_id;
+        self.drain_to(target, &mut |_| {})
     }
 
     /// Stops the cache cleanly (dm-lc's free_cache): seals and writes the

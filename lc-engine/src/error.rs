@@ -88,6 +88,11 @@ pub enum Error {
     /// A backing device with this id is already attached.
     #[error("device id {0} is already attached; choose a free id or detach it first")]
     DeviceExists(u8),
+    /// The device is being detached; its writes are refused.
+    #[error(
+        "device {0} is being detached and takes no more writes; wait for the detach to finish"
+    )]
+    Detaching(u8),
     /// The cache is shutting down or has stopped.
     #[error("the cache is stopped; resume it again")]
     Stopped,
@@ -110,7 +115,7 @@ impl Error {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
             Error::OutOfRange { .. } | Error::InvalidArgument(_) => libc::EINVAL,
-            Error::UnknownDevice(_) => libc::ENODEV,
+            Error::UnknownDevice(_) | Error::Detaching(_) => libc::ENODEV,
             Error::Stopped => libc::ESHUTDOWN,
             _ => libc::EIO,
         }

@@ -169,3 +169,33 @@ fn backing_flush_errors_hold_back_last_migrated() {
         cache.status().last_migrated_segment_id == 1
     });
 }
+
+#[test]
+fn detach_waits_for_a_failing_backing_device_and_refuses_new_writes() {
+    let (cache, _, bdev, raw) = rig();
+    let cache = Arc::new(cache);
+    cache.write(1, 0, &pattern(1, 0, 64)).unwrap();
+    bdev.plan.fail_writes.store(true, Ordering::SeqCst);
+    let detach = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.detach_device(1, |_| {}))
+    };
+    wait_until("write-back retried", || {
+        cache.status().stats.migration_retries >= 1
+    });
+    let err = cache.write(1, 0, &[0; 512]).unwrap_err();
+    assert!(matches!(err, Error::Detaching(1)), "{err}");
+    assert!(
+        !detach.is_finished(),
+        "detach cannot finish while the backing device fails"
+    );
+    bdev.plan.fail_writes.store(false, Ordering::SeqCst);
+    detach.join().unwrap().unwrap();
+    let mut b = vec![0u8; 64 * 512];
+    raw.read_at(&mut b, 0).unwrap();
+    assert!(b == pattern(1, 0, 64));
+    assert!(matches!(
+        cache.write(1, 0, &[0; 512]),
+        Err(Error::UnknownDevice(1))
+    ));
+}
