@@ -110,6 +110,9 @@ pub struct RecoveryReport {
     pub last_migrated_segment_id: u64,
     /// Segments replayed into the index.
     pub replayed_segments: u64,
+    /// Id of the last segment of the recovered log (the next segment gets
+    /// the id after it).
+    pub last_replayed_segment_id: u64,
     /// Of those, segments whose full data checksum was verified.
     pub verified_segments: u64,
     /// Segments rejected at the end of the log (torn or never completed).
@@ -178,7 +181,7 @@ impl Cache {
             stopping: false,
         };
         let report = replay_log(&*dev, &sb, &record, &mut st)?;
-        let end = report_end(&report, migrated);
+        let end = report.last_replayed_segment_id;
         st.next_id = end + 1;
         st.last_closed_id = end;
         st.last_flushed_id = end;
@@ -204,10 +207,6 @@ impl Cache {
         });
         Ok((Cache::start(inner)?, report))
     }
-}
-
-fn report_end(r: &RecoveryReport, migrated: u64) -> u64 {
-    migrated + r.replayed_segments
 }
 
 fn replay(st: &mut State, slot: u64, h: &SegmentHeader) {
@@ -318,5 +317,6 @@ fn replay_log(
     if report.zeroed_headers > 0 {
         dev.flush().map_err(io_err("flushing the cache device"))?;
     }
+    report.last_replayed_segment_id = end;
     Ok(report)
 }
