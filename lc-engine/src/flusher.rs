@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
-use crate::cache::{backoff, lock, Inner, Waiter};
+use crate::cache::{lock, retry_io, Inner, Waiter};
 use crate::device::AlignedBuf;
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
@@ -99,10 +99,6 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<FlushJob>) {
     }
 }
 
-fn stopping(inner: &Inner) -> bool {
-    lock(&inner.state).stopping
-}
-
 /// Fails every FLUSH waiting on a segment at or after `from_id`.
 fn fail_waiters(inner: &Inner, from_id: u64, what: &str) {
     let failed: Vec<Waiter> = {
@@ -122,31 +118,20 @@ fn fail_waiters(inner: &Inner, from_id: u64, what: &str) {
     }
 }
 
-/// Runs `op` until it succeeds; each failure is counted, fails the FLUSHes
-/// that depend on it, and is retried with backoff. Gives up only when the
-/// cache is stopping.
+/// Retries a cache-device write or flush (see [`retry_io`]); every failure
+/// is counted and fails the FLUSHes waiting on segment `fail_from` or later.
 fn retry(
     inner: &Inner,
     what: &str,
     fail_from: u64,
-    mut op: impl FnMut() -> std::io::Result<()>,
+    op: impl FnMut() -> std::io::Result<()>,
 ) -> bool {
-    let mut attempt = 0;
-    loop {
-        match op() {
-            Ok(()) => return true,
-            Err(e) => {
-                inner.stats.error(ErrorCounter::CacheWrite);
-                tracing::error!(cache = inner.cache_id, "{what} failed: {e}; retrying");
-                fail_waiters(inner, fail_from, what);
-                if stopping(inner) && attempt >= 3 {
-                    return false;
-                }
-                std::thread::sleep(backoff(attempt));
-                attempt += 1;
-            }
-        }
-    }
+    let on_error = |e: &std::io::Error| {
+        inner.stats.error(ErrorCounter::CacheWrite);
+        tracing::error!(cache = inner.cache_id, "{what} failed: {e}; retrying");
+        fail_waiters(inner, fail_from, what);
+    };
+    retry_io(inner, 3, on_error, op)
 }
 
 fn write_segment(

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{backoff, line_index, lock, read_lock, Backing, Inner};
+use crate::cache::{line_index, lock, read_lock, retry_io, Backing, Inner};
 use crate::device::AlignedBuf;
 use crate::format::*;
 use crate::index::LineKey;
@@ -229,32 +229,23 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
     }
 }
 
-/// Retries `op` with backoff until it succeeds; false when the cache stops first.
+/// Retries a write-back read, write or flush (see [`retry_io`]), counting
+/// each failure; false when the cache stops first.
 fn retry(
     inner: &Inner,
     counter: ErrorCounter,
     what: &str,
-    mut op: impl FnMut() -> std::io::Result<()>,
+    op: impl FnMut() -> std::io::Result<()>,
 ) -> bool {
-    let mut attempt = 0;
-    loop {
-        match op() {
-            Ok(()) => return true,
-            Err(e) => {
-                inner.stats.error(counter);
-                inner.stats.error(ErrorCounter::MigrationRetry);
-                tracing::warn!(
-                    cache = inner.cache_id,
-                    "write-back: {what} failed: {e}; retrying"
-                );
-                if lock(&inner.state).stopping {
-                    return false;
-                }
-                std::thread::sleep(backoff(attempt));
-                attempt += 1;
-            }
-        }
-    }
+    let on_error = |e: &std::io::Error| {
+        inner.stats.error(counter);
+        inner.stats.error(ErrorCounter::MigrationRetry);
+        tracing::warn!(
+            cache = inner.cache_id,
+            "write-back: {what} failed: {e}; retrying"
+        );
+    };
+    retry_io(inner, 0, on_error, op)
 }
 
 /// Largest merged backing write.

@@ -368,6 +368,25 @@ fn a_torn_last_segment_is_never_replayed() {
     );
 }
 
+/// Cuts the power of a cache device and one backing device, then resumes
+/// the cache from what survived, with device 1 attached again.
+fn cut_and_resume(
+    cache: Cache,
+    dom: &PowerDomain,
+    cdev: &SimDisk,
+    b: &SimDisk,
+    seed: u64,
+) -> Cache {
+    let mut images = dom.cut(&[cdev, b], &mut StdRng::seed_from_u64(seed));
+    drop(cache);
+    let dom2 = PowerDomain::new();
+    let cache = resume(SimDisk::from_image(dom2.clone(), images.remove(0)), 2);
+    cache
+        .attach_device(1, SimDisk::from_image(dom2, images.remove(0)))
+        .unwrap();
+    cache
+}
+
 #[test]
 fn write_back_keeps_an_acknowledged_line_whose_newer_copy_is_not_durable() {
     // X is acknowledged in segment 1; a newer copy of X sits in the open,
@@ -387,14 +406,7 @@ fn write_back_keeps_an_acknowledged_line_whose_newer_copy_is_not_durable() {
     }
     cache.commit_super_block().unwrap();
     assert_eq!(cache.status().persisted_migrated_segment_id, 1);
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut images = dom.cut(&[&cdev, &b], &mut rng);
-    drop(cache);
-    let dom2 = PowerDomain::new();
-    let c2 = SimDisk::from_image(dom2.clone(), images.remove(0));
-    let b2 = SimDisk::from_image(dom2, images.remove(0));
-    let cache = resume(c2, 2);
-    cache.attach_device(1, b2).unwrap();
+    let cache = cut_and_resume(cache, &dom, &cdev, &b, 7);
     let mut buf = vec![0u8; 4096];
     cache.read(1, 8, &mut buf).unwrap();
     assert!(buf == pattern(1, 8, 8), "the acknowledged copy survives");
@@ -552,14 +564,7 @@ fn write_back_of_two_copies_in_one_batch_keeps_the_newer() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     cache.commit_super_block().unwrap();
-    let mut rng = StdRng::seed_from_u64(5);
-    let mut images = dom.cut(&[&cdev, &b], &mut rng);
-    drop(cache);
-    let dom2 = PowerDomain::new();
-    let cache = resume(SimDisk::from_image(dom2.clone(), images.remove(0)), 2);
-    cache
-        .attach_device(1, SimDisk::from_image(dom2, images.remove(0)))
-        .unwrap();
+    let cache = cut_and_resume(cache, &dom, &cdev, &b, 5);
     let mut buf = vec![0u8; 8 * 512];
     cache.read(1, 8, &mut buf).unwrap();
     let mut want = pattern(0, 8, 1);

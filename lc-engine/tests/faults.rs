@@ -33,6 +33,13 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+fn assert_io_error(err: &Error, on: DeviceRole) {
+    assert!(
+        matches!(err, Error::Io { role, .. } if *role == on),
+        "{err}"
+    );
+}
+
 fn read(cache: &Cache, sector: u64, n: u64) -> Vec<u8> {
     let mut b = vec![0u8; n as usize * 512];
     cache.read(1, sector, &mut b).unwrap();
@@ -45,16 +52,7 @@ fn cache_write_errors_fail_the_flush_and_lose_nothing() {
     cache.write(1, 0, &pattern(1, 0, 64)).unwrap();
     cdev.plan.fail_writes.store(true, Ordering::SeqCst);
     let err = cache.flush_sync().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Io {
-                role: DeviceRole::Cache,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_io_error(&err, DeviceRole::Cache);
     assert!(cache.status().stats.cache_write_errors > 0);
     // the data is still served while the device fails
     assert!(read(&cache, 0, 64) == pattern(1, 0, 64));
@@ -84,16 +82,7 @@ fn cache_read_errors_fail_the_read_only() {
     cdev.plan.fail_reads.store(true, Ordering::SeqCst);
     let mut b = vec![0u8; 4096];
     let err = cache.read(1, 8, &mut b).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Io {
-                role: DeviceRole::Cache,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_io_error(&err, DeviceRole::Cache);
     assert_eq!(err.errno(), libc::EIO);
     assert_eq!(cache.status().stats.cache_read_errors, 1);
     cdev.plan.fail_reads.store(false, Ordering::SeqCst);
@@ -106,16 +95,7 @@ fn backing_read_errors_fail_a_miss() {
     bdev.plan.fail_reads.store(true, Ordering::SeqCst);
     let mut b = vec![0u8; 4096];
     let err = cache.read(1, 100, &mut b).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Io {
-                role: DeviceRole::Backing,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_io_error(&err, DeviceRole::Backing);
     assert_eq!(cache.status().stats.backing_read_errors, 1);
     bdev.plan.fail_reads.store(false, Ordering::SeqCst);
     assert!(read(&cache, 100, 8) == pattern(0, 100, 8));

@@ -191,42 +191,15 @@ fn engine_matches_reference_model() {
         cases,
         ..ProptestConfig::default()
     });
-    let strategy = (
-        1u8..=3,
-        2u64..=4,
-        1usize..=3,
-        proptest::collection::vec(op(3), 1..120),
-    );
+    let strategy = (1u8..=3).prop_flat_map(|devices| {
+        (
+            Just(devices),
+            2u64..=4,
+            1usize..=3,
+            proptest::collection::vec(op(devices), 1..120),
+        )
+    });
     let result = runner.run(&strategy, |(devices, segments, pool, ops)| {
-        let ops: Vec<Op> = ops
-            .into_iter()
-            .map(|o| {
-                let fix = |dev: u8| (dev - 1) % devices + 1;
-                match o {
-                    Op::Write { dev, sector, n } => Op::Write {
-                        dev: fix(dev),
-                        sector,
-                        n,
-                    },
-                    Op::Fua { dev, sector, n } => Op::Fua {
-                        dev: fix(dev),
-                        sector,
-                        n,
-                    },
-                    Op::Read { dev, sector, n } => Op::Read {
-                        dev: fix(dev),
-                        sector,
-                        n,
-                    },
-                    Op::Discard { dev, sector, n } => Op::Discard {
-                        dev: fix(dev),
-                        sector,
-                        n,
-                    },
-                    o => o,
-                }
-            })
-            .collect();
         OPS_RUN.fetch_add(ops.len() as u64, Ordering::Relaxed);
         run(ops, devices, segments, pool)
     });
