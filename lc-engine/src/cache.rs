@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
-use crate::flusher::FlushJob;
+use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
@@ -384,13 +384,9 @@ impl Inner {
         st.ram[slot as usize] = Some(data.clone());
         st.last_closed_id = id;
         st.barrier_since = None;
-        self.send_job(FlushJob::Segment {
-            id,
-            slot,
-            header: head,
-            data,
-            length,
-        });
+        self.send_job(FlushJob::Segment(SegmentWrite::new(
+            id, slot, head, data, length,
+        )));
     }
 
     /// Makes sure an open segment with a free line exists; may wait (then
@@ -609,18 +605,16 @@ fn copy_sectors(dst: &mut [u8], src: &[u8], mask: u8) {
 impl Cache {
     pub(crate) fn start(inner: Arc<Inner>) -> Result<Cache> {
         let (tx, rx) = std::sync::mpsc::channel();
-        *lock(&inner.flusher_tx) = Some(tx);
+        *lock(&inner.flusher_tx) = Some(tx.clone());
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(format!("lc{}-{name}", inner.cache_id))
                 .spawn(f)
                 .map_err(|e| Error::io(DeviceRole::Cache, "starting a cache thread", e))
         };
-        let threads = vec![
-            spawn("flusher", {
-                let i = inner.clone();
-                Box::new(move || crate::flusher::run(i, rx))
-            })?,
+        let mut threads = crate::flusher::spawn(&inner, tx.clone(), rx)
+            .map_err(|e| Error::io(DeviceRole::Cache, "starting the flusher", e))?;
+        threads.extend([
             spawn("migrate", {
                 let i = inner.clone();
                 Box::new(move || crate::migrator::run(i))
@@ -629,7 +623,7 @@ impl Cache {
                 let i = inner.clone();
                 Box::new(move || crate::ticker::run(i))
             })?,
-        ];
+        ]);
         Ok(Cache {
             inner,
             threads: Mutex::new(threads),

@@ -1,14 +1,21 @@
-//! The flush daemon: the only thread that writes the cache device.
+//! The flush daemon: everything that writes the cache device.
 //!
-//! It writes sealed segments in id order, flushes the device when a FLUSH
-//! waits or when it runs out of work, completes waiting FLUSHes, commits the
-//! superblock record and discards written-back segments. Keeping every cache
-//! device write in one thread is what makes slot reuse safe: a discard of an
-//! old segment can never overtake the write of the new one in the same slot.
+//! One coordinator thread takes sealed segments in id order, computes their
+//! checksums and hands them to [`IO_DEPTH`] segment writers, so the device
+//! always has the next segment queued while one completes. It advances
+//! `last_flushed_segment_id` over the contiguous prefix of written segments
+//! (a later segment may land first; recovery never replays past a gap),
+//! flushes the device when a FLUSH waits, when it runs out of work or every
+//! [`FLUSH_EVERY_SEGMENTS`], completes waiting FLUSHes, commits the
+//! superblock record and discards written-back segments. Records and
+//! discards are written by the coordinator itself, between submissions, so a
+//! discard of an old segment can never overtake the write of the new one in
+//! the same slot.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crate::cache::{lock, retry_io, Inner, Waiter};
 use crate::device::AlignedBuf;
@@ -16,26 +23,50 @@ use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
 use crate::stats::ErrorCounter;
 
+/// A sealed segment on its way to the device.
+pub(crate) struct SegmentWrite {
+    /// Its id.
+    id: u64,
+    /// Its slot on the device.
+    slot: u64,
+    /// Header block (metablocks filled in; checksum added by the coordinator).
+    header: AlignedBuf,
+    /// Data lines (shared with readers until written).
+    data: Arc<AlignedBuf>,
+    /// Valid lines.
+    length: usize,
+}
+
+impl SegmentWrite {
+    /// A closed segment, ready for the flusher.
+    pub(crate) fn new(
+        id: u64,
+        slot: u64,
+        header: AlignedBuf,
+        data: Arc<AlignedBuf>,
+        length: usize,
+    ) -> Self {
+        SegmentWrite {
+            id,
+            slot,
+            header,
+            data,
+            length,
+        }
+    }
+}
+
 /// Work for the flush daemon.
 pub(crate) enum FlushJob {
-    /// Write this sealed segment.
-    Segment {
-        /// Its id.
-        id: u64,
-        /// Its slot on the device.
-        slot: u64,
-        /// Header block (metablocks filled in, checksum not yet).
-        header: AlignedBuf,
-        /// Data lines (shared with readers until written).
-        data: Arc<AlignedBuf>,
-        /// Valid lines.
-        length: usize,
-    },
+    /// Write this closed segment.
+    Segment(SegmentWrite),
+    /// A segment writer finished (`ok` false: it gave up because the cache stops).
+    Written { seg: SegmentWrite, ok: bool },
     /// A FLUSH waits on already-sealed segments: make them durable.
     Barrier,
     /// Write the record block; answer if a reply channel is given.
     Commit(Option<Sender<Result<()>>>),
-    /// Exit.
+    /// Finish the queued segments, then exit.
     Stop,
 }
 
@@ -44,47 +75,55 @@ pub(crate) enum FlushJob {
 /// in full after a crash.
 const FLUSH_EVERY_SEGMENTS: u64 = 16;
 
-pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<FlushJob>) {
-    let mut queue: VecDeque<FlushJob> = VecDeque::new();
-    loop {
-        if queue.is_empty() {
-            match rx.recv() {
-                Ok(j) => queue.push_back(j),
-                Err(_) => return,
-            }
-        }
-        while let Ok(j) = rx.try_recv() {
-            queue.push_back(j);
-        }
-        let job = queue.pop_front().expect("non-empty");
+/// Segment writes in flight at once.
+const IO_DEPTH: usize = 2;
+
+/// Starts the coordinator and its segment writers; `me` is the sending
+/// side of `rx`, which the writers use to report back.
+pub(crate) fn spawn(
+    inner: &Arc<Inner>,
+    me: Sender<FlushJob>,
+    rx: Receiver<FlushJob>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let (io_tx, io_rx) = std::sync::mpsc::channel::<SegmentWrite>();
+    let io_rx = Arc::new(Mutex::new(io_rx));
+    let mut threads = Vec::new();
+    for n in 0..IO_DEPTH {
+        let (inner, io_rx, me) = (inner.clone(), io_rx.clone(), me.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("lc{}-writer{n}", inner.cache_id))
+                .spawn(move || segment_writer(&inner, &io_rx, &me))?,
+        );
+    }
+    let inner = inner.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name(format!("lc{}-flusher", inner.cache_id))
+            .spawn(move || run(&inner, &rx, io_tx))?,
+    );
+    Ok(threads)
+}
+
+fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
+    let mut queued: VecDeque<SegmentWrite> = VecDeque::new();
+    let mut in_flight = 0;
+    let mut landed: BTreeMap<u64, SegmentWrite> = BTreeMap::new();
+    let mut stop = false;
+    while let Ok(job) = rx.recv() {
         match job {
-            FlushJob::Segment {
-                id,
-                slot,
-                mut header,
-                data,
-                length,
-            } => {
-                write_segment(&inner, id, slot, &mut header, &data, length);
-                let mut st = lock(&inner.state);
-                st.last_flushed_id = id;
-                st.ram[slot as usize] = None;
-                // readers copy under the lock and never keep the Arc: ours is the last
-                if let Ok(b) = Arc::try_unwrap(data) {
-                    st.free_bufs.push(b);
+            FlushJob::Segment(seg) => queued.push_back(seg),
+            FlushJob::Written { seg, ok } => {
+                in_flight -= 1;
+                if ok {
+                    landed.insert(seg.id, seg);
                 }
-                let someone_waits = st.waiters.iter().any(|w| w.target <= id);
-                let lag = id - st.durable_id;
-                drop(st);
-                inner.progress_cv.notify_all();
-                let more_segments = queue.iter().any(|j| matches!(j, FlushJob::Segment { .. }));
-                if someone_waits || !more_segments || lag >= FLUSH_EVERY_SEGMENTS {
-                    make_durable(&inner);
-                }
+                let more = !queued.is_empty() || in_flight > 0;
+                segments_landed(inner, &mut landed, more);
             }
-            FlushJob::Barrier => make_durable(&inner),
+            FlushJob::Barrier => make_durable(inner),
             FlushJob::Commit(reply) => {
-                let res = commit(&inner);
+                let res = commit(inner);
                 if let Some(tx) = reply {
                     let _ = tx.send(res);
                 } else if let Err(e) = res {
@@ -94,8 +133,60 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<FlushJob>) {
                     );
                 }
             }
-            FlushJob::Stop => return,
+            FlushJob::Stop => stop = true,
         }
+        while in_flight < IO_DEPTH {
+            let Some(mut seg) = queued.pop_front() else {
+                break;
+            };
+            prepare(inner, &mut seg);
+            in_flight += 1;
+            if io_tx.send(seg).is_err() {
+                return;
+            }
+        }
+        if stop && queued.is_empty() && in_flight == 0 {
+            return;
+        }
+    }
+}
+
+/// A segment writer thread: writes what the coordinator hands it.
+fn segment_writer(inner: &Inner, jobs: &Mutex<Receiver<SegmentWrite>>, done: &Sender<FlushJob>) {
+    loop {
+        let Ok(seg) = lock(jobs).recv() else { return };
+        let ok = write_segment(inner, &seg);
+        if done.send(FlushJob::Written { seg, ok }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Advances `last_flushed_segment_id` over the segments that landed in
+/// order, returns their buffers, and flushes the device when a FLUSH waits,
+/// when no more segments are coming, or every [`FLUSH_EVERY_SEGMENTS`].
+fn segments_landed(inner: &Inner, landed: &mut BTreeMap<u64, SegmentWrite>, more_coming: bool) {
+    let mut st = lock(&inner.state);
+    let mut advanced = false;
+    while let Some(seg) = landed.remove(&(st.last_flushed_id + 1)) {
+        st.last_flushed_id = seg.id;
+        st.ram[seg.slot as usize] = None;
+        // readers copy under the lock and never keep the Arc: ours is the last
+        if let Ok(b) = Arc::try_unwrap(seg.data) {
+            st.free_bufs.push(b);
+        }
+        advanced = true;
+    }
+    if !advanced {
+        return;
+    }
+    let written = st.last_flushed_id;
+    let someone_waits = st.waiters.iter().any(|w| w.target <= written);
+    let lag = written - st.durable_id;
+    drop(st);
+    inner.progress_cv.notify_all();
+    if someone_waits || !more_coming || lag >= FLUSH_EVERY_SEGMENTS {
+        make_durable(inner);
     }
 }
 
@@ -134,17 +225,13 @@ fn retry(
     retry_io(inner, 3, on_error, op)
 }
 
-fn write_segment(
-    inner: &Inner,
-    id: u64,
-    slot: u64,
-    header: &mut AlignedBuf,
-    data: &AlignedBuf,
-    length: usize,
-) {
+/// Gets a segment ready for its writer: commits the record first if the
+/// segment reuses a slot, seals it, and waits until no reader has the slot pinned.
+fn prepare(inner: &Inner, seg: &mut SegmentWrite) {
     // Before slot reuse, the record must say the slot's old segment is
     // written back, or a crash would make recovery stop at the overwritten id.
-    if id > inner.nr_segments && lock(&inner.state).persisted_migrated_id < id - inner.nr_segments {
+    let nr = inner.nr_segments;
+    if seg.id > nr && lock(&inner.state).persisted_migrated_id < seg.id - nr {
         if let Err(e) = commit(inner) {
             tracing::error!(
                 cache = inner.cache_id,
@@ -152,14 +239,18 @@ fn write_segment(
             );
         }
     }
-    let data = &data[..length * LINE_SIZE];
-    SegmentHeader::seal(header, data);
-    inner.wait_unpinned(slot);
-    let off = segment_offset(slot);
-    // header and data land in one sequential write
-    retry(inner, "writing a segment", id, || {
-        inner.dev.write_vectored_at(&[header, data], off)
-    });
+    SegmentHeader::seal(&mut seg.header, &seg.data[..seg.length * LINE_SIZE]);
+    inner.wait_unpinned(seg.slot);
+}
+
+/// Writes a prepared segment, header and data in one request; false only
+/// if the cache stopped while the device kept failing.
+fn write_segment(inner: &Inner, seg: &SegmentWrite) -> bool {
+    let data = &seg.data[..seg.length * LINE_SIZE];
+    let off = segment_offset(seg.slot);
+    retry(inner, "writing a segment", seg.id, || {
+        inner.dev.write_vectored_at(&[&seg.header, data], off)
+    })
 }
 
 /// Flushes the cache device and completes the FLUSHes it satisfies.
