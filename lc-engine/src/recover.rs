@@ -249,39 +249,49 @@ fn replay_log(
     let mut others: Vec<(u64, u64)> = Vec::new();
     // A reader thread streams the headers in log order while this thread
     // parses and replays them, so replay hides behind the reads.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, AlignedBuf)>>(256);
+    // Headers travel in batches: one hand-over per batch, not per header.
+    const BATCH: u64 = 32;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(u64, AlignedBuf)>>>(8);
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
-            for k in 0..nr {
-                let slot = (first_slot + k) % nr;
-                let block = read_block(dev, segment_offset(slot), "reading a segment header");
-                let failed = block.is_err();
-                if tx.send(block.map(|b| (slot, b))).is_err() || failed {
+            let mut k = 0;
+            while k < nr {
+                let batch: Result<Vec<_>> = (k..(k + BATCH).min(nr))
+                    .map(|k| {
+                        let slot = (first_slot + k) % nr;
+                        read_block(dev, segment_offset(slot), "reading a segment header")
+                            .map(|b| (slot, b))
+                    })
+                    .collect();
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
                     return;
                 }
+                k += BATCH;
             }
         });
-        for item in rx {
-            let (slot, block) = item?;
-            let parsed = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
-            match parsed {
-                Some(h) if in_run && h.global_id == expected => {
-                    expected += 1;
-                    vouched = vouched.max(h.durable_id.min(h.global_id - 1));
-                    pending.push_back((slot, h, block));
-                    while pending
-                        .front()
-                        .is_some_and(|(_, h, _)| h.global_id <= vouched)
-                    {
-                        let (slot, h, _) = pending.pop_front().expect("non-empty");
-                        replay(st, slot, &h);
-                        report.replayed_segments += 1;
+        for batch in rx {
+            for (slot, block) in batch? {
+                let parsed = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
+                match parsed {
+                    Some(h) if in_run && h.global_id == expected => {
+                        expected += 1;
+                        vouched = vouched.max(h.durable_id.min(h.global_id - 1));
+                        pending.push_back((slot, h, block));
+                        while pending
+                            .front()
+                            .is_some_and(|(_, h, _)| h.global_id <= vouched)
+                        {
+                            let (slot, h, _) = pending.pop_front().expect("non-empty");
+                            replay(st, slot, &h);
+                            report.replayed_segments += 1;
+                        }
                     }
-                }
-                other => {
-                    in_run = false;
-                    if let Some(h) = other {
-                        others.push((slot, h.global_id));
+                    other => {
+                        in_run = false;
+                        if let Some(h) = other {
+                            others.push((slot, h.global_id));
+                        }
                     }
                 }
             }
