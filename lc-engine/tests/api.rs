@@ -371,3 +371,27 @@ fn works_on_real_files_with_direct_io() {
         "backing file holds every write after write-back"
     );
 }
+
+#[test]
+fn resume_replays_a_log_of_many_segments() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 80);
+    let b = SimDisk::new(dom.clone(), 80 * MIB);
+    let cache = Cache::resume(1, cdev.clone(), CacheOptions { pool_segments: 8 }).unwrap();
+    cache.attach_device(1, b.clone()).unwrap();
+    let lines = 70 * 255u64;
+    for l in 0..lines {
+        cache.write(1, l * 8, &pattern(l + 1, l * 8, 8)).unwrap();
+    }
+    cache.shutdown().unwrap();
+    drop(cache);
+    let (cache, report) = Cache::resume_with_report(1, cdev, opts()).unwrap();
+    assert_eq!(report.replayed_segments, 70, "{report:?}");
+    cache.attach_device(1, b).unwrap();
+    assert_eq!(cache.nr_dirty_caches(1), lines);
+    let mut buf = vec![0u8; 4096];
+    for l in (0..lines).step_by(97) {
+        cache.read(1, l * 8, &mut buf).unwrap();
+        assert!(buf == pattern(l + 1, l * 8, 8), "line {l}");
+    }
+}
