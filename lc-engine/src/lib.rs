@@ -22,7 +22,8 @@
 //! [`format`] (on-disk layout), [`device`] (I/O abstraction), [`index`]
 //! (compact line index), [`cache`] (foreground paths), `flusher`,
 //! `migrator`, `ticker` (background jobs), [`recover`] (format and resume),
-//! [`knobs`], [`stats`], [`sim`] (crash and fault simulation for tests).
+//! [`knobs`], [`stats`], [`rescue`] (offline inspection), [`sim`] (crash
+//! and fault simulation for tests).
 //!
 //! ## On-disk format, version 1
 //! All integers little-endian. Sector = 512 B, line = 4 KiB, segment = 1 MiB.
@@ -57,6 +58,7 @@ pub mod index;
 pub mod knobs;
 mod migrator;
 pub mod recover;
+pub mod rescue;
 pub mod sim;
 pub mod stats;
 mod ticker;

@@ -1,0 +1,153 @@
+//! Offline inspection of a cache device: what `lcd check` and `lcd dump`
+//! report, without a running cache and without writing anything.
+//!
+//! [`inspect`] reads the superblock, both record blocks and every segment
+//! header, verifies the full checksum of every segment of the log (not only
+//! the few a resume must verify), and replays the log's metablocks into a
+//! plain map to count dirty lines per device. Offline write-back needs no
+//! code of its own: resume the cache, attach the backing devices and call
+//! [`crate::Cache::migrate_all`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::device::{AlignedBuf, BlockDevice};
+use crate::error::{DeviceRole, Error, Result};
+use crate::format::*;
+
+/// One segment header found on the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Slot (0-based position on the device).
+    pub slot: u64,
+    /// Segment id.
+    pub global_id: u64,
+    /// Lap.
+    pub lap: u32,
+    /// Valid lines.
+    pub length: u32,
+    /// Highest id the segment vouched for as durable when it was sealed.
+    pub durable_id: u64,
+    /// Whether the full checksum (header and data) matches.
+    pub checksum_ok: bool,
+    /// Whether the segment belongs to the log a resume would replay.
+    pub in_log: bool,
+}
+
+/// What [`inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The superblock header.
+    pub superblock: SuperBlockHeader,
+    /// The valid records (sequence, last_migrated_segment_id), newest first.
+    pub records: Vec<SuperBlockRecord>,
+    /// Every well-formed segment header of this cache, by slot.
+    pub segments: Vec<SegmentInfo>,
+    /// Slots whose header is not one of this cache's (never written,
+    /// discarded, torn, or another format's).
+    pub empty_slots: u64,
+    /// First and last id of the log a resume would replay (empty when
+    /// first > last).
+    pub log: (u64, u64),
+    /// The first segment after the log's end that has the next id but fails
+    /// its checksum: a torn write (a resume rejects it), or, if a later
+    /// header or the record vouched for it as durable, damaged media.
+    pub bad_segment: Option<u64>,
+    /// Dirty 4 KiB lines per device id in the log.
+    pub dirty_lines: BTreeMap<u8, u64>,
+}
+
+impl Inspection {
+    /// True when nothing needs writing back.
+    pub fn is_clean(&self) -> bool {
+        self.dirty_lines.values().all(|&n| n == 0)
+    }
+}
+
+fn io(context: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::io(DeviceRole::Cache, context, e)
+}
+
+/// Inspects the cache on `dev` without writing to it.
+pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
+    let superblock = crate::recover::read_superblock(dev)?;
+    let nr = superblock.nr_segments;
+    let mut block = AlignedBuf::zeroed(LINE_SIZE);
+    let mut records = Vec::new();
+    for off in RECORD_OFFSETS {
+        dev.read_at(&mut block, off)
+            .map_err(io("reading a record block"))?;
+        if let Some(r) = SuperBlockRecord::parse(&block).filter(|r| r.uuid == superblock.uuid) {
+            records.push(r);
+        }
+    }
+    records.sort_by_key(|r| std::cmp::Reverse(r.sequence));
+    let migrated = records
+        .first()
+        .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?
+        .last_migrated_segment_id;
+
+    let mut headers: BTreeMap<u64, (u64, SegmentHeader, bool)> = BTreeMap::new(); // id -> (slot, header, checksum ok)
+    let mut empty_slots = 0;
+    let mut data = AlignedBuf::zeroed(SEGMENT_SIZE);
+    for slot in 0..nr {
+        let off = segment_offset(slot);
+        dev.read_at(&mut data, off)
+            .map_err(io("reading a segment"))?;
+        match SegmentHeader::parse(&data[..LINE_SIZE], slot, nr, &superblock.uuid) {
+            Some(h) => {
+                let end = LINE_SIZE * (1 + h.length as usize);
+                let ok = SegmentHeader::verify(&data[..LINE_SIZE], &data[LINE_SIZE..end]);
+                headers.insert(h.global_id, (slot, h, ok));
+            }
+            None => empty_slots += 1,
+        }
+    }
+
+    // the log: consecutive ids from last_migrated + 1, ending before a torn one
+    let first = migrated + 1;
+    let mut last = migrated;
+    let mut bad_segment = None;
+    while let Some((_, _, ok)) = headers.get(&(last + 1)) {
+        if !ok {
+            bad_segment = Some(last + 1);
+            break;
+        }
+        last += 1;
+    }
+    let mut newest: HashMap<(u8, u64), u8> = HashMap::new();
+    for id in first..=last {
+        let (_, h, _) = &headers[&id];
+        for m in h.metablocks.iter().filter(|m| m.device_id != 0) {
+            newest.insert(
+                (m.device_id, m.sector / SECTORS_PER_LINE as u64),
+                m.dirty_bits,
+            );
+        }
+    }
+    let mut dirty_lines: BTreeMap<u8, u64> = BTreeMap::new();
+    for (dev_id, _) in newest.keys() {
+        *dirty_lines.entry(*dev_id).or_default() += 1;
+    }
+    let mut segments: Vec<SegmentInfo> = headers
+        .into_iter()
+        .map(|(id, (slot, h, ok))| SegmentInfo {
+            slot,
+            global_id: id,
+            lap: h.lap,
+            length: h.length,
+            durable_id: h.durable_id,
+            checksum_ok: ok,
+            in_log: (first..=last).contains(&id),
+        })
+        .collect();
+    segments.sort_by_key(|s| s.slot);
+    Ok(Inspection {
+        superblock,
+        records,
+        segments,
+        empty_slots,
+        log: (first, last),
+        bad_segment,
+        dirty_lines,
+    })
+}
