@@ -54,6 +54,9 @@ pub struct Inspection {
     pub bad_segment: Option<u64>,
     /// Dirty 4 KiB lines per device id in the log.
     pub dirty_lines: BTreeMap<u8, u64>,
+    /// Per device id, the end (in bytes) of the highest dirty line: a
+    /// backing device must be at least this large to take the data back.
+    pub dirty_extent: BTreeMap<u8, u64>,
 }
 
 impl Inspection {
@@ -125,8 +128,12 @@ pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
         }
     }
     let mut dirty_lines: BTreeMap<u8, u64> = BTreeMap::new();
-    for (dev_id, _) in newest.keys() {
+    let mut dirty_extent: BTreeMap<u8, u64> = BTreeMap::new();
+    for (dev_id, line) in newest.keys() {
         *dirty_lines.entry(*dev_id).or_default() += 1;
+        let end = (line + 1) * LINE_SIZE as u64;
+        let e = dirty_extent.entry(*dev_id).or_default();
+        *e = (*e).max(end);
     }
     let mut segments: Vec<SegmentInfo> = headers
         .into_iter()
@@ -149,5 +156,6 @@ pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
         log: (first, last),
         bad_segment,
         dirty_lines,
+        dirty_extent,
     })
 }

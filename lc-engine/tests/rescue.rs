@@ -44,6 +44,8 @@ fn inspection_agrees_with_the_cache_and_writes_nothing() {
     assert_eq!(report.dirty_lines.get(&1), Some(&d1));
     assert_eq!(report.dirty_lines.get(&2), Some(&d2));
     assert_eq!((d1, d2), (300, 1));
+    assert_eq!(report.dirty_extent.get(&1), Some(&(300 * 4096)));
+    assert_eq!(report.dirty_extent.get(&2), Some(&(6 * 4096)));
     assert!(
         report.segments.iter().all(|s| s.checksum_ok && s.in_log),
         "{:?}",

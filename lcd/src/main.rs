@@ -1,21 +1,83 @@
-//! lcd: the lc daemon. It will host cache engines, expose cached disks
-//! through ublk and serve the D-Bus API named in lc-proto (issue 4). This
-//! build only reports what it is; it does not serve anything yet.
+//! lcd: the lc daemon.
+//!
+//! Without a subcommand it will run the daemon (D-Bus API, ublk devices);
+//! that part is not built yet and says so. The offline rescue subcommands
+//! work on a cache device directly, with no daemon running:
+//! `lcd check`, `lcd dump` and `lcd writeback`.
 
-fn main() -> anyhow::Result<()> {
-    let arg = std::env::args().nth(1);
-    if matches!(arg.as_deref(), Some("--version") | Some("-V")) {
-        println!(
-            "lcd {} (engine format v{})",
-            env!("CARGO_PKG_VERSION"),
-            lc_engine::format::FORMAT_VERSION
-        );
-        return Ok(());
+mod rescue;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lcd — the lc daemon and its offline rescue tools.
+#[derive(Parser, Debug)]
+#[command(name = "lcd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify a cache device offline: superblock, records, every segment
+    /// checksum; report dirty data per device. Exit status 0: consistent,
+    /// 3: a damaged segment was found, 1: not readable or not an lc cache.
+    Check {
+        /// The cache device (block device or file); it must not be in use.
+        cache: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the superblock, the records and every segment header.
+    Dump {
+        /// The cache device (block device or file).
+        cache: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write all dirty data back to the backing devices and mark the cache
+    /// clean, with no daemon running (the cache must not be in use).
+    Writeback {
+        /// The cache device (block device or file).
+        cache: PathBuf,
+        /// A backing device for a device id found in the cache, as ID=PATH;
+        /// repeat for each device id that has dirty data.
+        #[arg(long = "backing", value_name = "ID=PATH", required = true)]
+        backings: Vec<String>,
+        /// Print the result as JSON (progress still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => Err(anyhow::anyhow!(
+            "the daemon (D-Bus service {} and ublk devices) is not implemented in this build; \
+             the offline tools are: lcd check, lcd dump, lcd writeback (see lcd --help)",
+            lc_proto::BUS_NAME
+        )),
+        Some(Command::Check { cache, json }) => rescue::check(&cache, json),
+        Some(Command::Dump { cache, json }) => {
+            rescue::dump(&cache, json).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Writeback {
+            cache,
+            backings,
+            json,
+        }) => rescue::writeback(&cache, &backings, json).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lcd: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    anyhow::bail!(
-        "lcd {}: the daemon (D-Bus service {} and ublk devices) is not implemented in this build; \
-         the cache engine can be tried with `cargo run --release -p lc-engine --example demo`",
-        env!("CARGO_PKG_VERSION"),
-        lc_proto::BUS_NAME
-    )
 }
