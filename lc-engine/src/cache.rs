@@ -5,8 +5,8 @@
 //! for lookups and in-RAM copies of at most 4 KiB, never across device I/O.
 //! Device reads of cached lines happen outside it, with the line's segment
 //! slot *pinned* so the flusher cannot overwrite or discard it meanwhile.
-//! The background jobs live in their own files: [`crate::flusher`],
-//! [`crate::migrator`], [`crate::ticker`], [`crate::recover`].
+//! The background jobs live in their own files: `flusher.rs`,
+//! `migrator.rs`, `ticker.rs`; format and resume in [`crate::recover`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};

@@ -13,13 +13,14 @@
 //!   through [`BlockDevice`]. The daemon adapts it to its frontends.
 //! - One metadata mutex per cache, never held across device I/O; cached
 //!   lines read from the device are protected by pinning their segment slot.
-//! - The flusher is the only writer of the cache device; the migrator the
-//!   only writer of backing devices (besides pass-through discards).
+//! - Once a cache runs, the flusher (a coordinator and its segment writers)
+//!   is the only writer of the cache device; the migrator the only writer of
+//!   backing devices (besides pass-through discards).
 //! - Nothing acknowledged is dropped: I/O errors in the background are
 //!   counted and retried with backoff; a FLUSH that cannot be honoured fails.
 //!
 //! ## Modules, one per job
-//! [`format`] (on-disk layout), [`device`] (I/O abstraction), [`index`]
+//! [`format`](mod@format) (on-disk layout), [`device`] (I/O abstraction), [`index`]
 //! (compact line index), [`cache`] (foreground paths), `flusher`,
 //! `migrator`, `ticker` (background jobs), [`recover`] (format and resume),
 //! [`knobs`], [`stats`], [`rescue`] (offline inspection), [`sim`] (crash
