@@ -4,11 +4,22 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use common::*;
 use lc_engine::rescue::inspect;
 use lc_engine::sim::{PowerDomain, SimDisk};
 use lc_engine::Knob;
+
+fn resume_with_two_devices(dom: &Arc<PowerDomain>, cdev: &Arc<SimDisk>) -> lc_engine::Cache {
+    let cache = resume(cdev.clone(), 2);
+    for id in 1..=2 {
+        cache
+            .attach_device(id, SimDisk::new(dom.clone(), 4 * MIB))
+            .unwrap();
+    }
+    cache
+}
 
 #[test]
 fn inspection_agrees_with_the_cache_and_writes_nothing() {
@@ -18,13 +29,7 @@ fn inspection_agrees_with_the_cache_and_writes_nothing() {
     assert!(fresh.segments.is_empty() && fresh.is_clean());
     assert_eq!(fresh.empty_slots, 6);
 
-    let cache = resume(cdev.clone(), 2);
-    cache
-        .attach_device(1, SimDisk::new(dom.clone(), 4 * MIB))
-        .unwrap();
-    cache
-        .attach_device(2, SimDisk::new(dom.clone(), 4 * MIB))
-        .unwrap();
+    let cache = resume_with_two_devices(&dom, &cdev);
     for l in 0..300u64 {
         cache.write(1, l * 8, &pattern(l, l * 8, 8)).unwrap();
     }
@@ -55,13 +60,7 @@ fn inspection_agrees_with_the_cache_and_writes_nothing() {
     assert_eq!(report.bad_segment, None);
 
     // after a full write-back the cache is clean
-    let cache = resume(cdev.clone(), 2);
-    cache
-        .attach_device(1, SimDisk::new(dom.clone(), 4 * MIB))
-        .unwrap();
-    cache
-        .attach_device(2, SimDisk::new(dom.clone(), 4 * MIB))
-        .unwrap();
+    let cache = resume_with_two_devices(&dom, &cdev);
     cache.set_knob(Knob::AllowMigrate, 1).unwrap();
     cache.migrate_all().unwrap();
     cache.shutdown().unwrap();
