@@ -1,10 +1,12 @@
 //! lcd: the lc daemon.
 //!
-//! Without a subcommand it will run the daemon (D-Bus API, ublk devices);
-//! that part is not built yet and says so. The offline rescue subcommands
+//! Without a subcommand it runs the daemon: the D-Bus Manager (lc-mgr's
+//! messages) works; cache and device objects, ublk devices and persistence
+//! are not built yet. The offline rescue subcommands
 //! work on a cache device directly, with no daemon running:
 //! `lcd check`, `lcd dump` and `lcd writeback`.
 
+mod daemon;
 mod rescue;
 
 use std::path::PathBuf;
@@ -16,6 +18,12 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "lcd", version, about, long_about = None)]
 struct Cli {
+    /// Serve on the session bus instead of the system bus.
+    #[arg(long, conflicts_with = "address")]
+    session: bool,
+    /// Serve on the bus at this D-Bus address (tests).
+    #[arg(long, value_name = "ADDRESS")]
+    address: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,11 +66,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => Err(anyhow::anyhow!(
-            "the daemon (D-Bus service {} and ublk devices) is not implemented in this build; \
-             the offline tools are: lcd check, lcd dump, lcd writeback (see lcd --help)",
-            lc_proto::BUS_NAME
-        )),
+        None => {
+            let bus = match (cli.session, cli.address) {
+                (_, Some(a)) => daemon::Bus::Address(a),
+                (true, None) => daemon::Bus::Session,
+                (false, None) => daemon::Bus::System,
+            };
+            daemon::run(bus).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Check { cache, json }) => rescue::check(&cache, json),
         Some(Command::Dump { cache, json }) => {
             rescue::dump(&cache, json).map(|()| ExitCode::SUCCESS)

@@ -1,0 +1,321 @@
+//! The daemon: serves `org.lc.Lcd1.Manager` on the bus and hosts the caches.
+//!
+//! What works so far: the lc-mgr messages of the Manager (format, per-client
+//! cursor, resume, free, clear_stat, list) with named errors and a uid check
+//! on every call that changes something. Not yet: cache and device objects,
+//! knobs over D-Bus, ublk devices, persistence, the migration policy loop.
+//! Engine calls block, so they run on tokio's blocking pool, never under the
+//! daemon's lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use lc_engine::{format_cache_device, Cache, CacheOptions, FileDevice};
+use lc_proto::{CacheInfo, LcdError, API_VERSION, BUS_NAME, MANAGER_PATH};
+use zbus::message::Header;
+use zbus::{interface, Connection};
+
+/// Which bus to serve on.
+#[derive(Debug, Clone)]
+pub enum Bus {
+    /// The system bus (production).
+    System,
+    /// The session bus of the calling user.
+    Session,
+    /// A bus at this address (tests).
+    Address(String),
+}
+
+struct Entry {
+    path: String,
+    cache: Arc<Cache>,
+}
+
+#[derive(Default)]
+struct Daemon {
+    caches: BTreeMap<u8, Entry>,
+    /// Each client's cursor, by unique bus name.
+    cursors: HashMap<String, u8>,
+}
+
+/// `org.lc.Lcd1.Manager` at `/org/lc/Lcd1`.
+struct Manager {
+    daemon: Arc<Mutex<Daemon>>,
+}
+
+fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Translates an engine error into the named D-Bus error a client sees.
+fn to_dbus(e: lc_engine::Error) -> LcdError {
+    use lc_engine::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::Open { ref source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
+            LcdError::NotFound(msg)
+        }
+        E::Open { ref source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+            LcdError::Busy(msg)
+        }
+        E::Io { .. } | E::Open { .. } => LcdError::Io(msg),
+        E::NotFormatted | E::Corrupt(_) | E::UnsupportedVersion(_) => LcdError::NotFormatted(msg),
+        E::HasSignature(_) | E::TooSmall { .. } | E::InvalidArgument(_) | E::OutOfRange { .. } => {
+            LcdError::InvalidArgument(msg)
+        }
+        E::UnknownDevice(_) => LcdError::NotFound(msg),
+        E::DeviceExists(_) | E::Detaching(_) => LcdError::Busy(msg),
+        E::Stopped => LcdError::Failed(msg),
+    }
+}
+
+/// Runs blocking engine work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LcdError> + Send + 'static,
+) -> Result<T, LcdError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LcdError::Failed(format!("internal error: {e}")))?
+}
+
+fn sender(hdr: &Header<'_>) -> Result<String, LcdError> {
+    hdr.sender()
+        .map(|s| s.to_string())
+        .ok_or_else(|| LcdError::AccessDenied("the call has no sender".into()))
+}
+
+/// Refuses callers other than root (in addition to the bus policy).
+async fn require_root(conn: &Connection, hdr: &Header<'_>) -> Result<(), LcdError> {
+    let name = hdr
+        .sender()
+        .ok_or_else(|| LcdError::AccessDenied("the call has no sender".into()))?
+        .to_owned();
+    let dbus = zbus::fdo::DBusProxy::new(conn)
+        .await
+        .map_err(LcdError::ZBus)?;
+    let uid = dbus
+        .get_connection_unix_user(name.into())
+        .await
+        .map_err(|e| LcdError::AccessDenied(format!("cannot tell who is calling: {e}")))?;
+    if uid != 0 {
+        return Err(LcdError::AccessDenied(format!(
+            "uid {uid} may only read; changes need root (run the command with sudo)"
+        )));
+    }
+    Ok(())
+}
+
+impl Manager {
+    fn cursor(&self, hdr: &Header<'_>) -> Result<u8, LcdError> {
+        let who = sender(hdr)?;
+        lock(&self.daemon)
+            .cursors
+            .get(&who)
+            .copied()
+            .ok_or_else(|| {
+                LcdError::InvalidArgument(
+                    "no cache selected: call SwitchTo(id) first (lcctl switch-to ID)".into(),
+                )
+            })
+    }
+
+    fn cache_at_cursor(&self, hdr: &Header<'_>) -> Result<(u8, Arc<Cache>), LcdError> {
+        let id = self.cursor(hdr)?;
+        let d = lock(&self.daemon);
+        let e = d.caches.get(&id).ok_or_else(|| {
+            LcdError::NotFound(format!("cache {id} is not resumed; resume it first"))
+        })?;
+        Ok((id, e.cache.clone()))
+    }
+}
+
+#[interface(name = "org.lc.Lcd1.Manager")]
+impl Manager {
+    async fn format_cache_device(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        path: String,
+        force: bool,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        if let Some((id, _)) = lock(&self.daemon)
+            .caches
+            .iter()
+            .find(|(_, e)| e.path == path)
+        {
+            return Err(LcdError::Busy(format!(
+                "{path} is cache {id}, which is resumed; free it first"
+            )));
+        }
+        blocking(move || {
+            let dev = FileDevice::open(path.as_ref()).map_err(to_dbus)?;
+            format_cache_device(&dev, force).map_err(to_dbus)?;
+            tracing::info!(%path, force, "formatted a cache device");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn switch_to(&self, #[zbus(header)] hdr: Header<'_>, id: u8) -> Result<(), LcdError> {
+        if id == 0 {
+            return Err(LcdError::InvalidArgument("cache ids are 1..=255".into()));
+        }
+        let who = sender(&hdr)?;
+        lock(&self.daemon).cursors.insert(who, id);
+        Ok(())
+    }
+
+    async fn resume_cache(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        path: String,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        let id = self.cursor(&hdr)?;
+        {
+            let d = lock(&self.daemon);
+            if d.caches.contains_key(&id) {
+                return Err(LcdError::Busy(format!(
+                    "cache {id} is already resumed; switch to another id"
+                )));
+            }
+            if let Some((other, _)) = d.caches.iter().find(|(_, e)| e.path == path) {
+                return Err(LcdError::Busy(format!("{path} is already cache {other}")));
+            }
+        }
+        let p = path.clone();
+        let cache = blocking(move || {
+            let dev = FileDevice::open(p.as_ref()).map_err(to_dbus)?;
+            Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
+        })
+        .await?;
+        let cache = Arc::new(cache);
+        let lost_race = {
+            let mut d = lock(&self.daemon);
+            let taken = d.caches.contains_key(&id);
+            if !taken {
+                d.caches.insert(
+                    id,
+                    Entry {
+                        path: path.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+            }
+            taken
+        };
+        if lost_race {
+            // another client resumed this id meanwhile; ours stops again
+            let _ = blocking(move || cache.shutdown().map_err(to_dbus)).await;
+            return Err(LcdError::Busy(format!(
+                "cache {id} was resumed meanwhile by another client"
+            )));
+        }
+        tracing::info!(id, %path, "resumed cache");
+        Ok(())
+    }
+
+    async fn free_cache(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        let (id, cache) = self.cache_at_cursor(&hdr)?;
+        if !cache.devices().is_empty() {
+            return Err(LcdError::Busy(format!(
+                "cache {id} still has devices; remove them first"
+            )));
+        }
+        lock(&self.daemon).caches.remove(&id);
+        blocking(move || cache.shutdown().map_err(to_dbus)).await?;
+        tracing::info!(id, "freed cache");
+        Ok(())
+    }
+
+    async fn clear_stat(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        self.cache_at_cursor(&hdr)?.1.clear_stat();
+        Ok(())
+    }
+
+    async fn list_caches(&self) -> Result<Vec<CacheInfo>, LcdError> {
+        let d = lock(&self.daemon);
+        Ok(d.caches
+            .iter()
+            .map(|(&id, e)| {
+                let st = e.cache.status();
+                let u = e.cache.uuid();
+                CacheInfo {
+                    id,
+                    path: e.path.clone(),
+                    uuid: u.iter().map(|b| format!("{b:02x}")).collect(),
+                    nr_segments: st.nr_segments,
+                    nr_dirty_caches: st.nr_dirty_caches,
+                }
+            })
+            .collect())
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> u32 {
+        API_VERSION
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then stops every cache cleanly.
+pub fn run(bus: Bus) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let daemon = Arc::new(Mutex::new(Daemon::default()));
+        let manager = Manager {
+            daemon: daemon.clone(),
+        };
+        let builder = match &bus {
+            Bus::System => zbus::connection::Builder::system(),
+            Bus::Session => zbus::connection::Builder::session(),
+            Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
+        };
+        let _conn = builder
+            .name(BUS_NAME)
+            .serve_at(MANAGER_PATH, manager)
+            .build()
+            .await
+            .with_context(|| {
+                format!("serving {BUS_NAME} on the {bus:?} bus (is another lcd running?)")
+            })?;
+        tracing::info!(?bus, "lcd serves {BUS_NAME}");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping: flushing and stopping every cache");
+        let caches: Vec<(u8, Arc<Cache>)> = std::mem::take(&mut lock(&daemon).caches)
+            .into_iter()
+            .map(|(id, e)| (id, e.cache))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for (id, c) in caches {
+                if let Err(e) = c.shutdown() {
+                    tracing::error!(id, "clean stop of cache failed: {e}");
+                }
+            }
+        })
+        .await?;
+        anyhow::Ok(())
+    })
+}

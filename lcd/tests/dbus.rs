@@ -1,0 +1,251 @@
+//! The real `lcd` binary on a private dbus-daemon, driven through the
+//! lc-proto proxies as lcctl will drive it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lc_proto::{LcdError, ManagerProxy};
+
+/// A private bus and an lcd serving on it; both are killed on drop.
+struct Rig {
+    bus: Child,
+    lcd: Option<Child>,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(l) = &mut self.lcd {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
+
+fn start() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>"#,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut bus = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dbus-daemon (package dbus) must be installed");
+    let mut address = String::new();
+    BufReader::new(bus.stdout.take().unwrap())
+        .read_line(&mut address)
+        .unwrap();
+    let address = address.trim().to_string();
+    let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
+        .args(["--address", &address])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    Rig {
+        bus,
+        lcd: Some(lcd),
+        address,
+        _dir: dir,
+    }
+}
+
+async fn client(rig: &Rig) -> (zbus::Connection, ManagerProxy<'static>) {
+    let conn = zbus::connection::Builder::address(rig.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    let proxy = ManagerProxy::new(&conn).await.unwrap();
+    // wait until lcd owns its name
+    for _ in 0..400 {
+        if proxy.version().await.is_ok() {
+            return (conn, proxy);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("lcd did not come up on the private bus");
+}
+
+fn file(path: &Path, size: u64) -> String {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manager_mirrors_lc_mgr_with_named_errors() {
+    let rig = start();
+    let (_c1, m) = client(&rig).await;
+    assert_eq!(m.version().await.unwrap(), lc_proto::API_VERSION);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = file(&dir.path().join("cache.img"), 8 << 20);
+    let small = file(&dir.path().join("small.img"), 1 << 20);
+
+    assert!(matches!(
+        m.format_cache_device("/nonexistent/x", false).await,
+        Err(LcdError::NotFound(_))
+    ));
+    assert!(matches!(
+        m.format_cache_device(&small, false).await,
+        Err(LcdError::InvalidArgument(_))
+    ));
+    m.format_cache_device(&cache, false).await.unwrap();
+    match m.format_cache_device(&cache, false).await {
+        Err(LcdError::InvalidArgument(msg)) => assert!(msg.contains("lc cache"), "{msg}"),
+        other => panic!("formatting an lc cache again without force: {other:?}"),
+    }
+    assert!(
+        matches!(m.resume_cache(&small).await, Err(LcdError::InvalidArgument(msg)) if msg.contains("SwitchTo"))
+    );
+    assert!(matches!(
+        m.switch_to(0).await,
+        Err(LcdError::InvalidArgument(_))
+    ));
+    m.switch_to(3).await.unwrap();
+    assert!(matches!(
+        m.resume_cache(&small).await,
+        Err(LcdError::NotFormatted(_))
+    ));
+    m.resume_cache(&cache).await.unwrap();
+    let caches = m.list_caches().await.unwrap();
+    assert_eq!(caches.len(), 1);
+    assert_eq!(
+        (caches[0].id, caches[0].path.as_str(), caches[0].nr_segments),
+        (3, cache.as_str(), 7)
+    );
+    assert!(matches!(
+        m.format_cache_device(&cache, true).await,
+        Err(LcdError::Busy(_))
+    ));
+    assert!(matches!(
+        m.resume_cache(&cache).await,
+        Err(LcdError::Busy(_))
+    ));
+
+    // a second client has its own cursor
+    let (_c2, m2) = client(&rig).await;
+    assert!(matches!(
+        m2.free_cache().await,
+        Err(LcdError::InvalidArgument(_))
+    ));
+    m2.switch_to(4).await.unwrap();
+    assert!(matches!(m2.clear_stat().await, Err(LcdError::NotFound(_))));
+    assert!(
+        matches!(m2.resume_cache(&cache).await, Err(LcdError::Busy(msg)) if msg.contains("cache 3"))
+    );
+    m.clear_stat().await.unwrap(); // the first client's cursor still names cache 3
+
+    m.free_cache().await.unwrap();
+    assert!(m.list_caches().await.unwrap().is_empty());
+    // resumed again after a clean stop
+    m.resume_cache(&cache).await.unwrap();
+    assert_eq!(m.list_caches().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_every_cache_cleanly() {
+    let mut rig = start();
+    let (_c, m) = client(&rig).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = file(&dir.path().join("cache.img"), 8 << 20);
+    m.format_cache_device(&cache, false).await.unwrap();
+    m.switch_to(1).await.unwrap();
+    m.resume_cache(&cache).await.unwrap();
+    let mut lcd = rig.lcd.take().unwrap();
+    let pid = lcd.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = lcd.wait().unwrap();
+    assert!(status.success(), "lcd exits 0 on SIGTERM: {status:?}");
+    // the record was committed: lcd check sees a consistent, clean cache
+    let out = Command::new(env!("CARGO_BIN_EXE_lcd"))
+        .args(["check", &cache])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Calls a Manager method with busctl on the private bus as user nobody.
+fn call_as_nobody(rig: &Rig, method: &str, sig_and_args: &[&str]) -> (bool, String) {
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+        .arg(format!("--address={}", rig.address))
+        .args([
+            "call",
+            "org.lc.Lcd1",
+            "/org/lc/Lcd1",
+            "org.lc.Lcd1.Manager",
+            method,
+        ])
+        .args(sig_and_args)
+        .output()
+        .expect("setpriv (util-linux) and busctl (systemd) must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_root_callers_may_read_but_not_change() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch to another uid");
+        return;
+    }
+    let rig = start();
+    let (_c, m) = client(&rig).await;
+    // let user nobody reach the bus socket
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rig._dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = file(&dir.path().join("cache.img"), 8 << 20);
+    let before = std::fs::read(&cache).unwrap();
+    let (ok, out) = call_as_nobody(&rig, "FormatCacheDevice", &["sb", &cache, "false"]);
+    assert!(!ok && out.contains("need root"), "{out}");
+    assert!(
+        std::fs::read(&cache).unwrap() == before,
+        "nothing was written"
+    );
+    let (ok, out) = call_as_nobody(&rig, "ListCaches", &[]);
+    assert!(ok && out.starts_with("a(ysstt) 0"), "reads are open: {out}");
+    // and root still can
+    m.format_cache_device(&cache, false).await.unwrap();
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
