@@ -152,6 +152,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("backing file verified: every block holds its last write");
-    println!("note: the daemon lcd (D-Bus, /dev/ublkbN) is not built yet; this demo drives the engine directly");
+    println!(
+        "note: this demo drives the engine directly; lcd does not expose /dev/ublkbN devices yet"
+    );
     Ok(())
 }

@@ -86,6 +86,8 @@ pub trait Manager {
     fn switch_to(&self, id: u8) -> Result<(), LcdError>;
     /// Resumes the cache on `path` (crash recovery included) as the cursor's id.
     fn resume_cache(&self, path: &str) -> Result<(), LcdError>;
+    /// `ResumeCache` as cache `id`, ignoring the cursor (for scripts).
+    fn resume_cache_as(&self, id: u8, path: &str) -> Result<(), LcdError>;
     /// Stops the cursor's cache cleanly (its devices must be removed first).
     fn free_cache(&self) -> Result<(), LcdError>;
     /// Zeroes the cursor's cache's I/O counters.

@@ -128,6 +128,51 @@ impl Manager {
         })?;
         Ok((id, e.cache.clone()))
     }
+
+    /// Resumes the cache on `path` as cache `id`.
+    async fn resume(&self, id: u8, path: String) -> Result<(), LcdError> {
+        {
+            let d = lock(&self.daemon);
+            if d.caches.contains_key(&id) {
+                return Err(LcdError::Busy(format!(
+                    "cache {id} is already resumed; use another id"
+                )));
+            }
+            if let Some((other, _)) = d.caches.iter().find(|(_, e)| e.path == path) {
+                return Err(LcdError::Busy(format!("{path} is already cache {other}")));
+            }
+        }
+        let p = path.clone();
+        let cache = blocking(move || {
+            let dev = FileDevice::open(p.as_ref()).map_err(to_dbus)?;
+            Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
+        })
+        .await?;
+        let cache = Arc::new(cache);
+        let lost_race = {
+            let mut d = lock(&self.daemon);
+            let taken = d.caches.contains_key(&id);
+            if !taken {
+                d.caches.insert(
+                    id,
+                    Entry {
+                        path: path.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+            }
+            taken
+        };
+        if lost_race {
+            // another client resumed this id meanwhile; ours stops again
+            let _ = blocking(move || cache.shutdown().map_err(to_dbus)).await;
+            return Err(LcdError::Busy(format!(
+                "cache {id} was resumed meanwhile by another client"
+            )));
+        }
+        tracing::info!(id, %path, "resumed cache");
+        Ok(())
+    }
 }
 
 #[interface(name = "org.lc.Lcd1.Manager")]
@@ -175,47 +220,23 @@ impl Manager {
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
         let id = self.cursor(&hdr)?;
-        {
-            let d = lock(&self.daemon);
-            if d.caches.contains_key(&id) {
-                return Err(LcdError::Busy(format!(
-                    "cache {id} is already resumed; switch to another id"
-                )));
-            }
-            if let Some((other, _)) = d.caches.iter().find(|(_, e)| e.path == path) {
-                return Err(LcdError::Busy(format!("{path} is already cache {other}")));
-            }
+        self.resume(id, path).await
+    }
+
+    /// `ResumeCache` with the id given instead of the cursor's (for scripts
+    /// whose every call is a new client, such as busctl).
+    async fn resume_cache_as(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        id: u8,
+        path: String,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        if id == 0 {
+            return Err(LcdError::InvalidArgument("cache ids are 1..=255".into()));
         }
-        let p = path.clone();
-        let cache = blocking(move || {
-            let dev = FileDevice::open(p.as_ref()).map_err(to_dbus)?;
-            Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
-        })
-        .await?;
-        let cache = Arc::new(cache);
-        let lost_race = {
-            let mut d = lock(&self.daemon);
-            let taken = d.caches.contains_key(&id);
-            if !taken {
-                d.caches.insert(
-                    id,
-                    Entry {
-                        path: path.clone(),
-                        cache: cache.clone(),
-                    },
-                );
-            }
-            taken
-        };
-        if lost_race {
-            // another client resumed this id meanwhile; ours stops again
-            let _ = blocking(move || cache.shutdown().map_err(to_dbus)).await;
-            return Err(LcdError::Busy(format!(
-                "cache {id} was resumed meanwhile by another client"
-            )));
-        }
-        tracing::info!(id, %path, "resumed cache");
-        Ok(())
+        self.resume(id, path).await
     }
 
     async fn free_cache(

@@ -157,6 +157,31 @@ async fn manager_mirrors_lc_mgr_with_named_errors() {
         matches!(m2.resume_cache(&cache).await, Err(LcdError::Busy(msg)) if msg.contains("cache 3"))
     );
     m.clear_stat().await.unwrap(); // the first client's cursor still names cache 3
+    let cache2 = file(&dir.path().join("cache2.img"), 8 << 20);
+    m2.format_cache_device(&cache2, false).await.unwrap();
+    assert!(matches!(
+        m2.resume_cache_as(3, &cache2).await,
+        Err(LcdError::Busy(_))
+    ));
+    assert!(matches!(
+        m2.resume_cache_as(0, &cache2).await,
+        Err(LcdError::InvalidArgument(_))
+    ));
+    m2.resume_cache_as(9, &cache2).await.unwrap();
+    let ids: Vec<u8> = m
+        .list_caches()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, [3, 9]);
+    assert!(
+        matches!(m2.free_cache().await, Err(LcdError::NotFound(_))),
+        "cursor 4 names no cache"
+    );
+    m2.switch_to(9).await.unwrap();
+    m2.free_cache().await.unwrap();
 
     m.free_cache().await.unwrap();
     assert!(m.list_caches().await.unwrap().is_empty());
