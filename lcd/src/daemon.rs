@@ -28,6 +28,7 @@ pub enum Bus {
 }
 
 struct Entry {
+    /// Canonical path of the cache device.
     path: String,
     cache: Arc<Cache>,
 }
@@ -68,6 +69,12 @@ fn to_dbus(e: lc_engine::Error) -> LcdError {
         E::DeviceExists(_) | E::Detaching(_) => LcdError::Busy(msg),
         E::Stopped => LcdError::Failed(msg),
     }
+}
+
+/// The path with symlinks and `..` resolved, so one device has one name
+/// (as given when it does not exist: opening it will say so).
+fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
 }
 
 /// Runs blocking engine work off the async executor.
@@ -131,6 +138,7 @@ impl Manager {
 
     /// Resumes the cache on `path` as cache `id`.
     async fn resume(&self, id: u8, path: String) -> Result<(), LcdError> {
+        let path = canonical(&path);
         {
             let d = lock(&self.daemon);
             if d.caches.contains_key(&id) {
@@ -185,10 +193,11 @@ impl Manager {
         force: bool,
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
+        let key = canonical(&path);
         if let Some((id, _)) = lock(&self.daemon)
             .caches
             .iter()
-            .find(|(_, e)| e.path == path)
+            .find(|(_, e)| e.path == key)
         {
             return Err(LcdError::Busy(format!(
                 "{path} is cache {id}, which is resumed; free it first"

@@ -140,6 +140,14 @@ async fn manager_mirrors_lc_mgr_with_named_errors() {
         m.format_cache_device(&cache, true).await,
         Err(LcdError::Busy(_))
     ));
+    // the same file under another name is the same device
+    let alias = dir.path().join("alias.img");
+    std::os::unix::fs::symlink(&cache, &alias).unwrap();
+    let alias = alias.display().to_string();
+    assert!(matches!(
+        m.format_cache_device(&alias, true).await,
+        Err(LcdError::Busy(_))
+    ));
     assert!(matches!(
         m.resume_cache(&cache).await,
         Err(LcdError::Busy(_))
