@@ -99,6 +99,104 @@ pub trait Manager {
     fn version(&self) -> zbus::Result<u32>;
 }
 
+/// `Status()` of a cache: what dm-lc's lc-mgr printed, and more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, zbus::Type)]
+pub struct CacheStatus {
+    /// Cache id.
+    pub id: u8,
+    /// Cache device (path, major:minor).
+    pub device: String,
+    /// Segments on the cache device.
+    pub nr_segments: u64,
+    /// 4 KiB cache lines on the cache device.
+    pub nr_caches: u64,
+    /// RAM held for the index and the segment buffers, in bytes.
+    pub static_ram_bytes: u64,
+    /// Of that, the index alone.
+    pub index_ram_bytes: u64,
+    /// Segment being filled (0: none).
+    pub current_segment_id: u64,
+    /// Lines used in it (dm-lc's cursor).
+    pub cursor: u64,
+    /// Highest segment id written to the cache device.
+    pub last_flushed_segment_id: u64,
+    /// Highest segment id written and flushed.
+    pub last_durable_segment_id: u64,
+    /// Highest segment id written back.
+    pub last_migrated_segment_id: u64,
+    /// Dirty lines over all devices.
+    pub nr_dirty_caches: u64,
+    /// The 16 counters, index = write<<3 | hit<<2 | on_buffer<<1 | fullsize.
+    pub counters: Vec<u64>,
+    /// Errors: cache read, cache write, backing read, backing write, write-back retries.
+    pub errors: Vec<u64>,
+}
+
+/// `org.lc.Lcd1.Cache` at `/org/lc/Lcd1/cache/<id>`: dm-lc's per-cache
+/// sysfs knobs as properties (changes need root) and its actions.
+#[zbus::proxy(interface = "org.lc.Lcd1.Cache", default_service = "org.lc.Lcd1")]
+pub trait Cache {
+    /// Everything lc-mgr's status printed.
+    fn status(&self) -> Result<CacheStatus, LcdError>;
+    /// Writes the superblock record now.
+    fn commit_super_block(&self) -> Result<(), LcdError>;
+    /// Seals the partial current segment and writes it.
+    fn flush_current_buffer(&self) -> Result<(), LcdError>;
+    /// Zeroes the 16 counters.
+    fn clear_stat(&self) -> Result<(), LcdError>;
+    /// Cache id.
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<u8>;
+    /// Seconds between record commits (0: only when needed).
+    #[zbus(property)]
+    fn commit_super_block_interval(&self) -> zbus::Result<u64>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_commit_super_block_interval(&self, v: u64) -> zbus::Result<()>;
+    /// Segments written back per batch.
+    #[zbus(property)]
+    fn nr_max_batched_migration(&self) -> zbus::Result<u64>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_nr_max_batched_migration(&self, v: u64) -> zbus::Result<()>;
+    /// Write-back allowed.
+    #[zbus(property)]
+    fn allow_migrate(&self) -> zbus::Result<bool>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_allow_migrate(&self, v: bool) -> zbus::Result<()>;
+    /// Write-back forced.
+    #[zbus(property)]
+    fn force_migrate(&self) -> zbus::Result<bool>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_force_migrate(&self, v: bool) -> zbus::Result<()>;
+    /// Seconds between runs of the migration policy.
+    #[zbus(property)]
+    fn update_interval(&self) -> zbus::Result<u64>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_update_interval(&self, v: u64) -> zbus::Result<()>;
+    /// Seconds a partial segment may wait (0: off).
+    #[zbus(property)]
+    fn flush_current_buffer_interval(&self) -> zbus::Result<u64>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_flush_current_buffer_interval(&self, v: u64) -> zbus::Result<()>;
+    /// Milliseconds a FLUSH/FUA waits for the segment to fill.
+    #[zbus(property)]
+    fn barrier_deadline_ms(&self) -> zbus::Result<u64>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_barrier_deadline_ms(&self, v: u64) -> zbus::Result<()>;
+    /// Highest segment id written to the cache device.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn last_flushed_segment_id(&self) -> zbus::Result<u64>;
+    /// Highest segment id written back.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn last_migrated_segment_id(&self) -> zbus::Result<u64>;
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -14,7 +14,9 @@ use anyhow::Context;
 use lc_engine::{format_cache_device, Cache, CacheOptions, FileDevice};
 use lc_proto::{CacheInfo, LcdError, API_VERSION, BUS_NAME, MANAGER_PATH};
 use zbus::message::Header;
-use zbus::{interface, Connection};
+use zbus::{interface, Connection, ObjectServer};
+
+use crate::cache_object::CacheObject;
 
 /// Which bus to serve on.
 #[derive(Debug, Clone)]
@@ -50,7 +52,7 @@ fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 }
 
 /// Translates an engine error into the named D-Bus error a client sees.
-fn to_dbus(e: lc_engine::Error) -> LcdError {
+pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
     use lc_engine::Error as E;
     let msg = e.to_string();
     match e {
@@ -78,7 +80,7 @@ fn canonical(path: &str) -> String {
 }
 
 /// Runs blocking engine work off the async executor.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LcdError> + Send + 'static,
 ) -> Result<T, LcdError> {
     tokio::task::spawn_blocking(f)
@@ -93,7 +95,7 @@ fn sender(hdr: &Header<'_>) -> Result<String, LcdError> {
 }
 
 /// Refuses callers other than root (in addition to the bus policy).
-async fn require_root(conn: &Connection, hdr: &Header<'_>) -> Result<(), LcdError> {
+pub(crate) async fn require_root(conn: &Connection, hdr: &Header<'_>) -> Result<(), LcdError> {
     let name = hdr
         .sender()
         .ok_or_else(|| LcdError::AccessDenied("the call has no sender".into()))?
@@ -137,7 +139,7 @@ impl Manager {
     }
 
     /// Resumes the cache on `path` as cache `id`.
-    async fn resume(&self, id: u8, path: String) -> Result<(), LcdError> {
+    async fn resume(&self, server: &ObjectServer, id: u8, path: String) -> Result<(), LcdError> {
         let path = canonical(&path);
         {
             let d = lock(&self.daemon);
@@ -178,6 +180,10 @@ impl Manager {
                 "cache {id} was resumed meanwhile by another client"
             )));
         }
+        server
+            .at(lc_proto::cache_path(id), CacheObject { cache })
+            .await
+            .map_err(LcdError::ZBus)?;
         tracing::info!(id, %path, "resumed cache");
         Ok(())
     }
@@ -225,11 +231,12 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
         path: String,
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
         let id = self.cursor(&hdr)?;
-        self.resume(id, path).await
+        self.resume(server, id, path).await
     }
 
     /// `ResumeCache` with the id given instead of the cursor's (for scripts
@@ -238,6 +245,7 @@ impl Manager {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
         id: u8,
         path: String,
     ) -> Result<(), LcdError> {
@@ -245,13 +253,14 @@ impl Manager {
         if id == 0 {
             return Err(LcdError::InvalidArgument("cache ids are 1..=255".into()));
         }
-        self.resume(id, path).await
+        self.resume(server, id, path).await
     }
 
     async fn free_cache(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
         let (id, cache) = self.cache_at_cursor(&hdr)?;
@@ -261,6 +270,9 @@ impl Manager {
             )));
         }
         lock(&self.daemon).caches.remove(&id);
+        let _ = server
+            .remove::<CacheObject, _>(lc_proto::cache_path(id))
+            .await;
         blocking(move || cache.shutdown().map_err(to_dbus)).await?;
         tracing::info!(id, "freed cache");
         Ok(())
@@ -322,6 +334,7 @@ pub fn run(bus: Bus) -> anyhow::Result<()> {
         let _conn = builder
             .name(BUS_NAME)
             .serve_at(MANAGER_PATH, manager)
+            .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)
             .build()
             .await
             .with_context(|| {

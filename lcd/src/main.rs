@@ -6,6 +6,7 @@
 //! work on a cache device directly, with no daemon running:
 //! `lcd check`, `lcd dump` and `lcd writeback`.
 
+mod cache_object;
 mod daemon;
 mod rescue;
 

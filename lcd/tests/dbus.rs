@@ -282,3 +282,67 @@ fn is_root() -> bool {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_cache_is_an_object_with_its_knobs_and_status() {
+    let rig = start();
+    let (conn, m) = client(&rig).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = file(&dir.path().join("cache.img"), 8 << 20);
+    m.format_cache_device(&cache, false).await.unwrap();
+    m.resume_cache_as(5, &cache).await.unwrap();
+    let c = lc_proto::CacheProxy::builder(&conn)
+        .path(lc_proto::cache_path(5))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(c.id().await.unwrap(), 5);
+    assert_eq!(c.barrier_deadline_ms().await.unwrap(), 3);
+    c.set_barrier_deadline_ms(7).await.unwrap();
+    assert_eq!(c.barrier_deadline_ms().await.unwrap(), 7);
+    let err = c.set_barrier_deadline_ms(0).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("barrier_deadline_ms must be in 1..=10000"),
+        "{err}"
+    );
+    assert_eq!(
+        c.barrier_deadline_ms().await.unwrap(),
+        7,
+        "a refused value changes nothing"
+    );
+    assert!(!c.allow_migrate().await.unwrap());
+    c.set_allow_migrate(true).await.unwrap();
+    assert!(c.allow_migrate().await.unwrap());
+    assert!(
+        c.set_nr_max_batched_migration(100).await.is_err(),
+        "more than the 7 segments"
+    );
+    let st = c.status().await.unwrap();
+    assert_eq!((st.id, st.nr_segments, st.nr_caches), (5, 7, 7 * 255));
+    assert_eq!(st.counters.len(), 16);
+    assert_eq!(st.errors, [0; 5]);
+    c.commit_super_block().await.unwrap();
+    c.flush_current_buffer().await.unwrap();
+    c.clear_stat().await.unwrap();
+    assert_eq!(c.last_migrated_segment_id().await.unwrap(), 0);
+    // ObjectManager lists it, and it goes away with the cache
+    let om = zbus::fdo::ObjectManagerProxy::builder(&conn)
+        .destination("org.lc.Lcd1")
+        .path("/org/lc/Lcd1")
+        .build()
+        .await
+        .unwrap();
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(
+        objects.keys().any(|p| p.as_str() == "/org/lc/Lcd1/cache/5"),
+        "{objects:?}"
+    );
+    m.switch_to(5).await.unwrap();
+    m.free_cache().await.unwrap();
+    assert!(
+        c.status().await.is_err(),
+        "the object is gone with the cache"
+    );
+}
