@@ -275,6 +275,34 @@ async fn non_root_callers_may_read_but_not_change() {
     assert!(ok && out.starts_with("a(ysstt) 0"), "reads are open: {out}");
     // and root still can
     m.format_cache_device(&cache, false).await.unwrap();
+    // knobs: anyone reads, only root sets
+    m.resume_cache_as(2, &cache).await.unwrap();
+    let knob = |verb: &str, extra: &[&str]| {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+            .arg(format!("--address={}", rig.address))
+            .args([
+                verb,
+                "org.lc.Lcd1",
+                "/org/lc/Lcd1/cache/2",
+                "org.lc.Lcd1.Cache",
+                "BarrierDeadlineMs",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    };
+    let (ok, out) = knob("get-property", &[]);
+    assert!(ok && out.trim() == "t 3", "{out}");
+    let (ok, out) = knob("set-property", &["t", "9"]);
+    assert!(!ok && out.contains("Access denied"), "{out}");
+    assert_eq!(knob("get-property", &[]).1.trim(), "t 3", "nothing changed");
 }
 
 fn is_root() -> bool {
