@@ -69,6 +69,9 @@ pub struct CacheInfo {
     pub nr_segments: u64,
     /// Dirty 4 KiB lines over all devices.
     pub nr_dirty_caches: u64,
+    /// `running`, or `failed: <why>` for a cache the saved state names that
+    /// could not be resumed at start (FreeCache forgets it).
+    pub state: String,
 }
 
 /// `org.lc.Lcd1.Manager`: dm-lc's lc-mgr messages. `SwitchTo` sets the

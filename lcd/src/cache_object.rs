@@ -10,12 +10,14 @@ use lc_proto::{CacheStatus, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
-use crate::daemon::{blocking, require_root, to_dbus};
+use crate::daemon::{blocking, error_text, lock, require_root, to_dbus, Shared};
 
 /// One resumed cache on the bus.
 pub struct CacheObject {
     /// The engine's cache.
     pub cache: Arc<Cache>,
+    /// The daemon, to record knob changes.
+    pub daemon: Shared,
 }
 
 impl CacheObject {
@@ -29,7 +31,7 @@ impl CacheObject {
         let hdr = hdr.ok_or_else(|| fdo::Error::AccessDenied("no caller".into()))?;
         require_root(conn, &hdr)
             .await
-            .map_err(|e| fdo::Error::AccessDenied(message(e)))?;
+            .map_err(|e| fdo::Error::AccessDenied(error_text(e)))?;
         self.cache
             .set_knob(knob, value)
             .map_err(|e| fdo::Error::InvalidArgs(e.to_string()))?;
@@ -39,14 +41,9 @@ impl CacheObject {
             value,
             "knob set"
         );
-        Ok(())
-    }
-}
-
-fn message(e: LcdError) -> String {
-    match e {
-        LcdError::AccessDenied(m) | LcdError::Failed(m) => m,
-        other => format!("{other:?}"),
+        lock(&self.daemon)
+            .persist()
+            .map_err(|e| fdo::Error::IOError(error_text(e)))
     }
 }
 

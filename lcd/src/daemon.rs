@@ -17,6 +17,8 @@ use zbus::message::Header;
 use zbus::{interface, Connection, ObjectServer};
 
 use crate::cache_object::CacheObject;
+use crate::state::{CacheRecord, StateStore};
+use lc_engine::Knob;
 
 /// Which bus to serve on.
 #[derive(Debug, Clone)]
@@ -35,19 +37,50 @@ struct Entry {
     cache: Arc<Cache>,
 }
 
-#[derive(Default)]
-struct Daemon {
+pub(crate) struct Daemon {
     caches: BTreeMap<u8, Entry>,
+    /// Caches the state names that could not be resumed at start, with why.
+    failed: BTreeMap<u8, (CacheRecord, String)>,
     /// Each client's cursor, by unique bus name.
     cursors: HashMap<String, u8>,
+    store: StateStore,
+}
+
+/// The daemon's state, shared by the bus objects.
+pub(crate) type Shared = Arc<Mutex<Daemon>>;
+
+impl Daemon {
+    /// Records the configuration (caches, knobs) in the state directory.
+    pub(crate) fn persist(&self) -> Result<(), LcdError> {
+        let mut records: Vec<CacheRecord> = self
+            .caches
+            .iter()
+            .map(|(&id, e)| CacheRecord {
+                id,
+                path: e.path.clone(),
+                knobs: Knob::ALL
+                    .iter()
+                    .map(|k| (k.name.to_string(), e.cache.knob(k.knob)))
+                    .collect(),
+            })
+            .collect();
+        records.extend(self.failed.values().map(|(r, _)| r.clone()));
+        records.sort_by_key(|r| r.id);
+        self.store.save(records).map_err(|e| {
+            LcdError::Io(format!(
+                "saving the configuration in {} failed: {e}; the change is live but will not survive a restart",
+                self.store.dir().display()
+            ))
+        })
+    }
 }
 
 /// `org.lc.Lcd1.Manager` at `/org/lc/Lcd1`.
 struct Manager {
-    daemon: Arc<Mutex<Daemon>>,
+    daemon: Shared,
 }
 
-fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+pub(crate) fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -77,6 +110,20 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
 /// (as given when it does not exist: opening it will say so).
 fn canonical(path: &str) -> String {
     std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
+/// The message of a named error, without its name.
+pub(crate) fn error_text(e: LcdError) -> String {
+    match e {
+        LcdError::ZBus(e) => e.to_string(),
+        LcdError::NotFound(m)
+        | LcdError::Busy(m)
+        | LcdError::InvalidArgument(m)
+        | LcdError::NotFormatted(m)
+        | LcdError::AccessDenied(m)
+        | LcdError::Io(m)
+        | LcdError::Failed(m) => m,
+    }
 }
 
 /// Runs blocking engine work off the async executor.
@@ -181,11 +228,19 @@ impl Manager {
             )));
         }
         server
-            .at(lc_proto::cache_path(id), CacheObject { cache })
+            .at(
+                lc_proto::cache_path(id),
+                CacheObject {
+                    cache,
+                    daemon: self.daemon.clone(),
+                },
+            )
             .await
             .map_err(LcdError::ZBus)?;
         tracing::info!(id, %path, "resumed cache");
-        Ok(())
+        let mut d = lock(&self.daemon);
+        d.failed.remove(&id);
+        d.persist()
     }
 }
 
@@ -263,6 +318,14 @@ impl Manager {
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
+        let id = self.cursor(&hdr)?;
+        {
+            let mut d = lock(&self.daemon);
+            if d.failed.remove(&id).is_some() {
+                tracing::info!(id, "forgot a cache that failed to resume");
+                return d.persist();
+            }
+        }
         let (id, cache) = self.cache_at_cursor(&hdr)?;
         if !cache.devices().is_empty() {
             return Err(LcdError::Busy(format!(
@@ -275,7 +338,7 @@ impl Manager {
             .await;
         blocking(move || cache.shutdown().map_err(to_dbus)).await?;
         tracing::info!(id, "freed cache");
-        Ok(())
+        lock(&self.daemon).persist()
     }
 
     async fn clear_stat(
@@ -301,8 +364,17 @@ impl Manager {
                     uuid: u.iter().map(|b| format!("{b:02x}")).collect(),
                     nr_segments: st.nr_segments,
                     nr_dirty_caches: st.nr_dirty_caches,
+                    state: "running".into(),
                 }
             })
+            .chain(d.failed.iter().map(|(&id, (rec, why))| CacheInfo {
+                id,
+                path: rec.path.clone(),
+                uuid: String::new(),
+                nr_segments: 0,
+                nr_dirty_caches: 0,
+                state: format!("failed: {why}"),
+            }))
             .collect())
     }
 
@@ -313,7 +385,7 @@ impl Manager {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then stops every cache cleanly.
-pub fn run(bus: Bus) -> anyhow::Result<()> {
+pub fn run(bus: Bus, state_dir: &std::path::Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -322,7 +394,14 @@ pub fn run(bus: Bus) -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = Arc::new(Mutex::new(Daemon::default()));
+        let store = StateStore::open(state_dir)?;
+        let saved = store.load()?;
+        let daemon: Shared = Arc::new(Mutex::new(Daemon {
+            caches: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            cursors: HashMap::new(),
+            store,
+        }));
         let manager = Manager {
             daemon: daemon.clone(),
         };
@@ -340,6 +419,7 @@ pub fn run(bus: Bus) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("serving {BUS_NAME} on the {bus:?} bus (is another lcd running?)")
             })?;
+        restore(&daemon, &_conn, saved.caches).await;
         tracing::info!(?bus, "lcd serves {BUS_NAME}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -361,4 +441,47 @@ pub fn run(bus: Bus) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(())
     })
+}
+
+/// Resumes every cache the state names; one that fails is kept, reported
+/// as failed by ListCaches, and never stops the others.
+async fn restore(daemon: &Shared, conn: &Connection, records: Vec<CacheRecord>) {
+    for rec in records {
+        let (id, path) = (rec.id, rec.path.clone());
+        let resumed = blocking(move || {
+            let dev = FileDevice::open(path.as_ref()).map_err(to_dbus)?;
+            Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
+        })
+        .await;
+        match resumed {
+            Ok(cache) => {
+                for (name, &v) in &rec.knobs {
+                    if let Err(e) = Knob::from_name(name).and_then(|k| cache.set_knob(k, v)) {
+                        tracing::warn!(id, "saved knob {name}={v} not applied: {e}");
+                    }
+                }
+                let cache = Arc::new(cache);
+                let obj = CacheObject {
+                    cache: cache.clone(),
+                    daemon: daemon.clone(),
+                };
+                if let Err(e) = conn.object_server().at(lc_proto::cache_path(id), obj).await {
+                    tracing::error!(id, "cannot publish cache object: {e}");
+                }
+                tracing::info!(id, path = %rec.path, "resumed cache from the saved state");
+                lock(daemon).caches.insert(
+                    id,
+                    Entry {
+                        path: rec.path,
+                        cache,
+                    },
+                );
+            }
+            Err(e) => {
+                let why = error_text(e);
+                tracing::error!(id, path = %rec.path, "cannot resume cache: {why}");
+                lock(daemon).failed.insert(id, (rec, why));
+            }
+        }
+    }
 }

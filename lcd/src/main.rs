@@ -9,6 +9,7 @@
 mod cache_object;
 mod daemon;
 mod rescue;
+mod state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ struct Cli {
     /// Serve on the bus at this D-Bus address (tests).
     #[arg(long, value_name = "ADDRESS")]
     address: Option<String>,
+    /// Where lcd records its caches and knobs, to bring them back at start.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lcd")]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
                 (true, None) => daemon::Bus::Session,
                 (false, None) => daemon::Bus::System,
             };
-            daemon::run(bus).map(|()| ExitCode::SUCCESS)
+            daemon::run(bus, &cli.state_dir).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Check { cache, json }) => rescue::check(&cache, json),
         Some(Command::Dump { cache, json }) => {

@@ -29,6 +29,12 @@ impl Drop for Rig {
 
 fn start() -> Rig {
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    start_with(dir, &state)
+}
+
+/// A bus and an lcd keeping its state in `state`.
+fn start_with(dir: tempfile::TempDir, state: &Path) -> Rig {
     let conf = dir.path().join("bus.conf");
     std::fs::write(
         &conf,
@@ -63,6 +69,8 @@ fn start() -> Rig {
     let address = address.trim().to_string();
     let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
         .args(["--address", &address])
+        .arg("--state-dir")
+        .arg(state)
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
@@ -272,7 +280,10 @@ async fn non_root_callers_may_read_but_not_change() {
         "nothing was written"
     );
     let (ok, out) = call_as_nobody(&rig, "ListCaches", &[]);
-    assert!(ok && out.starts_with("a(ysstt) 0"), "reads are open: {out}");
+    assert!(
+        ok && out.starts_with("a(ysstts) 0"),
+        "reads are open: {out}"
+    );
     // and root still can
     m.format_cache_device(&cache, false).await.unwrap();
     // knobs: anyone reads, only root sets
@@ -372,5 +383,81 @@ async fn each_cache_is_an_object_with_its_knobs_and_status() {
     assert!(
         c.status().await.is_err(),
         "the object is gone with the cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caches_and_knobs_come_back_after_a_restart_or_a_crash() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 8 << 20);
+    let cache_props = |conn: zbus::Connection| async move {
+        lc_proto::CacheProxy::builder(&conn)
+            .path(lc_proto::cache_path(4))
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap()
+    };
+    {
+        let mut rig = start_with(tempfile::tempdir().unwrap(), &state);
+        let (conn, m) = client(&rig).await;
+        m.format_cache_device(&cache, false).await.unwrap();
+        m.resume_cache_as(4, &cache).await.unwrap();
+        cache_props(conn)
+            .await
+            .set_barrier_deadline_ms(9)
+            .await
+            .unwrap();
+        let mut lcd = rig.lcd.take().unwrap();
+        assert!(Command::new("kill")
+            .args(["-TERM", &lcd.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(lcd.wait().unwrap().success());
+    }
+    {
+        // restarted: the cache and its knob are back; then lcd is killed
+        let mut rig = start_with(tempfile::tempdir().unwrap(), &state);
+        let (conn, m) = client(&rig).await;
+        let caches = m.list_caches().await.unwrap();
+        assert_eq!(
+            (caches.len(), caches[0].id, caches[0].state.as_str()),
+            (1, 4, "running")
+        );
+        assert_eq!(
+            cache_props(conn).await.barrier_deadline_ms().await.unwrap(),
+            9
+        );
+        let mut lcd = rig.lcd.take().unwrap();
+        lcd.kill().unwrap(); // SIGKILL: no clean stop
+        lcd.wait().unwrap();
+    }
+    {
+        let rig = start_with(tempfile::tempdir().unwrap(), &state);
+        let (_conn, m) = client(&rig).await;
+        assert_eq!(
+            m.list_caches().await.unwrap()[0].state,
+            "running",
+            "back after kill -9"
+        );
+    }
+    // a cache device that disappeared is reported, not fatal, and can be forgotten
+    std::fs::remove_file(&cache).unwrap();
+    {
+        let rig = start_with(tempfile::tempdir().unwrap(), &state);
+        let (_conn, m) = client(&rig).await;
+        let caches = m.list_caches().await.unwrap();
+        assert!(caches[0].state.starts_with("failed:"), "{caches:?}");
+        m.switch_to(4).await.unwrap();
+        m.free_cache().await.unwrap();
+        assert!(m.list_caches().await.unwrap().is_empty());
+    }
+    let rig = start_with(tempfile::tempdir().unwrap(), &state);
+    let (_conn, m) = client(&rig).await;
+    assert!(
+        m.list_caches().await.unwrap().is_empty(),
+        "the forgotten cache stays forgotten"
     );
 }

@@ -1,0 +1,125 @@
+//! The daemon's persistent configuration: which caches it resumes at start,
+//! with their knobs. One JSON file in the state directory, replaced
+//! atomically (write a temporary file, fsync, rename, fsync the directory),
+//! so a crash leaves either the old or the new file, never half of one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// Version of the state file's layout.
+const STATE_VERSION: u32 = 1;
+
+/// Everything lcd remembers across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Layout version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// Caches to resume, by id.
+    pub caches: Vec<CacheRecord>,
+}
+
+/// One cache to resume at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// Cache id.
+    pub id: u8,
+    /// Canonical path of the cache device.
+    pub path: String,
+    /// Knob values by dm-lc name.
+    pub knobs: BTreeMap<String, u64>,
+}
+
+/// Where the state lives.
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// Uses (and creates) `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        Ok(StateStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// The saved state (empty if none was saved yet).
+    pub fn load(&self) -> anyhow::Result<State> {
+        let path = self.file();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: STATE_VERSION,
+                    caches: vec![],
+                })
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let state: State = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is damaged: repair it or move it away (lcd then starts empty)",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            state.version == STATE_VERSION,
+            "{} has layout version {}, this lcd reads {STATE_VERSION}",
+            path.display(),
+            state.version
+        );
+        Ok(state)
+    }
+
+    /// Replaces the saved state atomically.
+    pub fn save(&self, caches: Vec<CacheRecord>) -> std::io::Result<()> {
+        let state = State {
+            version: STATE_VERSION,
+            caches,
+        };
+        let tmp = self.dir.join(".state.json.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, self.file())?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_then_load_round_trips_and_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("lcd")).unwrap();
+        assert!(store.load().unwrap().caches.is_empty());
+        let rec = CacheRecord {
+            id: 3,
+            path: "/dev/x".into(),
+            knobs: [("allow_migrate".to_string(), 1)].into(),
+        };
+        store.save(vec![rec.clone()]).unwrap();
+        assert_eq!(store.load().unwrap().caches, vec![rec]);
+        fs::write(store.file(), b"{ not json").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
+    }
+}
