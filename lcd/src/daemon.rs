@@ -410,16 +410,17 @@ pub fn run(bus: Bus, state_dir: &std::path::Path) -> anyhow::Result<()> {
             Bus::Session => zbus::connection::Builder::session(),
             Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
         };
-        let _conn = builder
-            .name(BUS_NAME)
+        let conn = builder
             .serve_at(MANAGER_PATH, manager)
             .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)
             .build()
             .await
-            .with_context(|| {
-                format!("serving {BUS_NAME} on the {bus:?} bus (is another lcd running?)")
-            })?;
-        restore(&daemon, &_conn, saved.caches).await;
+            .with_context(|| format!("connecting to the {bus:?} bus"))?;
+        // Every saved cache is back before clients can find lcd by name.
+        restore(&daemon, &conn, saved.caches).await;
+        conn.request_name(BUS_NAME)
+            .await
+            .with_context(|| format!("taking the name {BUS_NAME} (is another lcd running?)"))?;
         tracing::info!(?bus, "lcd serves {BUS_NAME}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
