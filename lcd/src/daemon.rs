@@ -2,10 +2,13 @@
 //!
 //! What works so far: the lc-mgr messages of the Manager (format, per-client
 //! cursor, resume, free, clear_stat, list) with named errors and a uid check
-//! on every call that changes something. Not yet: cache and device objects,
-//! knobs over D-Bus, ublk devices, persistence, the migration policy loop.
-//! Engine calls block, so they run on tokio's blocking pool, never under the
-//! daemon's lock.
+//! on every call that changes something; one `org.lc.Lcd1.Cache` object per
+//! resumed cache (see `cache_object.rs`); the configuration recorded in the
+//! state directory and restored at start (see `state.rs`). Not yet: devices
+//! (CreateDevice/RemoveDevice, ublk), the migration policy loop, systemd
+//! readiness. Engine calls block, so they run on tokio's blocking pool,
+//! never under the daemon's lock. Cursors of clients that left are kept
+//! (one small entry per client) until lcd restarts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
