@@ -606,28 +606,35 @@ impl Cache {
     pub(crate) fn start(inner: Arc<Inner>) -> Result<Cache> {
         let (tx, rx) = std::sync::mpsc::channel();
         *lock(&inner.flusher_tx) = Some(tx.clone());
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(format!("lc{}-{name}", inner.cache_id))
-                .spawn(f)
-                .map_err(|e| Error::io(DeviceRole::Cache, "starting a cache thread", e))
-        };
-        let mut threads = crate::flusher::spawn(&inner, tx.clone(), rx)
-            .map_err(|e| Error::io(DeviceRole::Cache, "starting the flusher", e))?;
-        threads.extend([
-            spawn("migrate", {
-                let i = inner.clone();
-                Box::new(move || crate::migrator::run(i))
-            })?,
-            spawn("ticker", {
-                let i = inner.clone();
-                Box::new(move || crate::ticker::run(i))
-            })?,
-        ]);
-        Ok(Cache {
+        let cache = Cache {
             inner,
-            threads: Mutex::new(threads),
-        })
+            threads: Mutex::new(Vec::new()),
+        };
+        let started = (|| -> std::io::Result<()> {
+            let inner = &cache.inner;
+            let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+                std::thread::Builder::new()
+                    .name(format!("lc{}-{name}", inner.cache_id))
+                    .spawn(f)
+            };
+            let mut threads = lock(&cache.threads);
+            threads.extend(crate::flusher::spawn(inner, tx, rx)?);
+            let i = inner.clone();
+            threads.push(spawn("migrate", Box::new(move || crate::migrator::run(i)))?);
+            let i = inner.clone();
+            threads.push(spawn("ticker", Box::new(move || crate::ticker::run(i)))?);
+            Ok(())
+        })();
+        if let Err(e) = started {
+            // the threads that did start stop again; nothing was written
+            cache.stop_threads();
+            return Err(Error::io(
+                DeviceRole::Cache,
+                "starting the cache threads",
+                e,
+            ));
+        }
+        Ok(cache)
     }
 
     /// The cache id given at resume.
