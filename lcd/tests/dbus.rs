@@ -338,7 +338,28 @@ async fn each_cache_is_an_object_with_its_knobs_and_status() {
         .unwrap();
     assert_eq!(c.id().await.unwrap(), 5);
     assert_eq!(c.barrier_deadline_ms().await.unwrap(), 3);
+    // knob changes are announced with PropertiesChanged
+    let watcher = lc_proto::CacheProxy::builder(&conn)
+        .path(lc_proto::cache_path(5))
+        .build()
+        .await
+        .unwrap();
+    let mut changes = watcher.receive_barrier_deadline_ms_changed().await;
     c.set_barrier_deadline_ms(7).await.unwrap();
+    let announced = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        loop {
+            let change = changes.next().await.expect("signal stream ended");
+            if change.get().await.unwrap() == 7 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        announced.is_ok(),
+        "no PropertiesChanged for BarrierDeadlineMs"
+    );
     assert_eq!(c.barrier_deadline_ms().await.unwrap(), 7);
     let err = c.set_barrier_deadline_ms(0).await.unwrap_err();
     assert!(
