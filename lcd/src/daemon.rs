@@ -4,11 +4,11 @@
 //! cursor, resume, free, clear_stat, list) with named errors and a uid check
 //! on every call that changes something; one `org.lc.Lcd1.Cache` object per
 //! resumed cache (see `cache_object.rs`); the configuration recorded in the
-//! state directory and restored at start (see `state.rs`). Not yet: devices
-//! (CreateDevice/RemoveDevice, ublk), the migration policy loop, systemd
-//! readiness. Engine calls block, so they run on tokio's blocking pool,
-//! never under the daemon's lock. Cursors of clients that left are kept
-//! (one small entry per client) until lcd restarts.
+//! state directory and restored at start (see `state.rs`); systemd readiness
+//! once all that is done. Not yet: devices (CreateDevice/RemoveDevice, ublk)
+//! and the migration policy loop. Engine calls block, so they run on tokio's
+//! blocking pool, never under the daemon's lock. Cursors of clients that
+//! left are kept (one small entry per client) until lcd restarts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -425,6 +425,10 @@ pub fn run(bus: Bus, state_dir: &std::path::Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("taking the name {BUS_NAME} (is another lcd running?)"))?;
         tracing::info!(?bus, "lcd serves {BUS_NAME}");
+        // systemd readiness: every saved cache is back and the name is ours
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("cannot notify systemd of readiness: {e}");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}

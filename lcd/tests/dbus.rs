@@ -35,6 +35,11 @@ fn start() -> Rig {
 
 /// A bus and an lcd keeping its state in `state`.
 fn start_with(dir: tempfile::TempDir, state: &Path) -> Rig {
+    start_with_env(dir, state, None)
+}
+
+/// [`start_with`], with `NOTIFY_SOCKET` set for lcd when given.
+fn start_with_env(dir: tempfile::TempDir, state: &Path, notify_socket: Option<&Path>) -> Rig {
     let conf = dir.path().join("bus.conf");
     std::fs::write(
         &conf,
@@ -71,6 +76,7 @@ fn start_with(dir: tempfile::TempDir, state: &Path) -> Rig {
         .args(["--address", &address])
         .arg("--state-dir")
         .arg(state)
+        .envs(notify_socket.map(|p| ("NOTIFY_SOCKET", p)))
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
@@ -481,4 +487,24 @@ async fn caches_and_knobs_come_back_after_a_restart_or_a_crash() {
         m.list_caches().await.unwrap().is_empty(),
         "the forgotten cache stays forgotten"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lcd_tells_systemd_it_is_ready_once_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let bus_dir = tempfile::tempdir().unwrap();
+    let state = bus_dir.path().join("state");
+    let rig = start_with_env(bus_dir, &state, Some(&sock_path));
+    let mut buf = [0u8; 256];
+    let n = sock
+        .recv(&mut buf)
+        .expect("no readiness notification from lcd");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // ready means the name is served
+    let (_c, m) = client(&rig).await;
+    assert!(m.list_caches().await.unwrap().is_empty());
 }
