@@ -57,8 +57,6 @@ pub struct SimDisk {
     domain: Arc<PowerDomain>,
     state: Mutex<DiskState>,
     size: u64,
-    /// Number of flushes the disk has served.
-    pub flushes: AtomicU64,
     /// Number of writes the disk has served.
     pub writes: AtomicU64,
 }
@@ -80,7 +78,6 @@ impl SimDisk {
                 pending: Vec::new(),
             }),
             size,
-            flushes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
         })
     }
@@ -165,7 +162,6 @@ impl BlockDevice for SimDisk {
         if *dead {
             return Ok(());
         }
-        self.flushes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("disk");
         let pending = std::mem::take(&mut st.pending);
         for (off, data) in pending {
