@@ -97,9 +97,53 @@ pub trait Manager {
     fn clear_stat(&self) -> Result<(), LcdError>;
     /// The resumed caches.
     fn list_caches(&self) -> Result<Vec<CacheInfo>, LcdError>;
+    /// Attaches `backing_path` as device `device_id` (0: the lowest free id)
+    /// of cache `cache_id` and exposes it as a ublk block device.
+    fn create_device(
+        &self,
+        device_id: u8,
+        backing_path: &str,
+        cache_id: u8,
+    ) -> Result<DeviceInfo, LcdError>;
+    /// Removes the block device, writes every dirty block of the device back
+    /// and detaches it; returns when all that is done.
+    fn remove_device(&self, device_id: u8) -> Result<(), LcdError>;
+    /// `RemoveDevice` that returns once the write-back has begun; the device
+    /// object shows state `detaching` and goes away when it is done.
+    fn begin_remove_device(&self, device_id: u8) -> Result<(), LcdError>;
+    /// The devices.
+    fn list_devices(&self) -> Result<Vec<DeviceInfo>, LcdError>;
+    /// `ublk`, or why devices cannot be exposed as block devices here
+    /// (e.g. `none: /dev/ublk-control is missing; ...`).
+    #[zbus(property)]
+    fn block_frontend(&self) -> zbus::Result<String>;
     /// API version of the daemon ([`API_VERSION`]).
     #[zbus(property)]
     fn version(&self) -> zbus::Result<u32>;
+}
+
+/// One device: a backing device served through a cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, zbus::Type)]
+pub struct DeviceInfo {
+    /// Device id, 1..=255 (unique over all caches).
+    pub id: u8,
+    /// Cache it is served through.
+    pub cache_id: u8,
+    /// Path of the backing device, as configured.
+    pub backing: String,
+    /// Backing device identity (path, major:minor) as the engine sees it.
+    pub dev: String,
+    /// Size in bytes (that of the backing device).
+    pub size_bytes: u64,
+    /// Block device node (`/dev/ublkbN`), empty when there is none.
+    pub node: String,
+    /// Dirty 4 KiB lines of this device in the cache.
+    pub nr_dirty_caches: u64,
+    /// Write-back policy threshold, percent.
+    pub migrate_threshold: u8,
+    /// `running`, `detaching`, `no block device: <why>` (attached to the
+    /// cache, data safe, but not exposed), or `failed: <why>`.
+    pub state: String,
 }
 
 /// `Status()` of a cache: what dm-lc's lc-mgr printed, and more.
@@ -198,6 +242,37 @@ pub trait Cache {
     /// Highest segment id written back.
     #[zbus(property(emits_changed_signal = "false"))]
     fn last_migrated_segment_id(&self) -> zbus::Result<u64>;
+}
+
+/// `org.lc.Lcd1.Device` at `/org/lc/Lcd1/device/<id>`.
+#[zbus::proxy(interface = "org.lc.Lcd1.Device", default_service = "org.lc.Lcd1")]
+pub trait Device {
+    /// Everything about the device at once.
+    fn info(&self) -> Result<DeviceInfo, LcdError>;
+    /// Device id.
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<u8>;
+    /// Cache it is served through.
+    #[zbus(property)]
+    fn cache_id(&self) -> zbus::Result<u8>;
+    /// Backing device identity (path, major:minor).
+    #[zbus(property)]
+    fn dev(&self) -> zbus::Result<String>;
+    /// Block device node (`/dev/ublkbN`), empty when there is none.
+    #[zbus(property)]
+    fn node(&self) -> zbus::Result<String>;
+    /// Write-back policy threshold, percent (0..=100).
+    #[zbus(property)]
+    fn migrate_threshold(&self) -> zbus::Result<u8>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_migrate_threshold(&self, v: u8) -> zbus::Result<()>;
+    /// Dirty lines of this device (read it; no change signal).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn nr_dirty_caches(&self) -> zbus::Result<u64>;
+    /// `running`, `detaching`, `no block device: <why>` or `failed: <why>`.
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
 }
 
 #[cfg(test)]
