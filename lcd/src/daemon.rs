@@ -1,25 +1,29 @@
 //! The daemon: serves `org.lc.Lcd1.Manager` on the bus and hosts the caches.
 //!
-//! What works so far: the lc-mgr messages of the Manager (format, per-client
-//! cursor, resume, free, clear_stat, list) with named errors and a uid check
-//! on every call that changes something; one `org.lc.Lcd1.Cache` object per
-//! resumed cache (see `cache_object.rs`); the configuration recorded in the
-//! state directory and restored at start (see `state.rs`); systemd readiness
-//! once all that is done. Not yet: devices (CreateDevice/RemoveDevice, ublk)
-//! and the migration policy loop. Engine calls block, so they run on tokio's
-//! blocking pool, never under the daemon's lock. Cursors of clients that
-//! left are kept (one small entry per client) until lcd restarts.
+//! The Manager carries the lc-mgr messages (format, per-client cursor,
+//! resume, free, clear_stat, list) and the device calls (see `devices.rs`),
+//! with named errors and a uid check on every call that changes something.
+//! Each resumed cache is an `org.lc.Lcd1.Cache` object (`cache_object.rs`),
+//! each device an `org.lc.Lcd1.Device` object (`device_object.rs`) served
+//! as `/dev/ublkb<id>` (`ublk.rs`). The configuration is recorded in the
+//! state directory and restored at start (`state.rs`); systemd hears
+//! READY=1 once all of it is back. Engine calls block, so they run on
+//! tokio's blocking pool, never under the daemon's lock. Not yet: the
+//! migration policy loop (write-back runs whenever allowed). Cursors of
+//! clients that left are kept (one small entry per client) until lcd
+//! restarts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use lc_engine::{format_cache_device, Cache, CacheOptions, FileDevice};
-use lc_proto::{CacheInfo, LcdError, API_VERSION, BUS_NAME, MANAGER_PATH};
+use lc_proto::{CacheInfo, DeviceInfo, LcdError, API_VERSION, BUS_NAME, MANAGER_PATH};
 use zbus::message::Header;
 use zbus::{interface, Connection, ObjectServer};
 
 use crate::cache_object::CacheObject;
+use crate::devices::{self, DeviceEntry, DeviceState, Frontend};
 use crate::state::{CacheRecord, StateStore};
 use lc_engine::Knob;
 
@@ -34,14 +38,21 @@ pub enum Bus {
     Address(String),
 }
 
-struct Entry {
+/// One resumed cache.
+pub(crate) struct Entry {
     /// Canonical path of the cache device.
-    path: String,
-    cache: Arc<Cache>,
+    pub(crate) path: String,
+    pub(crate) cache: Arc<Cache>,
 }
 
 pub(crate) struct Daemon {
-    caches: BTreeMap<u8, Entry>,
+    pub(crate) caches: BTreeMap<u8, Entry>,
+    /// Configured devices, by id.
+    pub(crate) devices: BTreeMap<u8, DeviceEntry>,
+    /// How devices are exposed.
+    pub(crate) frontend: Frontend,
+    /// Where udev markers for lc's block devices go.
+    pub(crate) run_dir: std::path::PathBuf,
     /// Caches the state names that could not be resumed at start, with why.
     failed: BTreeMap<u8, (CacheRecord, String)>,
     /// Each client's cursor, by unique bus name.
@@ -69,7 +80,13 @@ impl Daemon {
             .collect();
         records.extend(self.failed.values().map(|(r, _)| r.clone()));
         records.sort_by_key(|r| r.id);
-        self.store.save(records).map_err(|e| {
+        let devices = self
+            .devices
+            .iter()
+            .filter(|(_, e)| e.state != DeviceState::Creating)
+            .map(|(&id, e)| e.record(id))
+            .collect();
+        self.store.save(records, devices).map_err(|e| {
             LcdError::Io(format!(
                 "saving the configuration in {} failed: {e}; the change is live but will not survive a restart",
                 self.store.dir().display()
@@ -111,7 +128,7 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
 
 /// The path with symlinks and `..` resolved, so one device has one name
 /// (as given when it does not exist: opening it will say so).
-fn canonical(path: &str) -> String {
+pub(crate) fn canonical(path: &str) -> String {
     std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
 }
 
@@ -330,9 +347,16 @@ impl Manager {
             }
         }
         let (id, cache) = self.cache_at_cursor(&hdr)?;
-        if !cache.devices().is_empty() {
+        let users: Vec<String> = lock(&self.daemon)
+            .devices
+            .iter()
+            .filter(|(_, e)| e.cache_id == id)
+            .map(|(d, _)| d.to_string())
+            .collect();
+        if !users.is_empty() || !cache.devices().is_empty() {
             return Err(LcdError::Busy(format!(
-                "cache {id} still has devices; remove them first"
+                "cache {id} still serves device(s) {}; remove them first (lcctl detach ID)",
+                users.join(", ")
             )));
         }
         lock(&self.daemon).caches.remove(&id);
@@ -381,26 +405,124 @@ impl Manager {
             .collect())
     }
 
+    async fn create_device(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+        device_id: u8,
+        backing_path: String,
+        cache_id: u8,
+    ) -> Result<DeviceInfo, LcdError> {
+        require_root(conn, &hdr).await?;
+        devices::create(&self.daemon, server, device_id, backing_path, cache_id).await
+    }
+
+    async fn remove_device(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        device_id: u8,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        devices::remove(&self.daemon, conn, device_id, true).await
+    }
+
+    async fn begin_remove_device(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        device_id: u8,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        devices::remove(&self.daemon, conn, device_id, false).await
+    }
+
+    async fn list_devices(&self) -> Result<Vec<DeviceInfo>, LcdError> {
+        let d = lock(&self.daemon);
+        Ok(d.devices.iter().map(|(&id, e)| e.info(id)).collect())
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn block_frontend(&self) -> String {
+        match lock(&self.daemon).frontend {
+            Frontend::None => "none: lcd runs with --frontend none; devices are attached to \
+                               their cache but not exposed as block devices"
+                .into(),
+            Frontend::Ublk => match crate::ublk::unavailable_reason() {
+                None => "ublk".into(),
+                Some(why) => format!("none: {why}"),
+            },
+        }
+    }
+
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> u32 {
         API_VERSION
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then stops every cache cleanly.
-pub fn run(bus: Bus, state_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Gives lcd a mount namespace of its own (mounts still propagate in, none
+/// propagate out), so a file system mounted on one of its own block
+/// devices is never in lcd's namespace and cannot hold it at exit. Must run
+/// while the process has one thread.
+fn private_mount_namespace() {
+    // SAFETY: unshare and mount take no pointers but the static strings
+    // below; both results are checked.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            tracing::warn!(
+                "cannot get a mount namespace of lcd's own ({}); run lcd as root, \
+                 or under systemd with PrivateMounts=yes",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            tracing::warn!(
+                "cannot make lcd's mounts private: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then removes its block devices
+/// and stops every cache cleanly.
+pub fn run(
+    bus: Bus,
+    state_dir: &std::path::Path,
+    frontend: Frontend,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    if frontend == Frontend::Ublk {
+        private_mount_namespace();
+        if let Some(why) = crate::ublk::unavailable_reason() {
+            tracing::warn!("devices cannot be exposed as block devices: {why}");
+        }
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let store = StateStore::open(state_dir)?;
         let saved = store.load()?;
         let daemon: Shared = Arc::new(Mutex::new(Daemon {
             caches: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            frontend,
+            run_dir: run_dir.to_path_buf(),
             failed: BTreeMap::new(),
             cursors: HashMap::new(),
             store,
@@ -421,6 +543,7 @@ pub fn run(bus: Bus, state_dir: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to the {bus:?} bus"))?;
         // Every saved cache is back before clients can find lcd by name.
         restore(&daemon, &conn, saved.caches).await;
+        devices::restore(&daemon, &conn, saved.devices).await;
         conn.request_name(BUS_NAME)
             .await
             .with_context(|| format!("taking the name {BUS_NAME} (is another lcd running?)"))?;
@@ -434,7 +557,9 @@ pub fn run(bus: Bus, state_dir: &std::path::Path) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        tracing::info!("stopping: flushing and stopping every cache");
+        tracing::info!("stopping: removing block devices, flushing and stopping every cache");
+        let d2 = daemon.clone();
+        tokio::task::spawn_blocking(move || devices::stop_all(&d2)).await?;
         let caches: Vec<(u8, Arc<Cache>)> = std::mem::take(&mut lock(&daemon).caches)
             .into_iter()
             .map(|(id, e)| (id, e.cache))

@@ -1,15 +1,18 @@
 //! lcd: the lc daemon.
 //!
-//! Without a subcommand it runs the daemon: the D-Bus Manager (lc-mgr's
-//! messages) works; cache and device objects, ublk devices and persistence
-//! are not built yet. The offline rescue subcommands
+//! Without a subcommand it runs the daemon: the D-Bus API (lc-mgr's
+//! messages, cache and device objects), ublk block devices and the saved
+//! configuration. The offline rescue subcommands
 //! work on a cache device directly, with no daemon running:
 //! `lcd check`, `lcd dump` and `lcd writeback`.
 
 mod cache_object;
 mod daemon;
+mod device_object;
+mod devices;
 mod rescue;
 mod state;
+mod ublk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,8 +32,26 @@ struct Cli {
     /// Where lcd records its caches and knobs, to bring them back at start.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lcd")]
     state_dir: PathBuf,
+    /// How devices are exposed: `ublk` (as /dev/ublkbN) or `none` (attached
+    /// to their cache only: for tests, or to drain a cache where the kernel
+    /// has no ublk).
+    #[arg(long, value_enum, default_value_t = FrontendArg::Ublk)]
+    frontend: FrontendArg,
+    /// Where lcd marks its block devices for the udev rule that adds the
+    /// /dev/lc/<id> links.
+    #[arg(long, value_name = "DIR", default_value = "/run/lc")]
+    run_dir: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// `--frontend` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FrontendArg {
+    /// /dev/ublkbN through the kernel's ublk driver.
+    Ublk,
+    /// No block devices.
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,7 +98,11 @@ fn main() -> ExitCode {
                 (true, None) => daemon::Bus::Session,
                 (false, None) => daemon::Bus::System,
             };
-            daemon::run(bus, &cli.state_dir).map(|()| ExitCode::SUCCESS)
+            let frontend = match cli.frontend {
+                FrontendArg::Ublk => devices::Frontend::Ublk,
+                FrontendArg::None => devices::Frontend::None,
+            };
+            daemon::run(bus, &cli.state_dir, frontend, &cli.run_dir).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Check { cache, json }) => rescue::check(&cache, json),
         Some(Command::Dump { cache, json }) => {

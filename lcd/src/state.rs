@@ -1,5 +1,5 @@
 //! The daemon's persistent configuration: which caches it resumes at start,
-//! with their knobs. One JSON file in the state directory, replaced
+//! with their knobs, and which devices it re-creates on them. One JSON file in the state directory, replaced
 //! atomically (write a temporary file, fsync, rename, fsync the directory),
 //! so a crash leaves either the old or the new file, never half of one.
 
@@ -21,6 +21,22 @@ pub struct State {
     pub version: u32,
     /// Caches to resume, by id.
     pub caches: Vec<CacheRecord>,
+    /// Devices to re-create once their caches are back, by id.
+    #[serde(default)]
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// One device to re-create at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Device id (also the ublk device number).
+    pub id: u8,
+    /// Cache it is served through.
+    pub cache_id: u8,
+    /// Canonical path of the backing device.
+    pub backing: String,
+    /// Write-back policy threshold, percent.
+    pub migrate_threshold: u8,
 }
 
 /// One cache to resume at start.
@@ -61,7 +77,7 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(State {
                     version: STATE_VERSION,
-                    caches: vec![],
+                    ..State::default()
                 })
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -82,10 +98,15 @@ impl StateStore {
     }
 
     /// Replaces the saved state atomically.
-    pub fn save(&self, caches: Vec<CacheRecord>) -> std::io::Result<()> {
+    pub fn save(
+        &self,
+        caches: Vec<CacheRecord>,
+        devices: Vec<DeviceRecord>,
+    ) -> std::io::Result<()> {
         let state = State {
             version: STATE_VERSION,
             caches,
+            devices,
         };
         let tmp = self.dir.join(".state.json.tmp");
         let mut f = File::create(&tmp)?;
@@ -116,8 +137,15 @@ mod tests {
             path: "/dev/x".into(),
             knobs: [("allow_migrate".to_string(), 1)].into(),
         };
-        store.save(vec![rec.clone()]).unwrap();
-        assert_eq!(store.load().unwrap().caches, vec![rec]);
+        let dev = DeviceRecord {
+            id: 7,
+            cache_id: 3,
+            backing: "/dev/y".into(),
+            migrate_threshold: 50,
+        };
+        store.save(vec![rec.clone()], vec![dev.clone()]).unwrap();
+        let back = store.load().unwrap();
+        assert_eq!((back.caches, back.devices), (vec![rec], vec![dev]));
         fs::write(store.file(), b"{ not json").unwrap();
         let err = store.load().unwrap_err();
         assert!(format!("{err:#}").contains("is damaged"), "{err:#}");

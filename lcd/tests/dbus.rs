@@ -35,11 +35,17 @@ fn start() -> Rig {
 
 /// A bus and an lcd keeping its state in `state`.
 fn start_with(dir: tempfile::TempDir, state: &Path) -> Rig {
-    start_with_env(dir, state, None)
+    start_with_env(dir, state, None, &[])
 }
 
-/// [`start_with`], with `NOTIFY_SOCKET` set for lcd when given.
-fn start_with_env(dir: tempfile::TempDir, state: &Path, notify_socket: Option<&Path>) -> Rig {
+/// [`start_with`], with `NOTIFY_SOCKET` set for lcd when given and more
+/// arguments for lcd.
+fn start_with_env(
+    dir: tempfile::TempDir,
+    state: &Path,
+    notify_socket: Option<&Path>,
+    lcd_args: &[&str],
+) -> Rig {
     let conf = dir.path().join("bus.conf");
     std::fs::write(
         &conf,
@@ -76,6 +82,7 @@ fn start_with_env(dir: tempfile::TempDir, state: &Path, notify_socket: Option<&P
         .args(["--address", &address])
         .arg("--state-dir")
         .arg(state)
+        .args(lcd_args)
         .envs(notify_socket.map(|p| ("NOTIFY_SOCKET", p)))
         .env("RUST_LOG", "warn")
         .spawn()
@@ -498,7 +505,7 @@ async fn lcd_tells_systemd_it_is_ready_once_serving() {
         .unwrap();
     let bus_dir = tempfile::tempdir().unwrap();
     let state = bus_dir.path().join("state");
-    let rig = start_with_env(bus_dir, &state, Some(&sock_path));
+    let rig = start_with_env(bus_dir, &state, Some(&sock_path), &[]);
     let mut buf = [0u8; 256];
     let n = sock
         .recv(&mut buf)
@@ -507,4 +514,203 @@ async fn lcd_tells_systemd_it_is_ready_once_serving() {
     // ready means the name is served
     let (_c, m) = client(&rig).await;
     assert!(m.list_caches().await.unwrap().is_empty());
+}
+
+/// Writes `blocks` (4 KiB block index, fill byte) as dirty data of device
+/// `device_id` into the cache on `cache`, offline through the engine, and
+/// stops the cache cleanly with the data still dirty (write-back off).
+fn leave_dirty_data(cache: &str, backing: &str, device_id: u8, blocks: &[(u64, u8)]) {
+    use lc_engine::{Cache, CacheOptions, FileDevice, Knob};
+    use std::sync::Arc;
+    let c = Cache::resume(
+        1,
+        Arc::new(FileDevice::open(cache.as_ref()).unwrap()),
+        CacheOptions::default(),
+    )
+    .unwrap();
+    c.set_knob(Knob::AllowMigrate, 0).unwrap();
+    c.attach_device(
+        device_id,
+        Arc::new(FileDevice::open(backing.as_ref()).unwrap()),
+    )
+    .unwrap();
+    for &(block, fill) in blocks {
+        c.write(device_id, block * 8, &[fill; 4096]).unwrap();
+    }
+    c.flush_sync().unwrap();
+    c.shutdown().unwrap();
+}
+
+async fn device_props(conn: &zbus::Connection, id: u8) -> lc_proto::DeviceProxy<'static> {
+    lc_proto::DeviceProxy::builder(conn)
+        .path(lc_proto::device_path(id))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_back() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let backing = file(&keep.path().join("backing.img"), 4 << 20);
+    let other = file(&keep.path().join("other.img"), 4 << 20);
+    let rig = start_with_env(
+        tempfile::tempdir().unwrap(),
+        &state,
+        None,
+        &["--frontend", "none"],
+    );
+    let (conn, m) = client(&rig).await;
+    assert!(m.block_frontend().await.unwrap().starts_with("none: "));
+    m.format_cache_device(&cache, false).await.unwrap();
+    // cache 1 holds dirty data for device 3 from an earlier life
+    leave_dirty_data(&cache, &backing, 3, &[(0, 0xa1), (5, 0xb2), (1023, 0xc3)]);
+    m.resume_cache_as(1, &cache).await.unwrap();
+
+    // bad input: each refused, nothing created
+    let err = |r: Result<lc_proto::DeviceInfo, LcdError>| format!("{:?}", r.unwrap_err());
+    let e = err(m.create_device(3, &backing, 9).await);
+    assert!(
+        e.starts_with("NotFound") && e.contains("resume it first"),
+        "{e}"
+    );
+    let e = err(m.create_device(3, "/nonexistent/disk", 1).await);
+    assert!(e.starts_with("NotFound"), "{e}");
+    let e = err(m.create_device(3, &cache, 1).await);
+    assert!(
+        e.starts_with("Busy") && e.contains("cache device of cache 1"),
+        "{e}"
+    );
+    assert!(m.list_devices().await.unwrap().is_empty());
+
+    let info = m.create_device(3, &backing, 1).await.unwrap();
+    assert_eq!((info.id, info.cache_id, info.node.as_str()), (3, 1, ""));
+    assert!(info.state.starts_with("no block device: "), "{info:?}");
+    assert_eq!(info.size_bytes, 4 << 20);
+    assert_eq!(
+        info.nr_dirty_caches, 3,
+        "the cache's dirty lines are the device's"
+    );
+    let e = err(m.create_device(3, &other, 1).await);
+    assert!(
+        e.starts_with("Busy") && e.contains("device 3 exists"),
+        "{e}"
+    );
+    let e = err(m.create_device(0, &backing, 1).await);
+    assert!(
+        e.starts_with("Busy") && e.contains("already the backing device of device 3"),
+        "{e}"
+    );
+    // id 0: the lowest free one
+    assert_eq!(m.create_device(0, &other, 1).await.unwrap().id, 1);
+    assert_eq!(
+        m.list_devices()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    // a cache with devices cannot be freed
+    m.switch_to(1).await.unwrap();
+    let e = format!("{:?}", m.free_cache().await.unwrap_err());
+    assert!(e.starts_with("Busy") && e.contains("1, 3"), "{e}");
+
+    // the device object and its knob
+    let d3 = device_props(&conn, 3).await;
+    assert_eq!(d3.cache_id().await.unwrap(), 1);
+    assert_eq!(d3.nr_dirty_caches().await.unwrap(), 3);
+    assert_eq!(d3.migrate_threshold().await.unwrap(), 70);
+    d3.set_migrate_threshold(55).await.unwrap();
+    assert!(d3.set_migrate_threshold(101).await.is_err());
+    assert_eq!(d3.migrate_threshold().await.unwrap(), 55);
+    drop((d3, m, conn));
+    drop(rig);
+
+    // kill -9 (the rig's drop): devices and their knob come back
+    let rig = start_with_env(
+        tempfile::tempdir().unwrap(),
+        &state,
+        None,
+        &["--frontend", "none"],
+    );
+    let (conn, m) = client(&rig).await;
+    let devs = m.list_devices().await.unwrap();
+    assert_eq!(devs.len(), 2, "{devs:?}");
+    assert_eq!(
+        (
+            devs[1].id,
+            devs[1].migrate_threshold,
+            devs[1].nr_dirty_caches
+        ),
+        (3, 55, 3)
+    );
+
+    // RemoveDevice writes the dirty data back before the device goes
+    m.remove_device(3).await.unwrap();
+    let back = std::fs::read(&backing).unwrap();
+    for (block, fill) in [(0usize, 0xa1u8), (5, 0xb2), (1023, 0xc3)] {
+        assert!(
+            back[block * 4096..(block + 1) * 4096]
+                .iter()
+                .all(|&b| b == fill),
+            "block {block} was written back"
+        );
+    }
+    assert!(
+        back[4096..5 * 4096].iter().all(|&b| b == 0),
+        "nothing else was"
+    );
+    let e = format!("{:?}", m.remove_device(3).await.unwrap_err());
+    assert!(e.starts_with("NotFound"), "removing twice: {e}");
+    // BeginRemoveDevice returns at once; the device goes away by itself
+    m.begin_remove_device(1).await.unwrap();
+    let mut gone = false;
+    for _ in 0..400 {
+        if m.list_devices().await.unwrap().is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gone, "device 1 was removed in the background");
+    m.switch_to(1).await.unwrap();
+    m.free_cache().await.unwrap();
+    drop((m, conn));
+    drop(rig);
+    let rig = start_with_env(
+        tempfile::tempdir().unwrap(),
+        &state,
+        None,
+        &["--frontend", "none"],
+    );
+    let (_conn, m) = client(&rig).await;
+    assert!(
+        m.list_devices().await.unwrap().is_empty(),
+        "removals were saved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_ublk_create_device_says_what_to_load_and_changes_nothing() {
+    if Path::new("/dev/ublk-control").exists() {
+        eprintln!("skipped: this kernel has ublk");
+        return;
+    }
+    let keep = tempfile::tempdir().unwrap();
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let backing = file(&keep.path().join("backing.img"), 4 << 20);
+    let rig = start();
+    let (_conn, m) = client(&rig).await;
+    let frontend = m.block_frontend().await.unwrap();
+    assert!(frontend.contains("modprobe ublk_drv"), "{frontend}");
+    m.format_cache_device(&cache, false).await.unwrap();
+    m.resume_cache_as(1, &cache).await.unwrap();
+    let e = format!("{:?}", m.create_device(1, &backing, 1).await.unwrap_err());
+    assert!(e.starts_with("Failed") && e.contains("ublk_drv"), "{e}");
+    assert!(m.list_devices().await.unwrap().is_empty());
 }

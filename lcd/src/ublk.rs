@@ -1,0 +1,628 @@
+//! The ublk frontend: exposes one lc device as `/dev/ublkb<id>`.
+//!
+//! Each device gets a ublk device whose number is the lc device id, sized as
+//! its backing device, with 512 B logical / 4 KiB physical blocks, a
+//! volatile write cache with FUA, and discard. libublk runs one thread per
+//! queue with its own io_uring; a queue thread never waits for the engine.
+//! Reads, writes and discards go to a small pool of worker threads; FLUSH
+//! and FUA complete through the engine's flush callback. A finished request
+//! is pushed on its queue's [`Completions`] and the queue's eventfd is
+//! written; each queue keeps a read of that eventfd in flight in its own
+//! ring, so the queue thread wakes, hands each result to the request's task,
+//! and the task commits it to the kernel.
+//!
+//! Devices are created with `UBLK_F_USER_RECOVERY` (and `_REISSUE` where
+//! the kernel has it): when lcd dies, the kernel keeps the device quiesced
+//! and a restarted lcd takes it back with [`UblkDevice::start`] in
+//! recovery mode. Creation runs on its own thread and is given up after
+//! [`START_TIMEOUT`], so a misbehaving kernel cannot freeze the daemon.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lc_engine::Cache;
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::uring_async::ublk_submit_sqe_async;
+use libublk::{sys, BufDesc, UblkError, UblkFlags};
+
+/// The control node a kernel with ublk provides.
+pub const CONTROL_NODE: &str = "/dev/ublk-control";
+/// How long device creation or recovery may take before lcd gives up on it.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Target name recorded by libublk (lets a sweep tell lc's devices apart).
+pub const TARGET_NAME: &str = "lc";
+/// Requests in flight per queue.
+const QUEUE_DEPTH: u16 = 64;
+/// Largest request, in bytes.
+const IO_BUF_BYTES: u32 = 256 << 10;
+/// Largest discard, in sectors (the engine walks discards line by line).
+const MAX_DISCARD_SECTORS: u32 = 8192;
+/// Worker threads per device serving reads, writes and discards.
+const WORKERS: usize = 4;
+
+/// Why devices cannot be exposed here, or `None` when ublk is usable.
+pub fn unavailable_reason() -> Option<String> {
+    if Path::new(CONTROL_NODE).exists() {
+        None
+    } else {
+        Some(format!(
+            "{CONTROL_NODE} is missing: this kernel has no ublk driver loaded; \
+             load it with `modprobe ublk_drv` (Linux 6.0 or later, built with CONFIG_BLK_DEV_UBLK)"
+        ))
+    }
+}
+
+/// Path of the block node of ublk device `id`.
+pub fn node_path(id: u8) -> String {
+    format!("/dev/ublkb{id}")
+}
+
+/// State of an existing ublk device numbered `id`, if there is one.
+pub fn existing_state(id: u8) -> Option<u32> {
+    let ctrl = UblkCtrl::new_simple(id as i32).ok()?;
+    ctrl.read_dev_info().ok()?;
+    let state = ctrl.dev_info().state as u32;
+    ctrl.disown();
+    Some(state)
+}
+
+/// Finished requests of one queue, waiting for the queue thread.
+struct Completions {
+    done: Mutex<Vec<(u16, i32)>>,
+    eventfd: OwnedFd,
+}
+
+impl Completions {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd has no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Completions {
+            done: Mutex::new(Vec::new()),
+            // SAFETY: fd is a fresh descriptor owned by nobody else.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Hands `(tag, result)` to the queue thread (any thread may call it).
+    fn complete(&self, tag: u16, result: i32) {
+        let first = {
+            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            done.push((tag, result));
+            done.len() == 1
+        };
+        // Only the first result after a drain needs to wake the queue thread:
+        // it drains everything queued by then.
+        if first {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            let _ = unsafe {
+                libc::write(
+                    self.eventfd.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                )
+            };
+        }
+    }
+
+    fn take(&self) -> Vec<(u16, i32)> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A request handed to a worker.
+struct Job {
+    tag: u16,
+    op: u32,
+    fua: bool,
+    sector: u64,
+    nr_sectors: u32,
+    /// Address of the tag's I/O buffer.
+    buf: usize,
+    completions: Arc<Completions>,
+}
+
+/// Per-queue-thread table of results not yet picked up by their tasks.
+struct TagSlots {
+    results: RefCell<Vec<Option<i32>>>,
+    wakers: RefCell<Vec<Option<Waker>>>,
+}
+
+/// Resolves when the queue thread has received the result of `tag`.
+struct TagResult<'a> {
+    slots: &'a TagSlots,
+    tag: usize,
+}
+
+impl Future for TagResult<'_> {
+    type Output = i32;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        if let Some(r) = self.slots.results.borrow_mut()[self.tag].take() {
+            return Poll::Ready(r);
+        }
+        self.slots.wakers.borrow_mut()[self.tag] = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+fn errno_of(e: &lc_engine::Error) -> i32 {
+    match e {
+        lc_engine::Error::OutOfRange { .. } | lc_engine::Error::InvalidArgument(_) => -libc::EINVAL,
+        _ => -libc::EIO,
+    }
+}
+
+/// What one device's queues and workers share.
+struct Target {
+    cache: Arc<Cache>,
+    device_id: u8,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Target {
+    fn submit(&self, job: Job) {
+        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            job.completions.complete(job.tag, -libc::EIO);
+        }
+    }
+
+    /// Serves one request on a worker thread.
+    fn serve(&self, job: Job) {
+        let bytes = job.nr_sectors as usize * 512;
+        let result = match job.op {
+            sys::UBLK_IO_OP_READ => {
+                // SAFETY: the tag's buffer holds IO_BUF_BYTES ≥ bytes (the
+                // kernel never sends more than max_sectors) and nothing else
+                // touches it until this job's result is committed.
+                let buf = unsafe { std::slice::from_raw_parts_mut(job.buf as *mut u8, bytes) };
+                match self.cache.read(self.device_id, job.sector, buf) {
+                    Ok(()) => bytes as i32,
+                    Err(e) => {
+                        tracing::warn!(device = self.device_id, "read failed: {e}");
+                        errno_of(&e)
+                    }
+                }
+            }
+            sys::UBLK_IO_OP_WRITE => {
+                // SAFETY: as for reads; the kernel filled the buffer before
+                // sending the request and it stays untouched until commit.
+                let data = unsafe { std::slice::from_raw_parts(job.buf as *const u8, bytes) };
+                if job.fua {
+                    let c = job.completions.clone();
+                    let tag = job.tag;
+                    let done = Box::new(move |r: lc_engine::Result<()>| {
+                        c.complete(tag, if r.is_ok() { bytes as i32 } else { -libc::EIO })
+                    });
+                    match self.cache.write_fua(self.device_id, job.sector, data, done) {
+                        Ok(()) => return,
+                        Err(e) => errno_of(&e),
+                    }
+                } else {
+                    match self.cache.write(self.device_id, job.sector, data) {
+                        Ok(()) => bytes as i32,
+                        Err(e) => {
+                            tracing::warn!(device = self.device_id, "write failed: {e}");
+                            errno_of(&e)
+                        }
+                    }
+                }
+            }
+            sys::UBLK_IO_OP_DISCARD => {
+                match self
+                    .cache
+                    .discard(self.device_id, job.sector, job.nr_sectors as u64)
+                {
+                    Ok(()) => 0,
+                    Err(e) => errno_of(&e),
+                }
+            }
+            _ => -libc::EOPNOTSUPP,
+        };
+        job.completions.complete(job.tag, result);
+    }
+}
+
+/// Runs one tag: fetch a request, have it served, commit, repeat.
+async fn tag_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    target: &Target,
+    slots: &TagSlots,
+    completions: &Arc<Completions>,
+) -> Result<(), UblkError> {
+    let buf = IoBuf::<u8>::new(IO_BUF_BYTES as usize);
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .await?;
+    loop {
+        let iod = q.get_iod(tag);
+        let op = iod.op_flags & 0xff;
+        let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
+        let (sector, nr_sectors) = (iod.start_sector, iod.nr_sectors);
+        let result = match op {
+            sys::UBLK_IO_OP_FLUSH => {
+                let c = completions.clone();
+                target.cache.flush(Box::new(move |r| {
+                    c.complete(tag, if r.is_ok() { 0 } else { -libc::EIO })
+                }));
+                TagResult {
+                    slots,
+                    tag: tag as usize,
+                }
+                .await
+            }
+            sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_OP_DISCARD
+                if nr_sectors as u64 * 512 <= IO_BUF_BYTES as u64
+                    || op == sys::UBLK_IO_OP_DISCARD =>
+            {
+                target.submit(Job {
+                    tag,
+                    op,
+                    fua,
+                    sector,
+                    nr_sectors,
+                    buf: buf.as_slice().as_ptr() as usize,
+                    completions: completions.clone(),
+                });
+                TagResult {
+                    slots,
+                    tag: tag as usize,
+                }
+                .await
+            }
+            _ => -libc::EOPNOTSUPP,
+        };
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
+            .await?;
+    }
+}
+
+/// Keeps a read of the queue's eventfd in flight and hands results to tasks.
+async fn completion_task(completions: &Completions, slots: &TagSlots) {
+    // The kernel may still write here after this task is dropped at queue
+    // teardown, so the 8 bytes live for the whole process (one per queue).
+    let counter: &'static mut u64 = Box::leak(Box::new(0u64));
+    let counter_ptr = counter as *mut u64 as *mut u8;
+    let fd = completions.eventfd.as_raw_fd();
+    loop {
+        let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(fd), counter_ptr, 8).build();
+        if ublk_submit_sqe_async(sqe, libublk::UblkUringData::Target as u64)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for (tag, result) in completions.take() {
+            slots.results.borrow_mut()[tag as usize] = Some(result);
+            if let Some(w) = slots.wakers.borrow_mut()[tag as usize].take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The queue thread's body.
+fn run_queue(qid: u16, dev: &UblkDev, target: &Arc<Target>) {
+    let completions = match Completions::new() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!("queue {qid}: cannot create its eventfd: {e}");
+            return;
+        }
+    };
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!("queue {qid}: cannot set up: {e}");
+            return;
+        }
+    };
+    let depth = dev.dev_info.queue_depth as usize;
+    let slots = Rc::new(TagSlots {
+        results: RefCell::new(vec![None; depth]),
+        wakers: RefCell::new(vec![None; depth]),
+    });
+    let exe = Rc::new(smol::LocalExecutor::new());
+    let mut tasks = Vec::new();
+    for tag in q.tags() {
+        let (q, target, slots, completions) = (
+            q.clone(),
+            target.clone(),
+            slots.clone(),
+            completions.clone(),
+        );
+        tasks.push(exe.spawn(async move {
+            match tag_task(&q, tag, &target, &slots, &completions).await {
+                Ok(()) | Err(UblkError::QueueIsDown) => {}
+                Err(e) => tracing::error!("tag {tag}: {e}"),
+            }
+        }));
+    }
+    {
+        // runs on this thread, so its eventfd read goes into this queue's ring
+        let (slots, completions) = (slots.clone(), completions.clone());
+        exe.spawn(async move { completion_task(&completions, &slots).await })
+            .detach();
+    }
+    let exe2 = exe.clone();
+    smol::block_on(exe.run(async move {
+        let run_ops = || while exe2.try_tick() {};
+        let done = || tasks.iter().all(|t| t.is_finished());
+        if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
+            tracing::error!("queue {qid}: {e}");
+        }
+    }));
+}
+
+/// A running ublk device serving one lc device.
+pub struct UblkDevice {
+    ctrl: Arc<UblkCtrl>,
+    server: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    target: Arc<Target>,
+    /// `/dev/ublkb<id>`.
+    pub node: String,
+}
+
+impl UblkDevice {
+    /// Creates (or, with `recover`, takes back after a crash) ublk device
+    /// number `device_id` serving `device_id` of `cache`. Returns once the
+    /// block device is live; gives up after [`START_TIMEOUT`].
+    pub fn start(
+        cache: Arc<Cache>,
+        device_id: u8,
+        size_bytes: u64,
+        recover: bool,
+    ) -> Result<UblkDevice, String> {
+        if let Some(why) = unavailable_reason() {
+            return Err(why);
+        }
+        let target = Arc::new(Target {
+            cache,
+            device_id,
+            jobs: Mutex::new(None),
+        });
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        *target.jobs.lock().unwrap_or_else(|e| e.into_inner()) = Some(job_tx);
+        let workers: Vec<JoinHandle<()>> = (0..WORKERS)
+            .map(|i| {
+                let (rx, target) = (job_rx.clone(), target.clone());
+                std::thread::Builder::new()
+                    .name(format!("lc-dev{device_id}-w{i}"))
+                    .spawn(move || loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => target.serve(job),
+                            Err(_) => return,
+                        }
+                    })
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+
+        let features = UblkCtrl::get_features().unwrap_or(0);
+        let mut ctrl_flags = sys::UBLK_F_USER_RECOVERY as u64;
+        if features & sys::UBLK_F_USER_RECOVERY_REISSUE as u64 != 0 {
+            ctrl_flags |= sys::UBLK_F_USER_RECOVERY_REISSUE as u64;
+        }
+        let nr_queues = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(2) as u16;
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<UblkCtrl>, String>>();
+        let t = target.clone();
+        let server = std::thread::Builder::new()
+            .name(format!("lc-ublk{device_id}"))
+            .spawn(move || {
+                let fail = |what: &str, e: UblkError| {
+                    let _ = ready_tx.send(Err(format!("{what}: {e}")));
+                };
+                if recover {
+                    match UblkCtrl::new_simple(device_id as i32) {
+                        Ok(old) => {
+                            if let Err(e) = old.start_user_recover() {
+                                return fail("starting user recovery", e);
+                            }
+                            old.disown();
+                        }
+                        Err(e) => return fail("opening the quiesced device", e),
+                    }
+                }
+                let dev_flags = if recover {
+                    UblkFlags::UBLK_DEV_F_RECOVER_DEV
+                } else {
+                    UblkFlags::UBLK_DEV_F_ADD_DEV
+                };
+                let ctrl = match UblkCtrlBuilder::default()
+                    .name(TARGET_NAME)
+                    .id(device_id as i32)
+                    .nr_queues(nr_queues)
+                    .depth(QUEUE_DEPTH)
+                    .io_buf_bytes(IO_BUF_BYTES)
+                    .ctrl_flags(ctrl_flags)
+                    .dev_flags(dev_flags)
+                    .build()
+                {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => return fail("creating the ublk device", e),
+                };
+                let tgt_init = move |dev: &mut UblkDev| {
+                    dev.tgt.dev_size = size_bytes;
+                    dev.tgt.params = sys::ublk_params {
+                        types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+                        basic: sys::ublk_param_basic {
+                            attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+                            logical_bs_shift: 9,
+                            physical_bs_shift: 12,
+                            io_opt_shift: 12,
+                            io_min_shift: 12,
+                            max_sectors: IO_BUF_BYTES >> 9,
+                            dev_sectors: size_bytes >> 9,
+                            ..Default::default()
+                        },
+                        discard: sys::ublk_param_discard {
+                            discard_alignment: 0,
+                            discard_granularity: 4096,
+                            max_discard_sectors: MAX_DISCARD_SECTORS,
+                            max_write_zeroes_sectors: 0,
+                            max_discard_segments: 1,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    };
+                    dev.set_target_json(serde_json::json!({ "lc": { "device_id": device_id } }));
+                    Ok(())
+                };
+                let q_target = t.clone();
+                let q_fn = move |qid: u16, dev: &UblkDev| run_queue(qid, dev, &q_target);
+                let handle = ctrl.clone();
+                let tx = ready_tx.clone();
+                let started = move |_: &UblkCtrl| {
+                    let _ = tx.send(Ok(handle));
+                };
+                if let Err(e) = ctrl.run_target(tgt_init, q_fn, started) {
+                    fail("starting the ublk device", e);
+                }
+                // A device stopped on purpose is deleted by whoever stopped
+                // it; one left behind by a crash must stay for recovery.
+                ctrl.disown();
+            })
+            .map_err(|e| format!("spawning the ublk server thread: {e}"))?;
+        let stop_workers = |target: &Target, workers: Vec<JoinHandle<()>>| {
+            target.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+            for w in workers {
+                let _ = w.join();
+            }
+        };
+        match ready_rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(ctrl)) => Ok(UblkDevice {
+                ctrl,
+                server: Some(server),
+                workers,
+                target,
+                node: node_path(device_id),
+            }),
+            Ok(Err(e)) => {
+                let _ = server.join();
+                stop_workers(&target, workers);
+                Err(format!("ublk device {device_id}: {e}"))
+            }
+            Err(_) => {
+                // The server thread is stuck in the kernel; leave it be.
+                Err(format!(
+                    "ublk device {device_id} did not start within {} s: the kernel's ublk \
+                     driver is not answering (see `dmesg`); lcd keeps running without it",
+                    START_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+
+    /// Stops the block device (in-flight requests finish first), deletes it
+    /// and stops the workers. The engine's data is untouched.
+    pub fn stop(mut self) {
+        let id = self.target.device_id;
+        if let Err(e) = self.ctrl.kill_dev() {
+            tracing::warn!(device = id, "stopping ublk device: {e}");
+        }
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+        if let Err(e) = self.ctrl.del_dev() {
+            tracing::warn!(device = id, "deleting ublk device: {e}");
+        }
+        self.target
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Runs `f` on its own thread and waits at most `limit` for it (the
+/// kernel's ublk control commands can hang on buggy kernels).
+fn with_timeout(what: String, limit: Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("lc-ublk-ctl".into())
+        .spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if rx.recv_timeout(limit).is_err() {
+                tracing::error!(
+                    "{what} did not finish within {} s; going on",
+                    limit.as_secs()
+                );
+            }
+        }
+        Err(e) => tracing::error!("{what}: cannot spawn a thread: {e}"),
+    }
+}
+
+/// Stops and deletes ublk device `id`, which no server of this process runs.
+pub fn delete_stale(id: u8) {
+    with_timeout(
+        format!("deleting ublk device {id}"),
+        START_TIMEOUT,
+        move || {
+            if let Ok(ctrl) = UblkCtrl::new_simple(id as i32) {
+                let _ = ctrl.kill_dev();
+                if let Err(e) = ctrl.del_dev() {
+                    tracing::warn!(id, "deleting stale ublk device: {e}");
+                } else {
+                    tracing::info!(id, "deleted a stale ublk device");
+                }
+            }
+        },
+    );
+}
+
+/// Deletes lc's ublk devices that no saved device claims (left by an lcd
+/// that died after its configuration changed).
+pub fn sweep_orphans(keep: &[u8]) {
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let ids2 = ids.clone();
+    UblkCtrl::for_each_dev_id(move |id| ids2.lock().unwrap_or_else(|e| e.into_inner()).push(id));
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
+    for id in ids {
+        let Ok(id8) = u8::try_from(id) else { continue };
+        if keep.contains(&id8) {
+            continue;
+        }
+        let ours = UblkCtrl::new_simple(id as i32).is_ok_and(|c| {
+            let t = c.get_target_type_from_json().ok();
+            c.disown();
+            t.as_deref() == Some(TARGET_NAME)
+        });
+        if ours {
+            tracing::info!(
+                id,
+                "ublk device left by an earlier lcd and no longer configured"
+            );
+            delete_stale(id8);
+        }
+    }
+}
