@@ -1,0 +1,201 @@
+# Helpers for tests/vm scenarios (busybox sh). Sourced by /init and by each
+# scenario's shell. Every failure goes through `fail`, which says what was
+# expected and what was seen; the host prints it.
+
+BUS=org.lc.Lcd1
+ROOT=/org/lc/Lcd1
+MANAGER=org.lc.Lcd1.Manager
+# long enough for a write-back under TCG
+CALL_TIMEOUT=${CALL_TIMEOUT:-900}
+
+log() { echo "[$SCENARIO] $*"; }
+
+# also works inside $(...): the message goes to stderr (the console)
+fail() {
+    echo "FAIL [$SCENARIO]: $*" >&2
+    echo "FAIL [$SCENARIO]: $*" >>/tmp/lc-vm-failed
+    exit 1
+}
+
+mark() { echo "LC-MARK $*"; }
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+# expect_eq WHAT EXPECTED SEEN
+expect_eq() {
+    [ "$2" = "$3" ] || fail "$1: expected '$2', saw '$3'"
+}
+
+# Manager method call: mgr METHOD [SIGNATURE ARGS...]; prints busctl's reply,
+# fails the scenario on an error reply.
+mgr() {
+    _m=$1
+    shift
+    _out=$(busctl --no-pager --timeout="$CALL_TIMEOUT" call "$BUS" "$ROOT" "$MANAGER" "$_m" "$@" 2>&1) ||
+        fail "Manager.$_m $* failed: $_out"
+    [ -n "$_out" ] && echo "$_out"
+    return 0
+}
+
+# obj_call PATH INTERFACE METHOD [SIGNATURE ARGS...]
+obj_call() {
+    _p=$1 _i=$2 _m=$3
+    shift 3
+    _out=$(busctl --no-pager --timeout="$CALL_TIMEOUT" call "$BUS" "$_p" "$_i" "$_m" "$@" 2>&1) ||
+        fail "$_i.$_m on $_p failed: $_out"
+    [ -n "$_out" ] && echo "$_out"
+    return 0
+}
+
+# get PATH INTERFACE PROPERTY: prints busctl's value (e.g. 's "ublk"', 'b true', 't 5')
+get() {
+    _out=$(busctl --no-pager get-property "$BUS" "$1" "$2" "$3" 2>&1) ||
+        fail "reading property $3 of $2 at $1 failed: $_out"
+    echo "$_out"
+}
+
+# set PATH INTERFACE PROPERTY SIGNATURE VALUE
+set_prop() {
+    _out=$(busctl --no-pager set-property "$BUS" "$1" "$2" "$3" "$4" "$5" 2>&1) ||
+        fail "setting property $3 of $2 at $1 to $5 failed: $_out"
+}
+
+mgr_prop() { get "$ROOT" "$MANAGER" "$1"; }
+cache_prop() { get "$ROOT/cache/$1" org.lc.Lcd1.Cache "$2"; }
+dev_prop() { get "$ROOT/device/$1" org.lc.Lcd1.Device "$2"; }
+
+# cache_status ID FIELD: one field of Cache.Status(); FIELD is one of
+# nr_segments nr_caches static_ram index_ram current_segment cursor
+# last_flushed last_durable last_migrated nr_dirty writes reads errors
+cache_status() {
+    _s=$(obj_call "$ROOT/cache/$1" org.lc.Lcd1.Cache Status)
+    # drop the device string, then: sig id nr_segments nr_caches static index
+    # cur cursor flushed durable migrated dirty 16 c0..c15 5 e0..e4
+    echo "$_s" | sed 's/"[^"]*"//g' | awk -v f="$2" '
+        $13 != 16 || $30 != 5 { print "layout?"; exit }
+        { w = 0; r = 0; e = 0
+          for (i = 0; i < 16; i++) { if (i >= 8) w += $(14 + i); else r += $(14 + i) }
+          for (i = 31; i <= 35; i++) e += $i
+          v["nr_segments"] = $3; v["nr_caches"] = $4; v["static_ram"] = $5; v["index_ram"] = $6
+          v["current_segment"] = $7; v["cursor"] = $8; v["last_flushed"] = $9
+          v["last_durable"] = $10; v["last_migrated"] = $11; v["nr_dirty"] = $12
+          v["writes"] = w; v["reads"] = r; v["errors"] = e
+          print v[f] }'
+}
+
+# wait_until SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s
+wait_until() {
+    _t=$1 _what=$2
+    shift 2
+    _n=0
+    while ! "$@" >/dev/null 2>&1; do
+        _n=$((_n + 1))
+        [ $_n -gt $((_t * 5)) ] && fail "waited $_t s for $_what; it did not happen"
+        sleep 0.2
+    done
+    return 0
+}
+
+lcd_has_name() {
+    busctl --no-pager call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus \
+        NameHasOwner s "$BUS" 2>/dev/null | grep -q 'b true'
+}
+
+lcd_pid() { cat /run/lcd.pid 2>/dev/null; }
+lcd_alive() { _p=$(lcd_pid) && [ -n "$_p" ] && kill -0 "$_p" 2>/dev/null; }
+
+# Starts lcd as a service manager would (system bus, --state-dir
+# $STATE_DIR, output on the console) and waits until it owns its bus name,
+# which it takes once every saved cache is back.
+lcd_start() {
+    rm -f /run/lcd.pid /run/lcd.exit
+    _t0=$(uptime_s)
+    (
+        NO_COLOR=1 RUST_LOG=${LCD_LOG:-info} sh -c 'echo $$ >/run/lcd.pid; exec lcd --state-dir "$STATE_DIR"'
+        echo $? >/run/lcd.exit
+    ) </dev/null >/dev/console 2>&1 &
+    _n=0
+    while ! lcd_has_name; do
+        if [ -e /run/lcd.exit ]; then
+            echo "FAIL [$SCENARIO]: lcd exited with status $(cat /run/lcd.exit) before taking $BUS" | tee -a /tmp/lc-vm-failed >&2
+            return 1
+        fi
+        _n=$((_n + 1))
+        if [ $_n -gt 600 ]; then
+            echo "FAIL [$SCENARIO]: lcd did not take $BUS within 120 s" | tee -a /tmp/lc-vm-failed >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+    echo "LC-GUEST lcd (pid $(lcd_pid)) owns $BUS after $(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
+}
+
+# SIGTERM; lcd must exit 0 within 60 s
+lcd_stop() {
+    _p=$(lcd_pid)
+    kill -TERM "$_p" 2>/dev/null || return 1
+    _n=0
+    while [ ! -e /run/lcd.exit ]; do
+        _n=$((_n + 1))
+        [ $_n -gt 300 ] && return 1
+        sleep 0.2
+    done
+    [ "$(cat /run/lcd.exit)" = 0 ]
+}
+
+lcd_kill9() {
+    _p=$(lcd_pid)
+    kill -9 "$_p" || fail "kill -9 lcd ($_p) failed"
+    _n=0
+    while [ ! -e /run/lcd.exit ]; do
+        _n=$((_n + 1))
+        [ $_n -gt 100 ] && fail "lcd (pid $_p) did not die within 20 s of kill -9"
+        sleep 0.2
+    done
+    log "lcd killed with SIGKILL (pid $_p)"
+}
+
+# format_and_resume CACHE_ID DEV
+format_and_resume() {
+    mgr FormatCacheDevice sb "$2" true >/dev/null
+    mgr ResumeCacheAs ys "$1" "$2" >/dev/null
+    log "cache $1 formatted and resumed on $2"
+}
+
+# create_device DEV_ID BACKING CACHE_ID: CreateDevice, then waits for /dev/ublkbN
+create_device() {
+    _info=$(mgr CreateDevice ysy "$1" "$2" "$3")
+    log "CreateDevice $1 $2 $3 -> $_info"
+    wait_until 30 "/dev/ublkb$1 to appear after CreateDevice" test -b "/dev/ublkb$1"
+}
+
+# remove_device DEV_ID: RemoveDevice (writes the device's dirty data back)
+remove_device() {
+    _t0=$(uptime_s)
+    mgr RemoveDevice y "$1" >/dev/null
+    log "RemoveDevice $1 returned after $(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
+    [ -e "/dev/ublkb$1" ] && fail "/dev/ublkb$1 still exists after RemoveDevice $1 returned"
+    return 0
+}
+
+dev_size() { blockdev --getsize64 "$1"; }
+
+# host_check_sha256 DISK_NAME HEX: the host compares DISK_NAME's image file
+host_check_sha256() { echo "LC-HOST-CHECK sha256 $1 $2"; }
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# run_fio NAME ARGS...: fio with verification; fails with fio's output tail
+run_fio() {
+    _name=$1
+    shift
+    _t0=$(uptime_s)
+    if ! fio --name="$_name" --output=/tmp/fio-"$_name".out "$@"; then
+        tail -n 40 /tmp/fio-"$_name".out
+        fail "fio $_name $* failed (see its output above)"
+    fi
+    grep -E 'verify|err=|WRITE:|READ:' /tmp/fio-"$_name".out | sed "s/^/[fio $_name] /"
+    log "fio $_name done in $(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
+}
