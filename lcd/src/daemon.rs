@@ -8,8 +8,8 @@
 //! as `/dev/ublkb<id>` (`ublk.rs`). The configuration is recorded in the
 //! state directory and restored at start (`state.rs`); systemd hears
 //! READY=1 once all of it is back. Engine calls block, so they run on
-//! tokio's blocking pool, never under the daemon's lock. Not yet: the
-//! migration policy loop (write-back runs whenever allowed). Cursors of
+//! tokio's blocking pool, never under the daemon's lock. The migration
+//! policy (`policy.rs`) sets each cache's `allow_migrate`. Cursors of
 //! clients that left are kept (one small entry per client) until lcd
 //! restarts.
 
@@ -548,6 +548,7 @@ pub fn run(
             .await
             .with_context(|| format!("taking the name {BUS_NAME} (is another lcd running?)"))?;
         tracing::info!(?bus, "lcd serves {BUS_NAME}");
+        tokio::spawn(crate::policy::run(daemon.clone(), conn.clone()));
         // systemd readiness: every saved cache is back and the name is ours
         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
             tracing::warn!("cannot notify systemd of readiness: {e}");

@@ -10,6 +10,7 @@ mod cache_object;
 mod daemon;
 mod device_object;
 mod devices;
+mod policy;
 mod rescue;
 mod state;
 mod ublk;

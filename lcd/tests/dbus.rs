@@ -590,10 +590,9 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     assert_eq!((info.id, info.cache_id, info.node.as_str()), (3, 1, ""));
     assert!(info.state.starts_with("no block device: "), "{info:?}");
     assert_eq!(info.size_bytes, 4 << 20);
-    assert_eq!(
-        info.nr_dirty_caches, 3,
-        "the cache's dirty lines are the device's"
-    );
+    // the cache's dirty lines are the device's (the policy may already be
+    // writing them back)
+    assert!(info.nr_dirty_caches <= 3, "{info:?}");
     let e = err(m.create_device(3, &other, 1).await);
     assert!(
         e.starts_with("Busy") && e.contains("device 3 exists"),
@@ -623,7 +622,7 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     // the device object and its knob
     let d3 = device_props(&conn, 3).await;
     assert_eq!(d3.cache_id().await.unwrap(), 1);
-    assert_eq!(d3.nr_dirty_caches().await.unwrap(), 3);
+    assert!(d3.nr_dirty_caches().await.unwrap() <= 3);
     assert_eq!(d3.migrate_threshold().await.unwrap(), 70);
     d3.set_migrate_threshold(55).await.unwrap();
     assert!(d3.set_migrate_threshold(101).await.is_err());
@@ -641,14 +640,7 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     let (conn, m) = client(&rig).await;
     let devs = m.list_devices().await.unwrap();
     assert_eq!(devs.len(), 2, "{devs:?}");
-    assert_eq!(
-        (
-            devs[1].id,
-            devs[1].migrate_threshold,
-            devs[1].nr_dirty_caches
-        ),
-        (3, 55, 3)
-    );
+    assert_eq!((devs[1].id, devs[1].migrate_threshold), (3, 55));
 
     // RemoveDevice writes the dirty data back before the device goes
     m.remove_device(3).await.unwrap();
@@ -713,4 +705,47 @@ async fn without_ublk_create_device_says_what_to_load_and_changes_nothing() {
     let e = format!("{:?}", m.create_device(1, &backing, 1).await.unwrap_err());
     assert!(e.starts_with("Failed") && e.contains("ublk_drv"), "{e}");
     assert!(m.list_devices().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_migration_policy_follows_each_devices_threshold() {
+    let keep = tempfile::tempdir().unwrap();
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let backing = file(&keep.path().join("backing.img"), 4 << 20);
+    let rig = start_with_env(
+        tempfile::tempdir().unwrap(),
+        &keep.path().join("state"),
+        None,
+        &["--frontend", "none"],
+    );
+    let (conn, m) = client(&rig).await;
+    m.format_cache_device(&cache, false).await.unwrap();
+    m.resume_cache_as(1, &cache).await.unwrap();
+    m.create_device(2, &backing, 1).await.unwrap();
+    let c = lc_proto::CacheProxy::builder(&conn)
+        .path(lc_proto::cache_path(1))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let d = device_props(&conn, 2).await;
+    // within a few update_intervals (1 s) the policy has set allow_migrate
+    let settles_to = |want: bool| {
+        let c = c.clone();
+        async move {
+            for _ in 0..200 {
+                if c.allow_migrate().await.unwrap() == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    d.set_migrate_threshold(0).await.unwrap();
+    assert!(settles_to(false).await, "threshold 0: never write back");
+    d.set_migrate_threshold(100).await.unwrap();
+    assert!(settles_to(true).await, "threshold 100: always write back");
+    c.set_allow_migrate(false).await.unwrap();
+    assert!(settles_to(true).await, "the policy owns allow_migrate");
 }
