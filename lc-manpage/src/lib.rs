@@ -1,0 +1,90 @@
+//! lc-manpage: what `lcd` and `lcctl` share to make their man pages from
+//! their clap definitions — a section renderer without the roff preamble
+//! clap_mangen repeats, and a line wrapper that keeps `mandoc -Tlint`
+//! quiet. Used only by the tests that keep the committed pages current;
+//! no runtime code depends on it.
+
+use clap_mangen::roff::Roff;
+
+/// Runs one clap_mangen section renderer (e.g. `Man::render_options_section`)
+/// into a string, without the preamble every rendering repeats.
+pub fn section(
+    man: &clap_mangen::Man,
+    f: fn(&clap_mangen::Man, &mut dyn std::io::Write) -> std::io::Result<()>,
+) -> String {
+    let mut buf = Vec::new();
+    f(man, &mut buf).expect("rendering into memory works");
+    let s = String::from_utf8(buf).expect("clap_mangen writes UTF-8");
+    let preamble = Roff::new().render();
+    s.strip_prefix(&preamble).unwrap_or(&s).to_string()
+}
+
+/// The roff preamble a page starts with.
+pub fn preamble() -> String {
+    Roff::new().render()
+}
+
+/// Breaks text lines longer than 80 bytes at blanks (roff fills them
+/// again), so `mandoc -Tlint` has nothing to say; control lines and
+/// no-fill examples (`.EX`/`.EE`) are kept as they are.
+pub fn wrap(page: &str) -> String {
+    let mut out = String::new();
+    let mut nofill = false;
+    for line in page.lines() {
+        if line.starts_with(".EX") {
+            nofill = true;
+        } else if line.starts_with(".EE") {
+            nofill = false;
+        }
+        if nofill || line.starts_with('.') || line.starts_with('\'') || line.len() <= 80 {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut cur = String::new();
+        for word in line.split(' ') {
+            if !cur.is_empty() && cur.len() + 1 + word.len() > 80 {
+                out.push_str(&cur);
+                out.push('\n');
+                cur.clear();
+            }
+            if cur.is_empty() {
+                // a text line starting with . or ' would be read as a request
+                if word.starts_with('.') || word.starts_with('\'') {
+                    cur.push_str("\\&");
+                }
+            } else {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+        out.push_str(&cur);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn long_text_lines_are_wrapped_and_examples_kept() {
+        let long = ["word"; 40].join(" ");
+        let out = wrap(&format!(".TH X 8\n{long}\n"));
+        assert!(out.lines().all(|l| l.len() <= 80), "{out}");
+        assert_eq!(out.split_whitespace().filter(|w| *w == "word").count(), 40);
+        let example = format!(".EX\n{long}\n.EE\n");
+        assert_eq!(wrap(&example), example, "no-fill examples stay as they are");
+    }
+
+    #[test]
+    fn a_wrapped_line_never_starts_with_a_dot() {
+        let line = format!("{} .hidden", ["x"; 40].join(" "));
+        let out = wrap(&line);
+        assert!(
+            out.lines().nth(1).unwrap().starts_with("\\&.hidden"),
+            "{out}"
+        );
+    }
+}
