@@ -539,6 +539,11 @@ impl UblkDevice {
     /// and stops the workers. The engine's data is untouched.
     pub fn stop(mut self) {
         let id = self.target.device_id;
+        // control commands go through a ring of the calling thread's own
+        if let Err(e) = ensure_control_ring() {
+            tracing::error!(device = id, "cannot stop ublk device: {e}");
+            return;
+        }
         if let Err(e) = self.ctrl.kill_dev() {
             tracing::warn!(device = id, "stopping ublk device: {e}");
         }
@@ -557,6 +562,21 @@ impl UblkDevice {
             let _ = w.join();
         }
     }
+}
+
+/// Sets up libublk's per-thread control ring on this thread if it has none
+/// (the `UblkCtrl` constructors do it for the thread that builds them).
+fn ensure_control_ring() -> Result<(), UblkError> {
+    libublk::ublk_init_ctrl_task_ring(|ring| {
+        if ring.is_none() {
+            *ring = Some(
+                io_uring::IoUring::<io_uring::squeue::Entry128>::builder()
+                    .build(16)
+                    .map_err(UblkError::IOError)?,
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Runs `f` on its own thread and waits at most `limit` for it (the
