@@ -95,6 +95,17 @@ fn start_with_env(
     }
 }
 
+/// A bus and an lcd that attaches devices without block devices
+/// (`--frontend none`: this host has no ublk), keeping its state in `state`.
+fn start_without_block_devices(state: &Path) -> Rig {
+    start_with_env(
+        tempfile::tempdir().unwrap(),
+        state,
+        None,
+        &["--frontend", "none"],
+    )
+}
+
 async fn client(rig: &Rig) -> (zbus::Connection, ManagerProxy<'static>) {
     let conn = zbus::connection::Builder::address(rig.address.as_str())
         .build()
@@ -557,12 +568,7 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let backing = file(&keep.path().join("backing.img"), 4 << 20);
     let other = file(&keep.path().join("other.img"), 4 << 20);
-    let rig = start_with_env(
-        tempfile::tempdir().unwrap(),
-        &state,
-        None,
-        &["--frontend", "none"],
-    );
+    let rig = start_without_block_devices(&state);
     let (conn, m) = client(&rig).await;
     assert!(m.block_frontend().await.unwrap().starts_with("none: "));
     m.format_cache_device(&cache, false).await.unwrap();
@@ -631,12 +637,7 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     drop(rig);
 
     // kill -9 (the rig's drop): devices and their knob come back
-    let rig = start_with_env(
-        tempfile::tempdir().unwrap(),
-        &state,
-        None,
-        &["--frontend", "none"],
-    );
+    let rig = start_without_block_devices(&state);
     let (conn, m) = client(&rig).await;
     let devs = m.list_devices().await.unwrap();
     assert_eq!(devs.len(), 2, "{devs:?}");
@@ -674,12 +675,7 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     m.free_cache().await.unwrap();
     drop((m, conn));
     drop(rig);
-    let rig = start_with_env(
-        tempfile::tempdir().unwrap(),
-        &state,
-        None,
-        &["--frontend", "none"],
-    );
+    let rig = start_without_block_devices(&state);
     let (_conn, m) = client(&rig).await;
     assert!(
         m.list_devices().await.unwrap().is_empty(),
@@ -712,12 +708,7 @@ async fn the_migration_policy_follows_each_devices_threshold() {
     let keep = tempfile::tempdir().unwrap();
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let backing = file(&keep.path().join("backing.img"), 4 << 20);
-    let rig = start_with_env(
-        tempfile::tempdir().unwrap(),
-        &keep.path().join("state"),
-        None,
-        &["--frontend", "none"],
-    );
+    let rig = start_without_block_devices(&keep.path().join("state"));
     let (conn, m) = client(&rig).await;
     m.format_cache_device(&cache, false).await.unwrap();
     m.resume_cache_as(1, &cache).await.unwrap();
