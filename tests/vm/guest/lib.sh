@@ -110,9 +110,11 @@ lcd_alive() { _p=$(lcd_pid) && [ -n "$_p" ] && kill -0 "$_p" 2>/dev/null; }
 lcd_start() {
     rm -f /run/lcd.pid /run/lcd.exit
     _t0=$(uptime_s)
+    # (the `|| _st=$?` keeps a scenario's `set -e` from skipping the record)
     (
-        NO_COLOR=1 RUST_LOG=${LCD_LOG:-info} sh -c 'echo $$ >/run/lcd.pid; exec lcd --state-dir "$STATE_DIR"'
-        echo $? >/run/lcd.exit
+        _st=0
+        NO_COLOR=1 RUST_LOG=${LCD_LOG:-info} sh -c 'echo $$ >/run/lcd.pid; exec lcd --state-dir "$STATE_DIR"' || _st=$?
+        echo $_st >/run/lcd.exit
     ) </dev/null >/dev/console 2>&1 &
     _n=0
     while ! lcd_has_name; do
@@ -192,10 +194,41 @@ run_fio() {
     _name=$1
     shift
     _t0=$(uptime_s)
-    if ! fio --name="$_name" --output=/tmp/fio-"$_name".out "$@"; then
+    if ! fio --eta=never --name="$_name" --output=/tmp/fio-"$_name".out "$@"; then
         tail -n 40 /tmp/fio-"$_name".out
         fail "fio $_name $* failed (see its output above)"
     fi
     grep -E 'verify|err=|WRITE:|READ:' /tmp/fio-"$_name".out | sed "s/^/[fio $_name] /"
     log "fio $_name done in $(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
+}
+
+# Background jobs that other shells can see: bg_start NAME COMMAND...;
+# bg_running NAME; bg_status NAME (exit status, empty while running);
+# bg_stop NAME (SIGTERM, then waits)
+bg_start() {
+    _name=$1
+    shift
+    rm -f "/run/bg-$_name.pid" "/run/bg-$_name.exit"
+    (
+        _st=0
+        sh -c 'echo $$ >"$0"; exec "$@"' "/run/bg-$_name.pid" "$@" || _st=$?
+        echo $_st >"/run/bg-$_name.exit"
+    ) &
+    _n=0
+    while [ ! -s "/run/bg-$_name.pid" ]; do
+        _n=$((_n + 1))
+        [ $_n -gt 100 ] && fail "background job $_name did not start"
+        sleep 0.1
+    done
+}
+bg_running() { [ ! -e "/run/bg-$1.exit" ]; }
+bg_status() { cat "/run/bg-$1.exit" 2>/dev/null; }
+bg_stop() {
+    kill "$(cat "/run/bg-$1.pid")" 2>/dev/null || true
+    _n=0
+    while bg_running "$1"; do
+        _n=$((_n + 1))
+        [ $_n -gt 300 ] && fail "background job $1 did not stop within 60 s of SIGTERM"
+        sleep 0.2
+    done
 }

@@ -9,7 +9,7 @@ create_device 1 "$DISK_backing" 1
 d=/dev/ublkb1
 
 # random 4 KiB writes, 1 MiB sequential writes, and overwrites of both
-fio --name=rand --filename=$d --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite --bs=4k \
+fio --eta=never --name=rand --filename=$d --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite --bs=4k \
     --offset=0 --size=48M --io_size=24M --randrepeat=0 --output=/tmp/fio-rand.out ||
     { cat /tmp/fio-rand.out; fail "fio random writes to $d failed"; }
 dd if=/dev/urandom of=$d bs=1M seek=64 count=40 oflag=direct 2>/dev/null || fail "dd to $d failed"

@@ -45,7 +45,7 @@ offset=64M
 size=64M
 FIO
 t0=$(uptime_s)
-fio --output=/tmp/fio-shared.out /tmp/shared.fio || {
+fio --eta=never --output=/tmp/fio-shared.out /tmp/shared.fio || {
     tail -n 60 /tmp/fio-shared.out
     fail "concurrent fio with verify on /dev/ublkb1 and /dev/ublkb2 failed (output above)"
 }
