@@ -1,0 +1,174 @@
+//! The command line of `lcctl`, as clap definitions.
+//!
+//! This module is the single source of `lcctl --help`, of the generated
+//! parts of the man page `lcctl(8)` and of the shell completions (see
+//! [`crate::manual`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A cache or device id: 1..=255.
+fn id_parser() -> clap::builder::RangedI64ValueParser<u8> {
+    clap::value_parser!(u8).range(1..=255)
+}
+
+/// Administer lc, the log-structured write-back block cache
+///
+/// lcctl is the thin client of the lc daemon lcd: every command is one or
+/// two D-Bus calls to lcd (bus name org.lc.Lcd1). Commands that change
+/// something need root; reading (status, list, get) is open to every user.
+#[derive(Parser, Debug)]
+#[command(
+    name = "lcctl",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+pub struct Cli {
+    /// Print the result as JSON on stdout (shapes in lcctl(8), JSON OUTPUT).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The bus lcd serves on: system, session, or a D-Bus address such as
+    /// unix:path=/run/lc/bus.
+    #[arg(
+        long,
+        global = true,
+        value_name = "system|session|ADDRESS",
+        default_value = "system"
+    )]
+    pub bus: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a fresh lc superblock to a cache device.
+    ///
+    /// Refused when the device holds a file system, an lc cache or other
+    /// data, unless --force is given. A resumed cache is never formatted.
+    Format {
+        /// The cache device (block device or file, at least 8 MiB).
+        path: PathBuf,
+        /// Format even when the device holds data (it is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Select the cache that later commands act on when no id is given.
+    ///
+    /// Like lc-mgr's switch_to. lcd keeps a cursor per D-Bus client and
+    /// every lcctl run is a new client, so lcctl remembers the selection
+    /// itself, in a file under the runtime directory (see FILES): resume
+    /// without --id, free, clear-stat, flush, commit-super-block, get and
+    /// set without --cache use it. The cache need not exist yet.
+    SwitchTo {
+        /// Cache id, 1..=255.
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: u8,
+    },
+    /// Resume the cache on a formatted cache device (recovering after a
+    /// crash), as cache ID.
+    Resume {
+        /// The cache device.
+        path: PathBuf,
+        /// Cache id, 1..=255 (default: the one chosen by switch-to).
+        #[arg(long, value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+    /// Stop a cache cleanly and forget it; its devices must be detached
+    /// first. A cache that failed to resume is forgotten too.
+    Free {
+        /// Cache id (default: the one chosen by switch-to).
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+    /// Zero the 16 I/O counters of a cache.
+    ClearStat {
+        /// Cache id (default: the one chosen by switch-to).
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+    /// Serve a backing device through a cache; prints the new block device
+    /// node (/dev/ublkbN).
+    Attach {
+        /// The backing device (block device or file).
+        backing: PathBuf,
+        /// Cache to serve it through.
+        #[arg(long, value_name = "ID", value_parser = id_parser())]
+        cache: u8,
+        /// Device id, 1..=255, unique over all caches (default: the lowest
+        /// free one). Reuse the id a device had to get its cached data back.
+        #[arg(long, value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+    /// Remove a device: its block node goes away, its dirty data is written
+    /// back to the backing device, then it is detached from its cache.
+    ///
+    /// Waits for the write-back and shows the dirty blocks left (a bar on a
+    /// terminal, a line now and then otherwise).
+    Detach {
+        /// Device id.
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: u8,
+        /// Return as soon as the write-back has begun; the device shows
+        /// state "detaching" until it is done, then goes away.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show caches as lc-mgr status did: segment ids, cursor, RAM, knobs,
+    /// the 16 I/O counters with hit ratios, and their devices.
+    Status {
+        /// Only this cache (default: every cache).
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+    /// List caches and devices, one line each.
+    List,
+    /// Print knobs of a cache (--cache) or of a device (--device).
+    ///
+    /// With KNOB, prints its value alone; without, a table of every knob.
+    Get {
+        /// Knob name (see KNOBS in lcctl(8)); every knob when omitted.
+        knob: Option<String>,
+        /// Whose knobs.
+        #[command(flatten)]
+        target: KnobTarget,
+    },
+    /// Set a knob of a cache (--cache) or of a device (--device).
+    Set {
+        /// Knob name (see KNOBS in lcctl(8)).
+        knob: String,
+        /// New value: a number; 0/1, true/false or on/off for the switches.
+        value: String,
+        /// Whose knobs.
+        #[command(flatten)]
+        target: KnobTarget,
+    },
+    /// Seal the partial segment of a cache's RAM buffer and write it to the
+    /// cache device now.
+    Flush {
+        /// Cache id (default: the one chosen by switch-to).
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+    /// Write a cache's superblock record (last written-back segment) now.
+    CommitSuperBlock {
+        /// Cache id (default: the one chosen by switch-to).
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: Option<u8>,
+    },
+}
+
+/// Whose knobs `get` and `set` act on.
+#[derive(Args, Debug)]
+pub struct KnobTarget {
+    /// A cache's knobs (default: the cache chosen by switch-to).
+    #[arg(long, value_name = "ID", value_parser = id_parser(), conflicts_with = "device")]
+    pub cache: Option<u8>,
+    /// A device's knobs (migrate_threshold).
+    #[arg(long, value_name = "ID", value_parser = id_parser())]
+    pub device: Option<u8>,
+}

@@ -1,0 +1,219 @@
+//! The man page `lcctl(8)` and the shell completions, generated from the
+//! clap definitions in [`crate::cli`] (clap_mangen, clap_complete) plus the
+//! hand-written sections in `src/man/*.roff`; lc-manpage has the helpers
+//! lcd(8) is made with too.
+//!
+//! The generated files are committed (`man/lcctl.8`, `completions/`); a
+//! test compares them with what this module makes, and rewrites them when
+//! `LC_UPDATE_GENERATED=1` is set.
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
+use lc_manpage::{preamble, section, wrap};
+
+use crate::cli::Cli;
+use crate::error::Exit;
+use crate::knobs::{KnobDoc, CACHE_KNOBS, DEVICE_KNOBS};
+
+/// Date on the page's title line; change it when the page changes.
+const DATE: &str = "2026-11-26";
+
+/// Every generated file: its path relative to the repository root and
+/// its content.
+pub fn generated_files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("man/lcctl.8", man_page().into_bytes()),
+        ("completions/lcctl.bash", completion(Shell::Bash)),
+        ("completions/_lcctl", completion(Shell::Zsh)),
+        ("completions/lcctl.fish", completion(Shell::Fish)),
+    ]
+}
+
+/// The completion script for `shell`.
+pub fn completion(shell: Shell) -> Vec<u8> {
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "lcctl", &mut out);
+    out
+}
+
+/// The man page `lcctl(8)`, roff source.
+pub fn man_page() -> String {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title("LCCTL")
+        .section("8")
+        .date(DATE)
+        .manual("System Manager's Manual");
+    let mut page = preamble();
+    page.push_str(&section(&man, clap_mangen::Man::render_title));
+    page.push_str(&section(&man, clap_mangen::Man::render_name_section));
+    page.push_str(&section(&man, clap_mangen::Man::render_synopsis_section));
+    page.push_str(include_str!("man/description.roff"));
+    page.push_str(&section(&man, clap_mangen::Man::render_options_section));
+    page.push_str(&commands_section(&cmd).to_roff());
+    page.push_str(&knobs_section().to_roff());
+    page.push_str(include_str!("man/json.roff"));
+    page.push_str(&exit_section().to_roff());
+    page.push_str(include_str!("man/tail.roff"));
+    wrap(&page)
+}
+
+/// `text` ending with a full stop.
+fn sentence(text: &str) -> String {
+    let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if t.is_empty() || t.ends_with(['.', '!', '?', ':']) {
+        t
+    } else {
+        format!("{t}.")
+    }
+}
+
+/// Splits a help text into paragraphs (blank-line separated).
+fn paragraphs(roff: &mut Roff, text: &str) {
+    for p in text.split("\n\n") {
+        let p = sentence(p);
+        if !p.is_empty() {
+            roff.control("PP", []);
+            roff.text([roman(p)]);
+        }
+    }
+}
+
+/// COMMANDS: one subsection per subcommand, with its synopsis, its long
+/// help and its arguments, all from the clap definitions.
+fn commands_section(cmd: &clap::Command) -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["COMMANDS"]);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = sub.get_name();
+        if name == "help" {
+            continue;
+        }
+        roff.control("SS", [name]);
+        let mut line: Vec<Inline> = vec![bold("lcctl"), roman(" "), bold(name)];
+        let args: Vec<&clap::Arg> = sub
+            .get_arguments()
+            .filter(|a| !a.is_global_set() && !a.is_hide_set())
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .collect();
+        for a in &args {
+            line.push(roman(" "));
+            let required = a.is_required_set();
+            if !required {
+                line.push(roman("["));
+            }
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+            if a.is_positional() {
+                line.push(italic(value));
+            } else if let Some(long) = a.get_long() {
+                line.push(bold(format!("--{long}")));
+                if a.get_num_args().is_none_or(|n| n.takes_values()) {
+                    line.push(roman(" "));
+                    line.push(italic(value));
+                }
+            }
+            if !required {
+                line.push(roman("]"));
+            }
+        }
+        roff.text(line);
+        let about = sub
+            .get_long_about()
+            .or_else(|| sub.get_about())
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        paragraphs(&mut roff, &about);
+        for a in &args {
+            roff.control("TP", []);
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+            if a.is_positional() {
+                roff.text([italic(value)]);
+            } else if let Some(long) = a.get_long() {
+                let mut l = vec![bold(format!("--{long}"))];
+                if a.get_num_args().is_none_or(|n| n.takes_values()) {
+                    l.push(roman(" "));
+                    l.push(italic(value));
+                }
+                roff.text(l);
+            }
+            let help = a
+                .get_long_help()
+                .or_else(|| a.get_help())
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            roff.text([roman(sentence(&help))]);
+        }
+    }
+    roff
+}
+
+fn knob_entries(roff: &mut Roff, knobs: &[KnobDoc]) {
+    for k in knobs {
+        roff.control("TP", []);
+        roff.text([bold(k.name)]);
+        let range = if k.switch {
+            "0 or 1".to_string()
+        } else {
+            format!("{}..{}", k.min, k.max)
+        };
+        roff.text([roman(format!(
+            "{}. Range {range}, default {}.",
+            upper_first(k.help),
+            k.default
+        ))]);
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// KNOBS: the cache and device knobs with their ranges.
+fn knobs_section() -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["KNOBS"]);
+    roff.text([roman(
+        "Knobs keep the names of dm-lc's sysfs files. Anyone may read them with get or status; \
+         only root may set them. lcd checks every value against the range below and records \
+         the knobs of each cache, so they survive a restart of lcd.",
+    )]);
+    roff.control("SS", ["Cache knobs (--cache ID)"]);
+    knob_entries(&mut roff, &CACHE_KNOBS);
+    roff.control("SS", ["Device knobs (--device ID)"]);
+    knob_entries(&mut roff, &DEVICE_KNOBS);
+    roff
+}
+
+/// EXIT STATUS: every status of [`Exit`].
+fn exit_section() -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["EXIT STATUS"]);
+    roff.text([roman(
+        "lcctl prints one line on standard error saying what went wrong and what to do, and \
+         exits with one of these statuses; with --json it also prints an error object on \
+         standard output (see JSON OUTPUT). The name in parentheses is the error's kind.",
+    )]);
+    for e in Exit::ALL {
+        roff.control("TP", []);
+        roff.text([
+            bold(e.code().to_string()),
+            roman(format!(" ({})", e.name())),
+        ]);
+        roff.text([roman(e.meaning())]);
+    }
+    roff
+}

@@ -1,0 +1,238 @@
+//! Test rig: a private dbus-daemon, the real `lcd` serving on it, and the
+//! real `lcctl` binary run against it, as root or as user nobody.
+//!
+//! lcd is another package's binary, so cargo does not build it for these
+//! tests: the rig runs `cargo build -p lcd` once (a no-op when it is up to
+//! date) with the profile these tests were built with, and uses
+//! `target/<profile>/lcd`.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The directory holding this test's executable's profile output
+/// (`target/debug` or `target/release`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The lcd binary, built on first use.
+pub fn lcd_binary() -> &'static Path {
+    static LCD: OnceLock<PathBuf> = OnceLock::new();
+    LCD.get_or_init(|| {
+        let dir = profile_dir();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "lcd", "--locked", "--profile"])
+            .arg(if release { "release" } else { "test" })
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo to build lcd");
+        assert!(status.success(), "cargo build -p lcd failed");
+        let lcd = dir.join("lcd");
+        assert!(lcd.exists(), "{} was not built", lcd.display());
+        lcd
+    })
+}
+
+/// Whether the test runs as root (needed to call lcd as another user).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A private bus, optionally an lcd on it, and a runtime directory for
+/// lcctl's selection; everything is stopped and removed on drop.
+pub struct Rig {
+    bus: Child,
+    lcd: Option<Child>,
+    /// The bus address (`unix:path=…`).
+    pub address: String,
+    /// Scratch directory: bus socket, lcd state, lcctl runtime dir.
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop_lcd();
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
+
+/// What one lcctl run did.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().expect("lcctl exited, not killed"),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "lcctl failed: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts failure with `code`, a one-line message on stderr containing
+    /// `text`, and nothing on stdout.
+    #[track_caller]
+    pub fn fails(&self, code: i32, text: &str) {
+        assert_eq!(self.code, code, "{self:?}");
+        assert!(self.stdout.is_empty(), "{self:?}");
+        assert_eq!(self.stderr.lines().count(), 1, "one line: {self:?}");
+        assert!(self.stderr.starts_with("lcctl: "), "{self:?}");
+        assert!(self.stderr.contains(text), "wanted {text:?}: {self:?}");
+    }
+}
+
+impl Rig {
+    /// A bus with lcd serving on it (`lcd_args` added to lcd's command
+    /// line), lcd ready.
+    pub fn start(lcd_args: &[&str]) -> Rig {
+        let mut rig = Rig::bus_only();
+        rig.start_lcd(lcd_args);
+        rig
+    }
+
+    /// A bus with no lcd on it.
+    pub fn bus_only() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        // user nobody must reach the bus socket and run lcctl there
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>"#,
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut bus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon (package dbus) must be installed");
+        let mut address = String::new();
+        BufReader::new(bus.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        Rig {
+            bus,
+            lcd: None,
+            address: address.trim().to_string(),
+            dir,
+        }
+    }
+
+    /// Starts lcd on the bus, keeping its state in the rig's directory,
+    /// and waits until it answers.
+    pub fn start_lcd(&mut self, lcd_args: &[&str]) {
+        assert!(self.lcd.is_none());
+        let lcd = Command::new(lcd_binary())
+            .args(["--address", &self.address])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(lcd_args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        self.lcd = Some(lcd);
+        // lcctl exits 7 until lcd owns its name
+        for _ in 0..400 {
+            let r = self.lcctl(&["list"]);
+            if r.code == 0 {
+                return;
+            }
+            assert_eq!(r.code, 7, "{r:?}");
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("lcd did not come up on the private bus");
+    }
+
+    /// Stops lcd cleanly (SIGTERM), if it runs.
+    pub fn stop_lcd(&mut self) {
+        if let Some(mut l) = self.lcd.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &l.id().to_string()])
+                .status();
+            let _ = l.wait();
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lcctl"));
+        c.args(["--bus", &self.address])
+            .args(args)
+            .env("LCCTL_RUNTIME_DIR", self.dir.path().join("lcctl"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs lcctl (as the test's user, root in CI) on the rig's bus.
+    pub fn lcctl(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().unwrap())
+    }
+
+    /// Runs lcctl as user nobody (uid 65534) on the rig's bus.
+    pub fn lcctl_as_nobody(&self, args: &[&str]) -> Run {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_lcctl"))
+            .args(["--bus", &self.address])
+            .args(args)
+            .env("LCCTL_RUNTIME_DIR", self.dir.path().join("nobody"))
+            .stdin(Stdio::null());
+        Run::from(c.output().expect("setpriv (util-linux) must be installed"))
+    }
+}
+
+/// A sparse file of `size` bytes; returns its path as a string.
+pub fn sparse(dir: &Path, name: &str, size: u64) -> String {
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    p.display().to_string()
+}
+
+/// Size of the test caches: 64 MiB (63 segments).
+pub const CACHE_BYTES: u64 = 64 << 20;
