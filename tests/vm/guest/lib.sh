@@ -157,26 +157,66 @@ lcd_kill9() {
     log "lcd killed with SIGKILL (pid $_p)"
 }
 
+# The admin client the scenarios drive lcd with: lcctl once it is in the
+# repository, busctl before (tests/vm/run --client picks; lc.client=).
+client() { echo "${LC_CLIENT:-busctl}"; }
+
+# lcctl ARGS...: fails the scenario with lcctl's own message
+lcctl_ok() {
+    _out=$(lcctl "$@" 2>&1) || fail "lcctl $* failed (exit $?): $_out"
+    [ -n "$_out" ] && echo "$_out"
+    return 0
+}
+
+# snake_case knob -> D-Bus property name
+prop_name() { echo "$1" | awk -F_ '{ for (i = 1; i <= NF; i++) printf "%s%s", toupper(substr($i, 1, 1)), substr($i, 2) }'; }
+
+# set_knob cache|device ID KNOB SIGNATURE VALUE  (KNOB as in lcctl: snake_case)
+set_knob() {
+    if [ "$(client)" = lcctl ]; then
+        lcctl_ok set "$3" "$5" --"$1" "$2" >/dev/null
+    elif [ "$1" = cache ]; then
+        set_prop "$ROOT/cache/$2" org.lc.Lcd1.Cache "$(prop_name "$3")" "$4" "$5"
+    else
+        set_prop "$ROOT/device/$2" org.lc.Lcd1.Device "$(prop_name "$3")" "$4" "$5"
+    fi
+    log "knob $3 of $1 $2 set to $5"
+}
+
 # format_and_resume CACHE_ID DEV
 format_and_resume() {
-    mgr FormatCacheDevice sb "$2" true >/dev/null
-    mgr ResumeCacheAs ys "$1" "$2" >/dev/null
-    log "cache $1 formatted and resumed on $2"
+    if [ "$(client)" = lcctl ]; then
+        lcctl_ok format "$2" --force >/dev/null
+        lcctl_ok resume "$2" --id "$1" >/dev/null
+    else
+        mgr FormatCacheDevice sb "$2" true >/dev/null
+        mgr ResumeCacheAs ys "$1" "$2" >/dev/null
+    fi
+    log "cache $1 formatted and resumed on $2 ($(client))"
 }
 
-# create_device DEV_ID BACKING CACHE_ID: CreateDevice, then waits for /dev/ublkbN
+# create_device DEV_ID BACKING CACHE_ID: attach, then waits for /dev/ublkbN
 create_device() {
-    _info=$(mgr CreateDevice ysy "$1" "$2" "$3")
-    log "CreateDevice $1 $2 $3 -> $_info"
-    wait_until 30 "/dev/ublkb$1 to appear after CreateDevice" test -b "/dev/ublkb$1"
+    if [ "$(client)" = lcctl ]; then
+        _info=$(lcctl_ok attach "$2" --cache "$3" --id "$1")
+        log "lcctl attach $2 --cache $3 --id $1 -> $_info"
+    else
+        _info=$(mgr CreateDevice ysy "$1" "$2" "$3")
+        log "CreateDevice $1 $2 $3 -> $_info"
+    fi
+    wait_until 30 "/dev/ublkb$1 to appear after attaching device $1" test -b "/dev/ublkb$1"
 }
 
-# remove_device DEV_ID: RemoveDevice (writes the device's dirty data back)
+# remove_device DEV_ID: detach (writes the device's dirty data back first)
 remove_device() {
     _t0=$(uptime_s)
-    mgr RemoveDevice y "$1" >/dev/null
-    log "RemoveDevice $1 returned after $(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
-    [ -e "/dev/ublkb$1" ] && fail "/dev/ublkb$1 still exists after RemoveDevice $1 returned"
+    if [ "$(client)" = lcctl ]; then
+        lcctl_ok detach "$1" >/dev/null
+    else
+        mgr RemoveDevice y "$1" >/dev/null
+    fi
+    log "device $1 detached ($(client)) after $(awk -v a="$_t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
+    [ -e "/dev/ublkb$1" ] && fail "/dev/ublkb$1 still exists after detaching device $1"
     return 0
 }
 

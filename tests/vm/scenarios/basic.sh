@@ -34,6 +34,10 @@ log "Status counters: writes $w0 -> $w1, reads $r0 -> $r1, errors $(cache_status
 [ "$w1" -gt "$w0" ] || fail "Cache.Status write counters: expected to grow under fio, saw $w0 -> $w1"
 [ "$r1" -gt "$r0" ] || fail "Cache.Status read counters: expected to grow under fio's verify, saw $r0 -> $r1"
 expect_eq "Cache.Status error counters" 0 "$(cache_status 1 errors)"
+if [ "$(client)" = lcctl ]; then
+    lcctl_ok status 1
+    lcctl_ok list
+fi
 
 # discard: 8 MiB of random data, flushed, discarded, read back as zeros
 # (the backing disk zeroes discarded ranges, so nothing else is right)

@@ -1,11 +1,13 @@
-# vm-about: RemoveDevice writes every dirty block back: the backing image, read on the host, equals what was written through the cache
+# vm-about: with write-back off, RemoveDevice writes every dirty block back: the backing image, read on the host, equals what was written through the cache
 # vm-disks: cache:128M backing:256M
 # vm-timeout: 900
 
 format_and_resume 1 "$DISK_cache"
-# keep the data dirty in the cache until the detach
-set_prop "$ROOT/cache/1" org.lc.Lcd1.Cache AllowMigrate b false
 create_device 1 "$DISK_backing" 1
+# keep the data dirty in the cache until the detach: lcd's policy loop
+# allows write-back only below migrate_threshold percent busy (0: never)
+set_knob device 1 migrate_threshold y 0
+set_knob cache 1 allow_migrate b false
 d=/dev/ublkb1
 
 # random 4 KiB writes, 1 MiB sequential writes, and overwrites of both
@@ -19,7 +21,7 @@ blockdev --flushbufs $d
 
 dirty=$(dev_prop 1 NrDirtyCaches | cut -d' ' -f2)
 log "device 1 holds $dirty dirty 4 KiB lines before the detach"
-[ "$dirty" -gt 0 ] || fail "NrDirtyCaches of device 1: expected > 0 with AllowMigrate off, saw $dirty"
+[ "$dirty" -gt 10000 ] || fail "NrDirtyCaches of device 1 before the detach: expected > 10000 4 KiB lines (about 60 MiB written, write-back off), saw $dirty"
 
 want=$(sha $d)
 log "sha256 of $d through the cache: $want"

@@ -6,9 +6,9 @@
 d=/dev/ublkb1
 if [ "$BOOT" -eq 1 ]; then
     format_and_resume 1 "$DISK_cache"
-    set_prop "$ROOT/cache/1" org.lc.Lcd1.Cache FlushCurrentBufferInterval t 7
+    set_knob cache 1 flush_current_buffer_interval t 7
     create_device 1 "$DISK_backing" 1
-    set_prop "$ROOT/device/1" org.lc.Lcd1.Device MigrateThreshold y 42
+    set_knob device 1 migrate_threshold y 42
     mkfs.ext4 -q -F $d || fail "mkfs.ext4 $d failed"
     mount -t ext4 $d /mnt || fail "mount $d failed"
     for i in $(seq 40); do head -c $((i * 7919)) /dev/urandom >/mnt/f$i; done

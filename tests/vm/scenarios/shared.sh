@@ -5,6 +5,9 @@
 format_and_resume 1 "$DISK_cache"
 create_device 1 "$DISK_backing" 1
 create_device 2 "$DISK_backing2" 1
+# write-back only at the detach (policy: 0 % busy allowed = never)
+set_knob device 1 migrate_threshold y 0
+set_knob device 2 migrate_threshold y 0
 expect_eq "size of /dev/ublkb1" "$(dev_size "$DISK_backing")" "$(dev_size /dev/ublkb1)"
 expect_eq "size of /dev/ublkb2" "$(dev_size "$DISK_backing2")" "$(dev_size /dev/ublkb2)"
 log "ListDevices: $(mgr ListDevices)"
@@ -54,6 +57,10 @@ log "concurrent fio on both devices verified in $(awk -v a="$t0" -v b="$(uptime_
 expect_eq "Cache.Status error counters" 0 "$(cache_status 1 errors)"
 
 sync
+d1=$(dev_prop 1 NrDirtyCaches | cut -d' ' -f2)
+d2=$(dev_prop 2 NrDirtyCaches | cut -d' ' -f2)
+log "dirty 4 KiB lines before the detach: device 1 $d1, device 2 $d2"
+[ "$d1" -gt 0 ] && [ "$d2" -gt 0 ] || fail "NrDirtyCaches before the detach: expected > 0 on both devices (write-back off), saw $d1 and $d2"
 s1=$(sha /dev/ublkb1)
 s2=$(sha /dev/ublkb2)
 remove_device 1
