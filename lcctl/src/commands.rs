@@ -276,12 +276,14 @@ async fn wait_gone(dev: &lc_proto::DeviceProxy<'_>, progress: &Progress) -> bool
     }
 }
 
-/// The detach progress on stderr: a bar on a terminal, otherwise a line
-/// whenever the count changed and a few seconds passed; nothing with
-/// `--json`.
+/// The detach progress on stderr: a bar on a terminal; otherwise a first
+/// line once write-back is under way (or done), then a line whenever the
+/// count changed and a few seconds passed; nothing with `--json`.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    plain: Option<std::cell::Cell<(u64, std::time::Instant)>>,
+    /// Plain lines: when the last was printed and the count it showed
+    /// (none before the first).
+    plain: Option<std::cell::Cell<Option<(u64, std::time::Instant)>>>,
     total: u64,
     id: u8,
 }
@@ -300,12 +302,10 @@ impl Progress {
             );
             b.set_prefix(id.to_string());
             b.set_message(total.to_string());
+            b.tick();
             b
         });
-        let plain = (!json_out && !tty).then(|| {
-            eprintln!("lcctl: device {id}: writing back {total} dirty blocks");
-            std::cell::Cell::new((total, std::time::Instant::now()))
-        });
+        let plain = (!json_out && !tty).then(|| std::cell::Cell::new(None));
         Progress {
             bar,
             plain,
@@ -320,16 +320,32 @@ impl Progress {
             b.set_message(left.to_string());
         }
         if let Some(p) = &self.plain {
-            let (last, when) = p.get();
-            if left != last && when.elapsed() >= Duration::from_secs(2) {
-                eprintln!("lcctl: device {}: {left} dirty blocks left", self.id);
-                p.set((left, std::time::Instant::now()));
+            match p.get() {
+                None => {
+                    eprintln!(
+                        "lcctl: device {}: writing back {} dirty blocks",
+                        self.id, self.total
+                    );
+                    p.set(Some((self.total, std::time::Instant::now())));
+                }
+                Some((last, when)) => {
+                    if left != last && when.elapsed() >= Duration::from_secs(2) {
+                        eprintln!("lcctl: device {}: {left} dirty blocks left", self.id);
+                        p.set(Some((left, std::time::Instant::now())));
+                    }
+                }
             }
         }
     }
 
     fn finish(&self) {
+        if let Some(p) = &self.plain {
+            if p.get().is_none() {
+                self.show(0);
+            }
+        }
         if let Some(b) = &self.bar {
+            b.set_position(self.total);
             b.set_message("0");
             b.finish_and_clear();
         }
@@ -337,7 +353,7 @@ impl Progress {
 
     fn abandon(&self) {
         if let Some(b) = &self.bar {
-            b.abandon();
+            b.finish_and_clear();
         }
     }
 }

@@ -372,3 +372,58 @@ fn users_other_than_root_may_read_but_not_change() {
         "3"
     );
 }
+
+/// What lcctl meets when the daemon on the bus is not the lcd it was
+/// built with: a Manager of another API version (refused before any
+/// call), or one of the right version that lacks a call. lcd itself cannot
+/// be made to be another version, so the test serves such a Manager on the
+/// bus: the only part of it lcctl sees is `Version`.
+struct OtherManager {
+    version: u32,
+}
+
+#[zbus::interface(name = "org.lc.Lcd1.Manager")]
+impl OtherManager {
+    #[zbus(property)]
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+#[test]
+fn a_daemon_of_another_api_version_is_refused() {
+    let rig = Rig::bus_only();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (version, code, text) in [
+        (
+            lc_proto::API_VERSION + 1,
+            9,
+            format!(
+                "lcd speaks API version {}, this lcctl speaks {}",
+                lc_proto::API_VERSION + 1,
+                lc_proto::API_VERSION
+            ),
+        ),
+        (
+            lc_proto::API_VERSION,
+            9,
+            "lcd does not offer this".to_string(),
+        ),
+    ] {
+        let conn = rt.block_on(async {
+            zbus::connection::Builder::address(rig.address.as_str())
+                .serve_at(lc_proto::MANAGER_PATH, OtherManager { version })
+                .name(lc_proto::BUS_NAME)
+                .build()
+                .await
+                .unwrap()
+        });
+        rig.lcctl(&["list"]).fails(code, &text);
+        rig.lcctl(&["format", "/nonexistent"]).fails(code, &text);
+        rt.block_on(conn.close()).unwrap();
+    }
+}

@@ -120,6 +120,15 @@ impl Rig {
         rig
     }
 
+    /// A bus with lcd on it serving devices without block nodes
+    /// (`--frontend none`: this host may have no ublk).
+    pub fn without_block_devices() -> Rig {
+        let mut rig = Rig::bus_only();
+        let run = rig.dir.path().join("run");
+        rig.start_lcd(&["--frontend", "none", "--run-dir", run.to_str().unwrap()]);
+        rig
+    }
+
     /// A bus with no lcd on it.
     pub fn bus_only() -> Rig {
         let dir = tempfile::tempdir().unwrap();
