@@ -284,6 +284,36 @@ impl Timing {
     }
 }
 
+/// CPU time (user + system) this process has used so far, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the pointer we pass.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs `f` and also returns the CPU time the process used meanwhile.
+fn with_cpu<T>(f: impl FnOnce() -> BoxResult<T>) -> BoxResult<(T, Duration)> {
+    let before = process_cpu();
+    let r = f()?;
+    Ok((r, process_cpu().saturating_sub(before)))
+}
+
+/// "N.NN of M CPUs busy": CPU time `cpu` over the wall time of `t`.
+fn cpus_busy(cpu: Duration, t: Timing) -> String {
+    format!(
+        "CPU {:.2} s in {:.2} s: {:.2} of {} CPUs busy",
+        cpu.as_secs_f64(),
+        t.secs(),
+        cpu.as_secs_f64() / t.secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
 /// Mean duration of two timings of the same amount.
 /// The median of some timings (by elapsed time); sorts them in place.
 fn median(ts: &mut [Timing]) -> Timing {
@@ -506,6 +536,8 @@ struct WriteComparison {
     /// Mean of `seq_before` and `seq_after`.
     seq: Timing,
     rw: RandomWrite,
+    /// CPU time of the process during `rw`.
+    rw_cpu: Duration,
     /// Engine throughput (writes + `flush_sync`) over `seq`'s.
     ratio: f64,
 }
@@ -533,7 +565,8 @@ fn compare_writes(
     let warm_up = sequential_write(&cache_path, cache_bytes, None)?;
     let seq_before = sequential_write(&cache_path, bytes, throttle)?;
     let cache = fresh_cache(&cache_path, throttle, backing)?;
-    let rw = random_write(&cache, bytes, cfg.threads, backing_lines, scratch)?;
+    let (rw, rw_cpu) =
+        with_cpu(|| random_write(&cache, bytes, cfg.threads, backing_lines, scratch))?;
     cache.shutdown()?;
     drop(cache);
     let seq_after = sequential_write(&cache_path, bytes, throttle)?;
@@ -549,6 +582,7 @@ fn compare_writes(
         seq,
         ratio: rw.total.mib_per_s() / seq.mib_per_s(),
         rw,
+        rw_cpu,
     })
 }
 
@@ -566,6 +600,7 @@ fn print_write_comparison(c: &WriteComparison, backing_bytes: u64) {
     row_bytes("sequential write, mean", c.seq);
     row_bytes("engine: writes acknowledged (in RAM)", c.rw.acked);
     row_bytes("engine: writes + flush_sync", c.rw.total);
+    println!("  engine: {}", cpus_busy(c.rw_cpu, c.rw.total));
     println!(
         "  engine: last segment id written {} (the writes fill at most {})",
         c.rw.segments_written,
@@ -833,9 +868,10 @@ fn writes(
 ) -> BoxResult<()> {
     let backing_bytes = backing_lines * LINE_SIZE as u64;
     let bytes = cfg.write_mb * MIB;
-    let direct_before = direct_random_write(&**backing, bytes, cfg.threads, backing_lines)?;
+    let direct_write = || direct_random_write(&**backing, bytes, cfg.threads, backing_lines);
+    let (direct_before, cpu_before) = with_cpu(direct_write)?;
     let write_cmp = compare_writes(cfg, scratch, backing, backing_lines, bytes, None)?;
-    let direct_after = direct_random_write(&**backing, bytes, cfg.threads, backing_lines)?;
+    let (direct_after, cpu_after) = with_cpu(direct_write)?;
     println!(
         "1. random 4 KiB writes ({} threads) vs sequential 1 MiB O_DIRECT writes",
         cfg.threads
@@ -888,6 +924,11 @@ fn writes(
     row_bytes("direct to the backing file, after", direct_after);
     row_bytes("direct to the backing file, mean", direct);
     row_bytes("through lc: writes + flush_sync", write_cmp.rw.total);
+    println!(
+        "  direct: {}",
+        cpus_busy((cpu_before + cpu_after) / 2, direct)
+    );
+    println!("  lc: {}", cpus_busy(write_cmp.rw_cpu, write_cmp.rw.total));
     println!("  lc/direct = {speed_up:.3}");
     println!();
     summary.plain("1c lc/direct, 4 KiB random writes (speed-up)", speed_up);

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lc_engine::format::{LINES_PER_SEGMENT, LINE_SIZE};
 use lc_engine::{AlignedBuf, BlockDevice, FileDevice};
@@ -11,8 +11,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    create_file, fresh_cache, mean, row_ops, sequential_write, share, BoxResult, Config, Summary,
-    Timing, DEVICE_ID, LINE_SECTORS, MIB,
+    cpus_busy, create_file, fresh_cache, mean, row_ops, sequential_write, share, with_cpu,
+    BoxResult, Config, Summary, Timing, DEVICE_ID, LINE_SECTORS, MIB,
 };
 
 /// Segments of lines on the cache device (the device-hit set).
@@ -64,6 +64,9 @@ fn timed_reads(
 /// One kind of read: lc and its direct baseline (before, after, mean).
 struct ReadPair {
     lc: Timing,
+    /// CPU time of the process during `lc` and (mean) during the direct runs.
+    lc_cpu: Duration,
+    direct_cpu: Duration,
     before: Timing,
     after: Timing,
     direct: Timing,
@@ -83,11 +86,13 @@ fn pair(
     direct: &(dyn Fn(usize, &mut [u8]) -> BoxResult<()> + Sync),
     lc: &(dyn Fn(usize, &mut [u8]) -> BoxResult<()> + Sync),
 ) -> BoxResult<ReadPair> {
-    let before = timed_reads(cfg.threads, cfg.read_ops, n, direct)?;
-    let lc = timed_reads(cfg.threads, cfg.read_ops, n, lc)?;
-    let after = timed_reads(cfg.threads, cfg.read_ops, n, direct)?;
+    let (before, cpu_before) = with_cpu(|| timed_reads(cfg.threads, cfg.read_ops, n, direct))?;
+    let (lc, lc_cpu) = with_cpu(|| timed_reads(cfg.threads, cfg.read_ops, n, lc))?;
+    let (after, cpu_after) = with_cpu(|| timed_reads(cfg.threads, cfg.read_ops, n, direct))?;
     Ok(ReadPair {
         lc,
+        lc_cpu,
+        direct_cpu: (cpu_before + cpu_after) / 2,
         before,
         after,
         direct: mean(before, after),
@@ -104,6 +109,13 @@ fn print_pair(threads: usize, what: &str, direct_what: &str, p: &ReadPair) {
         p.ratio(),
         p.lc.secs() * 1e6 * threads as f64 / p.lc.amount as f64,
         p.direct.secs() * 1e6 * threads as f64 / p.direct.amount as f64,
+    );
+    println!(
+        "  CPU time per read: lc {:.1} µs, direct {:.1} µs (lc: {}; direct: {})",
+        p.lc_cpu.as_secs_f64() * 1e6 / p.lc.amount as f64,
+        p.direct_cpu.as_secs_f64() * 1e6 / p.direct.amount as f64,
+        cpus_busy(p.lc_cpu, p.lc),
+        cpus_busy(p.direct_cpu, p.direct)
     );
 }
 
