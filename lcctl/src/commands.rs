@@ -268,10 +268,7 @@ async fn wait_gone(dev: &lc_proto::DeviceProxy<'_>, progress: &Progress) -> bool
                 tokio::time::sleep(POLL).await;
             }
             Ok(_) => return false,
-            Err(e) => {
-                return matches!(&e, zbus::Error::FDO(f) if matches!(**f, zbus::fdo::Error::UnknownObject(_)))
-                    || e.to_string().contains("UnknownObject")
-            }
+            Err(e) => return crate::error::from_zbus(e, "", "").exit == Exit::NotFound,
         }
     }
 }

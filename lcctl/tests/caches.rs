@@ -18,7 +18,7 @@ fn cache_ids(rig: &Rig) -> Vec<u64> {
 
 #[test]
 fn format_resume_inspect_tune_and_free_a_cache() {
-    let rig = Rig::start(&[]);
+    let rig = Rig::start();
     let files = tempfile::tempdir().unwrap();
     let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
     let small = sparse(files.path(), "small.img", 1 << 20);
@@ -231,7 +231,7 @@ fn format_resume_inspect_tune_and_free_a_cache() {
 
 #[test]
 fn switch_to_selects_the_cache_for_later_commands() {
-    let rig = Rig::start(&[]);
+    let rig = Rig::start();
     let files = tempfile::tempdir().unwrap();
     let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
     rig.lcctl(&["format", &cache]).ok();
@@ -327,7 +327,7 @@ fn users_other_than_root_may_read_but_not_change() {
         eprintln!("skipped: needs root to run lcctl as another user");
         return;
     }
-    let rig = Rig::start(&[]);
+    let rig = Rig::start();
     let files = tempfile::tempdir().unwrap();
     let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
     let other = sparse(files.path(), "other.img", CACHE_BYTES);
@@ -426,4 +426,41 @@ fn a_daemon_of_another_api_version_is_refused() {
         rig.lcctl(&["format", "/nonexistent"]).fails(code, &text);
         rt.block_on(conn.close()).unwrap();
     }
+}
+
+#[test]
+fn a_cache_lcd_could_not_bring_back_is_shown_failed_and_can_be_freed() {
+    let mut rig = Rig::start();
+    let files = tempfile::tempdir().unwrap();
+    let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
+    rig.lcctl(&["format", &cache]).ok();
+    rig.lcctl(&["resume", &cache, "--id", "4"]).ok();
+    rig.stop_lcd();
+    std::fs::remove_file(&cache).unwrap();
+    rig.start_lcd();
+
+    let text = rig.lcctl(&["list"]).ok().to_string();
+    let row = text.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with("cache") && row.contains(cache.as_str()) && row.contains("failed:"),
+        "{text}"
+    );
+    let j = rig.lcctl(&["--json", "status"]).json();
+    let c = &j["caches"][0];
+    assert_eq!(c["id"], 4);
+    assert!(c["state"].as_str().unwrap().starts_with("failed:"), "{c}");
+    assert_eq!(c["status"], Value::Null);
+    assert_eq!(c["knobs"], Value::Null);
+    let text = rig.lcctl(&["status", "4"]).ok().to_string();
+    assert!(
+        text.starts_with(&format!("cache 4  {cache}  failed:")),
+        "{text}"
+    );
+    assert!(!text.contains("nr_segments"), "{text}");
+    rig.lcctl(&["flush", "4"]).fails(3, "no cache 4");
+    assert_eq!(
+        rig.lcctl(&["--json", "free", "4"]).json(),
+        serde_json::json!({"freed_cache": 4})
+    );
+    assert!(cache_ids(&rig).is_empty());
 }

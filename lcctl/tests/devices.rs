@@ -22,7 +22,7 @@ fn device_ids(rig: &Rig) -> Vec<u64> {
 
 #[test]
 fn attach_inspect_tune_and_detach_devices() {
-    let rig = Rig::without_block_devices();
+    let rig = Rig::start();
     let files = tempfile::tempdir().unwrap();
     let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
     let disk_a = sparse(files.path(), "a.img", 32 << 20);
@@ -242,7 +242,7 @@ fn detach_writes_dirty_data_back_and_shows_progress() {
         "the data is only in the cache"
     );
 
-    let rig = Rig::without_block_devices();
+    let rig = Rig::start();
     let j = rig.lcctl(&["--json", "resume", &cache, "--id", "1"]).json();
     assert_eq!(j["nr_dirty_caches"], BLOCKS);
     // lcd's migration policy allows write-back of a cache with no busy
@@ -324,7 +324,7 @@ fn detach_draws_a_progress_bar_on_a_terminal() {
     let files = tempfile::tempdir().unwrap();
     let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
     let backing = sparse(files.path(), "disk.img", 32 << 20);
-    let rig = Rig::without_block_devices();
+    let rig = Rig::start();
     rig.lcctl(&["format", &cache]).ok();
     rig.lcctl(&["resume", &cache, "--id", "1"]).ok();
     rig.lcctl(&["attach", &backing, "--cache", "1", "--id", "2"])

@@ -112,20 +112,13 @@ impl Run {
 }
 
 impl Rig {
-    /// A bus with lcd serving on it (`lcd_args` added to lcd's command
-    /// line), lcd ready.
-    pub fn start(lcd_args: &[&str]) -> Rig {
+    /// A bus with lcd serving on it, ready. lcd runs with `--frontend
+    /// none`: devices are attached to their cache but get no block node
+    /// (this host may have no ublk), and lcd touches nothing outside the
+    /// rig's directory.
+    pub fn start() -> Rig {
         let mut rig = Rig::bus_only();
-        rig.start_lcd(lcd_args);
-        rig
-    }
-
-    /// A bus with lcd on it serving devices without block nodes
-    /// (`--frontend none`: this host may have no ublk).
-    pub fn without_block_devices() -> Rig {
-        let mut rig = Rig::bus_only();
-        let run = rig.dir.path().join("run");
-        rig.start_lcd(&["--frontend", "none", "--run-dir", run.to_str().unwrap()]);
+        rig.start_lcd();
         rig
     }
 
@@ -176,13 +169,14 @@ impl Rig {
 
     /// Starts lcd on the bus, keeping its state in the rig's directory,
     /// and waits until it answers.
-    pub fn start_lcd(&mut self, lcd_args: &[&str]) {
+    pub fn start_lcd(&mut self) {
         assert!(self.lcd.is_none());
         let lcd = Command::new(lcd_binary())
             .args(["--address", &self.address])
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
-            .args(lcd_args)
+            .args(["--frontend", "none", "--run-dir"])
+            .arg(self.dir.path().join("run"))
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();
