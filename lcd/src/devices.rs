@@ -162,7 +162,7 @@ fn bring_up(
             }
             let _ = std::fs::create_dir_all(run_dir);
             let _ = std::fs::write(marker(run_dir, id), format!("{id}\n"));
-            match UblkDevice::start(cache.clone(), id, size, recover) {
+            match UblkDevice::start(cache.clone(), id, size, recover, run_dir) {
                 Ok(u) => Ok((size, Some(u), DeviceState::Running)),
                 Err(why) => {
                     let _ = std::fs::remove_file(marker(run_dir, id));

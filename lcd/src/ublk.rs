@@ -30,6 +30,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use lc_engine::Cache;
+
+use crate::ledger::Ledger;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -170,6 +172,8 @@ fn errno_of(e: &lc_engine::Error) -> i32 {
 struct Target {
     cache: Arc<Cache>,
     device_id: u8,
+    /// Completed and durable writes, kept where the next lcd finds them.
+    ledger: Ledger,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
 }
 
@@ -184,8 +188,25 @@ impl Target {
         }
     }
 
+    /// Called when a FLUSH or FUA covering the writes completed before
+    /// `covered` succeeded; false when it must fail to report writes the
+    /// previous lcd lost.
+    fn durable(&self, covered: u64) -> bool {
+        if self.ledger.flush_done(covered) {
+            return true;
+        }
+        tracing::error!(
+            device = self.device_id,
+            "this FLUSH fails on purpose: the lcd before this one died holding writes it had \
+             completed but not yet written to the cache device; they are lost, and the file \
+             system or application on /dev/ublkb{} learns it here",
+            self.device_id
+        );
+        false
+    }
+
     /// Serves one request on a worker thread.
-    fn serve(&self, job: Job) {
+    fn serve(self: &Arc<Self>, job: Job) {
         let bytes = job.nr_sectors as usize * 512;
         let result = match job.op {
             sys::UBLK_IO_OP_READ => {
@@ -208,8 +229,11 @@ impl Target {
                 if job.fua {
                     let c = job.completions.clone();
                     let tag = job.tag;
+                    let covered = self.ledger.flush_issued();
+                    let target = self.clone();
                     let done = Box::new(move |r: lc_engine::Result<()>| {
-                        c.complete(tag, if r.is_ok() { bytes as i32 } else { -libc::EIO })
+                        let ok = r.is_ok() && target.durable(covered);
+                        c.complete(tag, if ok { bytes as i32 } else { -libc::EIO })
                     });
                     match self.cache.write_fua(self.device_id, job.sector, data, done) {
                         Ok(()) => return,
@@ -217,7 +241,10 @@ impl Target {
                     }
                 } else {
                     match self.cache.write(self.device_id, job.sector, data) {
-                        Ok(()) => bytes as i32,
+                        Ok(()) => {
+                            self.ledger.write_completed();
+                            bytes as i32
+                        }
                         Err(e) => {
                             tracing::warn!(device = self.device_id, "write failed: {e}");
                             errno_of(&e)
@@ -244,7 +271,7 @@ impl Target {
 async fn tag_task(
     q: &UblkQueue<'_>,
     tag: u16,
-    target: &Target,
+    target: &Arc<Target>,
     slots: &TagSlots,
     completions: &Arc<Completions>,
 ) -> Result<(), UblkError> {
@@ -259,8 +286,11 @@ async fn tag_task(
         let result = match op {
             sys::UBLK_IO_OP_FLUSH => {
                 let c = completions.clone();
+                let covered = target.ledger.flush_issued();
+                let t = target.clone();
                 target.cache.flush(Box::new(move |r| {
-                    c.complete(tag, if r.is_ok() { 0 } else { -libc::EIO })
+                    let ok = r.is_ok() && t.durable(covered);
+                    c.complete(tag, if ok { 0 } else { -libc::EIO })
                 }));
                 TagResult {
                     slots,
@@ -390,13 +420,33 @@ impl UblkDevice {
         device_id: u8,
         size_bytes: u64,
         recover: bool,
+        run_dir: &Path,
     ) -> Result<UblkDevice, String> {
         if let Some(why) = unavailable_reason() {
             return Err(why);
         }
+        if !recover {
+            // a new device owes nothing to an old one with its number
+            let _ = std::fs::remove_file(run_dir.join(format!("ublkb{device_id}.writes")));
+        }
+        let ledger = Ledger::open(run_dir, device_id).map_err(|e| {
+            format!(
+                "cannot keep the write ledger of device {device_id} in {}: {e}",
+                run_dir.display()
+            )
+        })?;
+        if ledger.lost_writes() {
+            tracing::error!(
+                device = device_id,
+                "the previous lcd died holding completed writes of this device that were not \
+                 yet on the cache device; its next FLUSH will fail so that the file system or \
+                 application sees the loss"
+            );
+        }
         let target = Arc::new(Target {
             cache,
             device_id,
+            ledger,
             jobs: Mutex::new(None),
         });
         let (job_tx, job_rx) = mpsc::channel::<Job>();
@@ -553,6 +603,7 @@ impl UblkDevice {
         if let Err(e) = self.ctrl.del_dev() {
             tracing::warn!(device = id, "deleting ublk device: {e}");
         }
+        self.target.ledger.forget();
         self.target
             .jobs
             .lock()

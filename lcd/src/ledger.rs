@@ -1,0 +1,183 @@
+//! The write ledger: tells a restarted lcd whether the lcd before it died
+//! holding writes it had completed but not yet made durable.
+//!
+//! A block device with a volatile write cache may complete a write before
+//! the data is durable; the data is durable after the next FLUSH. When lcd
+//! dies (kill -9, a crash) while the kernel and the file systems above live
+//! on, the writes it had completed but not flushed are lost with its RAM,
+//! and the kernel's user recovery hands the device to the next lcd without
+//! telling anyone. A later FLUSH would then succeed and the application
+//! would believe data durable that is gone.
+//!
+//! So each device keeps two counters in a small file on tmpfs (the run
+//! directory), mapped into memory, which outlives the process but not the
+//! machine: writes completed, and writes known durable (raised when a
+//! FLUSH or FUA that was issued after them completes). A restarted lcd that
+//! finds `completed > durable` fails the device's first FLUSH (and FUA)
+//! with EIO, so the file system or application learns of the loss exactly
+//! where it asked for durability. After a reboot the file is gone, as is
+//! everything a power cut may take.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Size of the mapping (one page; two counters are used).
+const MAP_BYTES: usize = 4096;
+
+/// The two counters of one device, shared with the next lcd through tmpfs.
+pub struct Ledger {
+    map: *mut u8,
+    path: PathBuf,
+    /// Set when the previous lcd lost completed writes; cleared by the
+    /// FLUSH that reports it.
+    lost: AtomicBool,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for Ledger {}
+// SAFETY: as above.
+unsafe impl Sync for Ledger {}
+
+impl Ledger {
+    /// Opens (or creates) the ledger of device `id` in `run_dir` and reads
+    /// what the previous lcd left there.
+    pub fn open(run_dir: &Path, id: u8) -> std::io::Result<Ledger> {
+        std::fs::create_dir_all(run_dir)?;
+        let path = run_dir.join(format!("ublkb{id}.writes"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        file.set_len(MAP_BYTES as u64)?;
+        // SAFETY: maps MAP_BYTES of a file we just sized to MAP_BYTES,
+        // shared, at an address the kernel picks; the result is checked.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MAP_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ledger = Ledger {
+            map: map.cast(),
+            path,
+            lost: AtomicBool::new(false),
+        };
+        let (completed, durable) = (
+            ledger.completed().load(Ordering::SeqCst),
+            ledger.durable().load(Ordering::SeqCst),
+        );
+        if completed > durable {
+            ledger.lost.store(true, Ordering::SeqCst);
+        }
+        Ok(ledger)
+    }
+
+    fn counter(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: the mapping is page aligned, MAP_BYTES long and lives as
+        // long as self; index 0 and 1 are 8-byte aligned u64 slots accessed
+        // only atomically (here and by no one else while we run).
+        unsafe { AtomicU64::from_ptr(self.map.cast::<u64>().add(i)) }
+    }
+
+    fn completed(&self) -> &AtomicU64 {
+        self.counter(0)
+    }
+
+    fn durable(&self) -> &AtomicU64 {
+        self.counter(1)
+    }
+
+    /// Whether the previous lcd died holding completed, unflushed writes.
+    pub fn lost_writes(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Records a write about to be completed to the kernel (not yet durable).
+    pub fn write_completed(&self) {
+        self.completed().fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called when a FLUSH or FUA is issued: what it will make durable.
+    pub fn flush_issued(&self) -> u64 {
+        self.completed().load(Ordering::SeqCst)
+    }
+
+    /// Called when that FLUSH or FUA completed successfully. Returns false
+    /// (and forgets the loss) when it must fail to report writes the
+    /// previous lcd lost.
+    pub fn flush_done(&self, covered: u64) -> bool {
+        if self.lost.swap(false, Ordering::SeqCst) {
+            // the loss is reported once; from here on the counters are ours
+            self.durable()
+                .store(self.completed().load(Ordering::SeqCst), Ordering::SeqCst);
+            return false;
+        }
+        self.durable().fetch_max(covered, Ordering::SeqCst);
+        true
+    }
+
+    /// Deletes the ledger's file once the device is gone (a new device with
+    /// this number starts with a clean ledger).
+    pub fn forget(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `open`.
+        unsafe {
+            libc::munmap(self.map.cast(), MAP_BYTES);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_death_with_unflushed_writes_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = Ledger::open(dir.path(), 1).unwrap();
+            assert!(!l.lost_writes());
+            l.write_completed();
+            let covered = l.flush_issued();
+            l.write_completed(); // completed after the flush was issued
+            assert!(l.flush_done(covered));
+            // dies here: one completed write is not durable
+        }
+        let l = Ledger::open(dir.path(), 1).unwrap();
+        assert!(l.lost_writes());
+        assert!(!l.flush_done(l.flush_issued()), "the first flush fails");
+        l.write_completed();
+        assert!(l.flush_done(l.flush_issued()), "later ones succeed");
+        drop(l);
+        assert!(
+            !Ledger::open(dir.path(), 1).unwrap().lost_writes(),
+            "all flushed"
+        );
+    }
+
+    #[test]
+    fn a_removed_device_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path(), 2).unwrap();
+        l.write_completed();
+        l.forget();
+        drop(l);
+        assert!(!Ledger::open(dir.path(), 2).unwrap().lost_writes());
+    }
+}
