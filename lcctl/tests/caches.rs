@@ -464,3 +464,24 @@ fn a_cache_lcd_could_not_bring_back_is_shown_failed_and_can_be_freed() {
     );
     assert!(cache_ids(&rig).is_empty());
 }
+
+#[test]
+fn an_io_error_of_lcd_has_its_own_exit_status() {
+    let rig = Rig::start();
+    let files = tempfile::tempdir().unwrap();
+    let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
+    rig.lcctl(&["format", &cache]).ok();
+    // lcd can no longer record its configuration: its state directory is
+    // now a file
+    let state = rig.dir.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, b"not a directory").unwrap();
+    rig.lcctl(&["resume", &cache, "--id", "2"])
+        .fails(6, "will not survive a restart");
+    rig.lcctl(&["set", "update_interval", "9", "--cache", "2"])
+        .fails(6, "will not survive a restart");
+    let e = rig.lcctl(&["--json", "set", "update_interval", "9", "--cache", "2"]);
+    assert_eq!(e.code, 6);
+    let doc: Value = serde_json::from_str(&e.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "io");
+}
