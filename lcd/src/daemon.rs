@@ -64,6 +64,22 @@ pub(crate) struct Daemon {
 pub(crate) type Shared = Arc<Mutex<Daemon>>;
 
 impl Daemon {
+    /// The resumed cache whose cache device `path` (canonical) is.
+    pub(crate) fn cache_on(&self, path: &str) -> Option<u8> {
+        self.caches
+            .iter()
+            .find(|(_, e)| same_device(&e.path, path))
+            .map(|(&id, _)| id)
+    }
+
+    /// The device whose backing device `path` (canonical) is.
+    pub(crate) fn device_on(&self, path: &str) -> Option<u8> {
+        self.devices
+            .iter()
+            .find(|(_, e)| same_device(&e.backing, path))
+            .map(|(&id, _)| id)
+    }
+
     /// Records the configuration (caches, knobs) in the state directory.
     pub(crate) fn persist(&self) -> Result<(), LcdError> {
         let mut records: Vec<CacheRecord> = self
@@ -130,6 +146,25 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
 /// (as given when it does not exist: opening it will say so).
 pub(crate) fn canonical(path: &str) -> String {
     std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
+/// Whether two canonical paths name the same device: the same path, or
+/// another name of it (a hard link of a file; another node of a block
+/// device).
+pub(crate) fn same_device(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            (x.dev(), x.ino()) == (y.dev(), y.ino())
+                || (x.file_type().is_block_device()
+                    && y.file_type().is_block_device()
+                    && x.rdev() == y.rdev())
+        }
+        _ => false,
+    }
 }
 
 /// The message of a named error, without its name.
@@ -215,8 +250,13 @@ impl Manager {
                     "cache {id} is already resumed; use another id"
                 )));
             }
-            if let Some((other, _)) = d.caches.iter().find(|(_, e)| e.path == path) {
+            if let Some(other) = d.cache_on(&path) {
                 return Err(LcdError::Busy(format!("{path} is already cache {other}")));
+            }
+            if let Some(other) = d.device_on(&path) {
+                return Err(LcdError::Busy(format!(
+                    "{path} is the backing device of device {other}; a cache device must be another device"
+                )));
             }
         }
         let p = path.clone();
@@ -275,14 +315,18 @@ impl Manager {
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
         let key = canonical(&path);
-        if let Some((id, _)) = lock(&self.daemon)
-            .caches
-            .iter()
-            .find(|(_, e)| e.path == key)
         {
-            return Err(LcdError::Busy(format!(
-                "{path} is cache {id}, which is resumed; free it first"
-            )));
+            let d = lock(&self.daemon);
+            if let Some(id) = d.cache_on(&key) {
+                return Err(LcdError::Busy(format!(
+                    "{path} is cache {id}, which is resumed; free it first"
+                )));
+            }
+            if let Some(id) = d.device_on(&key) {
+                return Err(LcdError::Busy(format!(
+                    "{path} is the backing device of device {id}; detach it first (lcctl detach {id})"
+                )));
+            }
         }
         blocking(move || {
             let dev = FileDevice::open(path.as_ref()).map_err(to_dbus)?;

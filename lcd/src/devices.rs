@@ -218,12 +218,12 @@ pub async fn create(
                 "device {id} exists; choose another id or remove it first"
             )));
         }
-        if let Some((other, _)) = d.devices.iter().find(|(_, e)| e.backing == backing) {
+        if let Some(other) = d.device_on(&backing) {
             return Err(LcdError::Busy(format!(
                 "{backing} is already the backing device of device {other}"
             )));
         }
-        if let Some((other, _)) = d.caches.iter().find(|(_, e)| e.path == backing) {
+        if let Some(other) = d.cache_on(&backing) {
             return Err(LcdError::Busy(format!(
                 "{backing} is the cache device of cache {other}; a backing device must be another device"
             )));
