@@ -287,3 +287,55 @@ impl BlockDevice for HddModel {
         )
     }
 }
+
+/// Flushes of every [`FlushTimed`] device so far.
+pub static FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// Time spent in those flushes, ns.
+pub static FLUSH_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// A pass-through device that counts its flushes and the time they take
+/// (in [`FLUSHES`] and [`FLUSH_NANOS`]): how long the cache device was
+/// busy making writes durable.
+pub struct FlushTimed(pub Arc<dyn BlockDevice>);
+
+impl BlockDevice for FlushTimed {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.0.write_vectored_at(bufs, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let start = Instant::now();
+        let res = self.0.flush();
+        FLUSHES.fetch_add(1, Ordering::Relaxed);
+        FLUSH_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        res
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.0.discard(offset, len)
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+/// (flushes, seconds in flushes) so far, for differences.
+pub fn flush_counters() -> (u64, f64) {
+    (
+        FLUSHES.load(Ordering::Relaxed),
+        FLUSH_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
+    )
+}

@@ -82,8 +82,8 @@
 //!    * **index RAM per cache line** after resume: `index_ram_bytes /
 //!      nr_caches`, target <= 16 B;
 //!    * **resume / header read**: [`Cache::resume`] ÷ reading the 4 KiB header
-//!      of every segment with one thread, nine alternating rounds, medians
-//!      compared; target <= 1.2;
+//!      of every segment with one thread, in alternating rounds (9 to 51: up
+//!      to about 3 s of header reads), medians compared; target <= 1.2;
 //!    * **peak RSS** (VmHWM) of a child process that resumes the cache: this
 //!      bench binary re-executed (engine only), and, if `LC_BENCH_LCD` names
 //!      an `lcd` binary, the real daemon on a private dbus-daemon resuming
@@ -122,7 +122,7 @@ use lc_engine::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use devices::{HddParams, ThrottledDevice};
+use devices::{flush_counters, FlushTimed, HddParams, ThrottledDevice};
 
 /// Result type of the benchmark's steps.
 type BoxResult<T> = Result<T, Box<dyn StdError>>;
@@ -328,10 +328,10 @@ fn mean(a: Timing, b: Timing) -> Timing {
     }
 }
 
-/// Opens the cache device file at `path`, behind a [`ThrottledDevice`] of
-/// `throttle` MiB/s if given.
+/// Opens the cache device file at `path`, its flushes timed by
+/// [`FlushTimed`], behind a [`ThrottledDevice`] of `throttle` MiB/s if given.
 fn open_cache_device(path: &Path, throttle: Option<u64>) -> BoxResult<Arc<dyn BlockDevice>> {
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(path)?);
+    let dev: Arc<dyn BlockDevice> = Arc::new(FlushTimed(Arc::new(FileDevice::open(path)?)));
     Ok(match throttle {
         Some(mib_per_s) => Arc::new(ThrottledDevice::new(dev, mib_per_s)),
         None => dev,
@@ -538,6 +538,8 @@ struct WriteComparison {
     rw: RandomWrite,
     /// CPU time of the process during `rw`.
     rw_cpu: Duration,
+    /// Cache device flushes during `rw` and the seconds they took.
+    rw_flushes: (u64, f64),
     /// Engine throughput (writes + `flush_sync`) over `seq`'s.
     ratio: f64,
 }
@@ -565,8 +567,13 @@ fn compare_writes(
     let warm_up = sequential_write(&cache_path, cache_bytes, None)?;
     let seq_before = sequential_write(&cache_path, bytes, throttle)?;
     let cache = fresh_cache(&cache_path, throttle, backing)?;
+    let flushes = flush_counters();
     let (rw, rw_cpu) =
         with_cpu(|| random_write(&cache, bytes, cfg.threads, backing_lines, scratch))?;
+    let rw_flushes = (
+        flush_counters().0 - flushes.0,
+        flush_counters().1 - flushes.1,
+    );
     cache.shutdown()?;
     drop(cache);
     let seq_after = sequential_write(&cache_path, bytes, throttle)?;
@@ -583,6 +590,7 @@ fn compare_writes(
         ratio: rw.total.mib_per_s() / seq.mib_per_s(),
         rw,
         rw_cpu,
+        rw_flushes,
     })
 }
 
@@ -601,6 +609,13 @@ fn print_write_comparison(c: &WriteComparison, backing_bytes: u64) {
     row_bytes("engine: writes acknowledged (in RAM)", c.rw.acked);
     row_bytes("engine: writes + flush_sync", c.rw.total);
     println!("  engine: {}", cpus_busy(c.rw_cpu, c.rw.total));
+    println!(
+        "  engine: {} cache device flushes took {:.3} s in all ({:.2} ms each); the flusher \
+         starts no segment write while it flushes",
+        c.rw_flushes.0,
+        c.rw_flushes.1,
+        c.rw_flushes.1 * 1e3 / c.rw_flushes.0.max(1) as f64
+    );
     println!(
         "  engine: last segment id written {} (the writes fill at most {})",
         c.rw.segments_written,

@@ -15,15 +15,20 @@ use lc_engine::{
 };
 
 use crate::{
-    create_file, median, row, BoxResult, Config, Summary, Timing, CACHE_ID, DEVICE_ID,
+    create_file, median, row, with_cpu, BoxResult, Config, Summary, Timing, CACHE_ID, DEVICE_ID,
     LINE_SECTORS, MIB,
 };
 
 /// Set (to a cache device path) in the child process that resumes a cache
 /// and reports its memory use.
 pub const CHILD_ENV: &str = "LC_BENCH_CHILD_RESUME";
-/// Rounds of the resume ratio (header read, then resume, alternately).
-const RESUME_ROUNDS: usize = 9;
+/// Fewest rounds of the resume ratio (header read, then resume, alternately).
+const MIN_ROUNDS: usize = 9;
+/// Most rounds; small caches get more rounds, up to about
+/// [`ROUNDS_SECONDS`] of header reads, as their single rounds are noisier.
+const MAX_ROUNDS: usize = 51;
+/// See [`MAX_ROUNDS`].
+const ROUNDS_SECONDS: f64 = 3.0;
 /// Target of the index RAM per cache line, in bytes (at most).
 const TARGET_RAM_PER_LINE: f64 = 16.0;
 /// Target of the resume ratio (at most).
@@ -293,17 +298,32 @@ pub fn run(cfg: &Config, scratch: &Path, summary: &mut Summary) -> BoxResult<()>
         // drifts between runs more than the difference being measured.
         let mut header_times = Vec::new();
         let mut resume_times = Vec::new();
+        let mut header_cpu = Vec::new();
+        let mut resume_cpu = Vec::new();
         let mut report = RecoveryReport::default();
         let mut status = None;
-        for _ in 0..RESUME_ROUNDS {
-            header_times.push(read_headers(&path, nr)?);
+        let mut rounds = MIN_ROUNDS;
+        while header_times.len() < rounds {
+            let (h, cpu) = with_cpu(|| read_headers(&path, nr))?;
+            header_times.push(h);
+            header_cpu.push(cpu);
+            if header_times.len() == 1 {
+                rounds = ((ROUNDS_SECONDS / h.secs()) as usize).clamp(MIN_ROUNDS, MAX_ROUNDS);
+            }
             let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&path)?);
             let start = Instant::now();
-            let (cache, r) = Cache::resume_with_report(CACHE_ID, dev, CacheOptions::default())?;
+            let ((cache, r), cpu) = with_cpu(|| {
+                Ok(Cache::resume_with_report(
+                    CACHE_ID,
+                    dev,
+                    CacheOptions::default(),
+                )?)
+            })?;
             resume_times.push(Timing {
                 amount: nr,
                 elapsed: start.elapsed(),
             });
+            resume_cpu.push(cpu);
             report = r;
             status.get_or_insert_with(|| cache.status());
             cache.shutdown()?;
@@ -335,7 +355,7 @@ pub fn run(cfg: &Config, scratch: &Path, summary: &mut Summary) -> BoxResult<()>
             status.static_ram_bytes,
             CacheOptions::default().pool_segments
         );
-        for (i, (h, r)) in header_times.iter().zip(&resume_times).enumerate() {
+        for (i, (h, r)) in header_times.iter().zip(&resume_times).enumerate().take(9) {
             println!(
                 "  round {}: header read {:.1} µs each, Cache::resume {:.1} µs each",
                 i + 1,
@@ -343,6 +363,26 @@ pub fn run(cfg: &Config, scratch: &Path, summary: &mut Summary) -> BoxResult<()>
                 r.secs() * 1e6 / r.amount as f64
             );
         }
+        if header_times.len() > 9 {
+            println!("  ... {} rounds in all", header_times.len());
+        }
+        let mut paired: Vec<f64> = header_times
+            .iter()
+            .zip(&resume_times)
+            .map(|(h, r)| r.secs() / h.secs())
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        let cpu_median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e6 / nr as f64
+        };
+        println!(
+            "  median CPU time per segment: header read {:.1} µs, Cache::resume {:.1} µs \
+             (both threads); median of the per-round ratios {:.3}",
+            cpu_median(&mut header_cpu),
+            cpu_median(&mut resume_cpu),
+            paired[paired.len() / 2]
+        );
         let row_headers = |what: &str, t: Timing| {
             row(
                 what,
