@@ -277,3 +277,38 @@ fn a_device_in_use_is_refused_under_any_of_its_names() {
         "backing device of device 3",
     );
 }
+
+#[test]
+fn a_path_that_cannot_name_a_device_is_not_an_io_error() {
+    let w = World::new();
+    let loop_a = w.path("loop-a");
+    std::os::unix::fs::symlink(w.path("loop-b"), &loop_a).unwrap();
+    std::os::unix::fs::symlink(&loop_a, w.path("loop-b")).unwrap();
+    let under_a_file = format!("{}/x.img", w.cache);
+    let long = w.path(&"n".repeat(300));
+    for (path, code, text) in [
+        (under_a_file.as_str(), 3, "Not a directory"),
+        (loop_a.as_str(), 2, "Too many levels of symbolic links"),
+        (long.as_str(), 2, "File name too long"),
+    ] {
+        w.lcctl_fails(&[], &["format", path], code, text);
+        w.lcctl_fails(&[], &["resume", path, "--id", "3"], code, text);
+        w.lcctl_fails(&[], &["attach", path, "--cache", "1"], code, text);
+    }
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.FormatCacheDevice",
+        &[&string(&under_a_file), "boolean:false"],
+        "org.lc.Lcd1.Error.NotFound",
+        "Not a directory",
+    );
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.CreateDevice",
+        &["byte:0", &string(&loop_a), "byte:1"],
+        "org.lc.Lcd1.Error.InvalidArgument",
+        "Too many levels of symbolic links",
+    );
+}

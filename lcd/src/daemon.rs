@@ -125,8 +125,19 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
     use lc_engine::Error as E;
     let msg = e.to_string();
     match e {
-        E::Open { ref source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
+        E::Open { ref source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+        {
             LcdError::NotFound(msg)
+        }
+        // a path that cannot name a device, not an I/O error
+        E::Open { ref source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ELOOP | libc::ENAMETOOLONG)
+            ) =>
+        {
+            LcdError::InvalidArgument(msg)
         }
         E::Open { ref source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
             LcdError::Busy(msg)
