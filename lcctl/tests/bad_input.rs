@@ -312,3 +312,18 @@ fn a_path_that_cannot_name_a_device_is_not_an_io_error() {
         "Too many levels of symbolic links",
     );
 }
+
+#[test]
+fn ids_out_of_range() {
+    let w = World::new();
+    let other = sparse(w.files.path(), "other.img", 16 << 20);
+    // D-Bus: a cache id is a byte; 0 is no cache
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.CreateDevice",
+        &["byte:0", &string(&other), "byte:0"],
+        "org.lc.Lcd1.Error.InvalidArgument",
+        "cache ids are 1..=255",
+    );
+}

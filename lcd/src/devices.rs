@@ -186,6 +186,9 @@ pub async fn create(
     backing_path: String,
     cache_id: u8,
 ) -> Result<DeviceInfo, LcdError> {
+    if cache_id == 0 {
+        return Err(LcdError::InvalidArgument("cache ids are 1..=255".into()));
+    }
     let backing = canonical(&backing_path);
     let (id, cache, frontend, run_dir) = {
         let mut d = lock(daemon);
