@@ -10,6 +10,7 @@
 mod common;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
 use std::process::Command;
 
 use common::{sparse, Rig, CACHE_BYTES};
@@ -326,4 +327,42 @@ fn ids_out_of_range() {
         "org.lc.Lcd1.Error.InvalidArgument",
         "cache ids are 1..=255",
     );
+}
+
+#[test]
+fn relative_and_empty_paths_through_dbus() {
+    let w = World::new();
+    let fresh = sparse(w.files.path(), "fresh.img", CACHE_BYTES);
+    // lcd runs in a directory of its own: it cannot resolve the caller's
+    // relative path, even one naming an existing file there
+    let rel = "fresh.img";
+    assert!(Path::new(&fresh).ends_with(rel));
+    for path in [rel, "./fresh.img", ""] {
+        let quoted = format!("{path:?} is not an absolute path");
+        w.dbus_fails(
+            false,
+            "",
+            "Manager.FormatCacheDevice",
+            &[&string(path), "boolean:true"],
+            "org.lc.Lcd1.Error.InvalidArgument",
+            &quoted,
+        );
+        w.dbus_fails(
+            false,
+            "",
+            "Manager.ResumeCacheAs",
+            &["byte:3", &string(path)],
+            "org.lc.Lcd1.Error.InvalidArgument",
+            &quoted,
+        );
+        w.dbus_fails(
+            false,
+            "",
+            "Manager.CreateDevice",
+            &["byte:0", &string(path), "byte:1"],
+            "org.lc.Lcd1.Error.InvalidArgument",
+            &quoted,
+        );
+    }
+    assert!(!is_lc_cache(&fresh));
 }

@@ -159,6 +159,18 @@ pub(crate) fn canonical(path: &str) -> String {
     std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
 }
 
+/// Refuses a path that is not absolute: lcd does not run in the caller's
+/// working directory, so a relative path would name another file.
+fn absolute(path: &str) -> Result<(), LcdError> {
+    if path.starts_with('/') {
+        return Ok(());
+    }
+    Err(LcdError::InvalidArgument(format!(
+        "{path:?} is not an absolute path; lcd cannot know the caller's working directory: \
+         give the full path (lcctl does)"
+    )))
+}
+
 /// Whether two canonical paths name the same device: the same path, or
 /// another name of it (a hard link of a file; another node of a block
 /// device).
@@ -253,6 +265,7 @@ impl Manager {
 
     /// Resumes the cache on `path` as cache `id`.
     async fn resume(&self, server: &ObjectServer, id: u8, path: String) -> Result<(), LcdError> {
+        absolute(&path)?;
         let path = canonical(&path);
         {
             let d = lock(&self.daemon);
@@ -325,6 +338,7 @@ impl Manager {
         force: bool,
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
+        absolute(&path)?;
         let key = canonical(&path);
         {
             let d = lock(&self.daemon);
@@ -470,6 +484,7 @@ impl Manager {
         cache_id: u8,
     ) -> Result<DeviceInfo, LcdError> {
         require_root(conn, &hdr).await?;
+        absolute(&backing_path)?;
         devices::create(&self.daemon, server, device_id, backing_path, cache_id).await
     }
 
