@@ -49,16 +49,24 @@ pub async fn run(cli: &Cli) -> Result<Output> {
     }
 }
 
-/// The path as lcd must see it: absolute (lcd runs in another directory).
+/// The path as lcd must see it: absolute (lcd runs in another directory)
+/// and UTF-8 (D-Bus strings are; a lossy conversion would name another file).
 fn absolute(path: &Path) -> Result<String> {
-    std::path::absolute(path)
-        .map(|p| p.display().to_string())
-        .map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                format!("cannot make {} absolute: {e}", path.display()),
-            )
-        })
+    let abs = std::path::absolute(path).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot make {} absolute: {e}", path.display()),
+        )
+    })?;
+    abs.to_str().map(str::to_string).ok_or_else(|| {
+        Failure::new(
+            Exit::Usage,
+            format!(
+                "{} is not valid UTF-8, which D-Bus cannot carry; give a symlink with a UTF-8 name instead",
+                abs.display()
+            ),
+        )
+    })
 }
 
 async fn format(c: &Client, path: &Path, force: bool) -> Result<Output> {

@@ -366,3 +366,42 @@ fn relative_and_empty_paths_through_dbus() {
     }
     assert!(!is_lc_cache(&fresh));
 }
+
+#[test]
+fn odd_characters_in_paths() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = World::new();
+    // not UTF-8: refused, never replaced by the file whose name is the
+    // lossy conversion
+    let raw = w
+        .files
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"\xff.img"));
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(CACHE_BYTES)
+        .unwrap();
+    let lossy = sparse(w.files.path(), "\u{fffd}.img", CACHE_BYTES);
+    w.refused(&[&lossy], "format of a non-UTF-8 path", || {
+        let o = Command::new(env!("CARGO_BIN_EXE_lcctl"))
+            .args(["--bus", &w.rig.address, "format"])
+            .arg(&raw)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("is not valid UTF-8"), "{err}");
+    });
+    assert!(std::fs::read(&raw).unwrap().iter().all(|&b| b == 0));
+    // a newline in a path: the message stays one line
+    w.lcctl_fails(
+        &[],
+        &["format", &w.path("no\nsuch.img")],
+        3,
+        "No such file or directory",
+    );
+    // spaces, quotes and non-ASCII letters are just names
+    let odd = sparse(w.files.path(), "a 'cache' ü.img", CACHE_BYTES);
+    let j = w.rig.lcctl(&["--json", "format", &odd]).json();
+    assert_eq!(j["formatted"], odd.as_str());
+}
