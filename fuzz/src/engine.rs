@@ -371,9 +371,13 @@ fn expected_segment(b: &[u8], slot: u64, nr: u64, uuid: &[u8; 16]) -> Option<Seg
     let metablocks: Vec<Metablock> = (0..length as usize)
         .map(|i| Metablock::read_from(&b[METABLOCKS_OFFSET + i * METABLOCK_SIZE..]))
         .collect();
-    let ok = metablocks
-        .iter()
-        .all(|m| m.lap == lap && (m.device_id == 0) == (m.dirty_bits == 0) && m.sector % 8 == 0);
+    // a line beyond what the index keeps (48 bits) makes the header invalid
+    let ok = metablocks.iter().all(|m| {
+        m.lap == lap
+            && (m.device_id == 0) == (m.dirty_bits == 0)
+            && m.sector % 8 == 0
+            && m.sector / SECTORS_PER_LINE as u64 <= lc_engine::index::MAX_LINE
+    });
     ok.then(|| SegmentHeader {
         global_id,
         durable_id: get_u64(b, 16),
@@ -383,13 +387,6 @@ fn expected_segment(b: &[u8], slot: u64, nr: u64, uuid: &[u8; 16]) -> Option<Seg
         checksum: get_u32(b, 48),
         metablocks,
     })
-}
-
-/// Whether every metablock of `h` names a line the index can address.
-fn addressable(h: &SegmentHeader) -> bool {
-    h.metablocks
-        .iter()
-        .all(|m| m.sector / SECTORS_PER_LINE as u64 <= lc_engine::index::MAX_LINE)
 }
 
 /// The segment target: a header block (optionally fixed up so it passes
@@ -805,11 +802,7 @@ pub fn known_bug(img: &[u8]) -> Option<&'static str> {
     {
         return Some("a record whose last_migrated_segment_id is u64::MAX: migrated + 1 overflows");
     }
-    let nr = sb.nr_segments.min(segments_for(img.len() as u64));
-    (0..nr)
-        .filter_map(|slot| SegmentHeader::parse(seg_header_block(img, slot), slot, nr, &sb.uuid))
-        .any(|h| !addressable(&h))
-        .then_some("a metablock's line is beyond MAX_LINE (index.rs keeps 48 bits)")
+    None
 }
 
 /// Checks inspection and resume of a cache device holding `img` against

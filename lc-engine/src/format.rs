@@ -7,6 +7,7 @@
 //! single source of truth.
 
 use crate::error::{Error, Result};
+use crate::index::MAX_LINE;
 
 /// Bytes in a sector, the unit of addressing of every block device.
 pub const SECTOR_SIZE: usize = 512;
@@ -220,7 +221,8 @@ impl SuperBlockRecord {
 /// Layout (14 bytes): `sector:u64 device_id:u8 dirty_bits:u8 lap:u32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Metablock {
-    /// First backing sector of the line (a multiple of 8).
+    /// First backing sector of the line (a multiple of 8, and its line
+    /// `sector / 8` at most [`MAX_LINE`], the largest line the index keeps).
     pub sector: u64,
     /// Backing device id, 1..=255; 0 (with no dirty bits) marks a line that
     /// was invalidated before its segment was sealed.
@@ -317,7 +319,10 @@ impl SegmentHeader {
 
     /// Parses a header block found in `slot` of a cache of `nr_segments`
     /// segments formatted with `uuid`. Rejects anything that is not a
-    /// well-formed header of that cache living where its id says it lives.
+    /// well-formed header of that cache living where its id says it lives,
+    /// including a header with a metablock whose line is beyond
+    /// [`MAX_LINE`] (the engine never writes one; replaying it would
+    /// truncate the line and write the data back elsewhere).
     pub fn parse(b: &[u8], slot: u64, nr_segments: u64, uuid: &[u8; 16]) -> Option<Self> {
         if b.len() < LINE_SIZE || b[0..4] != SEGMENT_MAGIC {
             return None;
@@ -341,7 +346,11 @@ impl SegmentHeader {
             let at = METABLOCKS_OFFSET + i * METABLOCK_SIZE;
             let m = Metablock::read_from(&b[at..at + METABLOCK_SIZE]);
             // a line invalidated before sealing is a hole: device 0, no dirty bits
-            if m.lap != lap || (m.device_id == 0) != (m.dirty_bits == 0) || m.sector % 8 != 0 {
+            if m.lap != lap
+                || (m.device_id == 0) != (m.dirty_bits == 0)
+                || m.sector % 8 != 0
+                || m.sector / SECTORS_PER_LINE as u64 > MAX_LINE
+            {
                 return None;
             }
             metablocks.push(m);

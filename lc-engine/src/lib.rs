@@ -40,7 +40,8 @@
 //! (global_id − 1) / nr_segments + 1, `length` (valid lines), the cache uuid,
 //! a crc32c over the header block and the data of the `length` valid lines,
 //! then 255 metablocks of 14 bytes `{sector u64, device_id u8, dirty_bits u8,
-//! lap u32}`. Segment `global_id` lives in slot (global_id − 1) % nr_segments.
+//! lap u32}`; a metablock's sector is a multiple of 8 whose line (sector / 8)
+//! fits the index's 48 bits ([`index::MAX_LINE`]), or the header is not valid. Segment `global_id` lives in slot (global_id − 1) % nr_segments.
 //! A slot is reused only after its old segment is written back *and* the
 //! record says so, and migrated slots are discarded only after the record
 //! is durable, so recovery can always start at `last_migrated_segment_id + 1`.

@@ -163,7 +163,6 @@ fn image_with_one_line(sector: u64) -> Vec<u8> {
 /// backing device (sector 2^51 lands on sector 0). Inspection overflows
 /// computing dirty_extent for sectors from 2^55 on.
 #[test]
-#[ignore = "engine bug: metablock lines beyond index::MAX_LINE are accepted"]
 fn a_line_beyond_the_index_range_is_never_replayed() {
     check_recovery(build_image(&input("recovery", "line-beyond-max-line")));
     for sector in [(MAX_LINE + 1) * 8, 1 << 51, 1 << 60, !7] {
