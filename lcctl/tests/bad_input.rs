@@ -405,3 +405,87 @@ fn odd_characters_in_paths() {
     let j = w.rig.lcctl(&["--json", "format", &odd]).json();
     assert_eq!(j["formatted"], odd.as_str());
 }
+
+/// A loop device over a file in the test's directory, detached on drop.
+struct Loop {
+    dev: String,
+    mount: Option<std::path::PathBuf>,
+}
+
+impl Loop {
+    fn new(file: &str) -> Option<Loop> {
+        let o = Command::new("losetup")
+            .args(["--find", "--show", file])
+            .output()
+            .ok()?;
+        o.status.success().then(|| Loop {
+            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            mount: None,
+        })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mount {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+#[test]
+fn a_block_device_holding_a_file_system_mounted_or_not() {
+    let w = World::new();
+    let image = sparse(w.files.path(), "fs.img", CACHE_BYTES);
+    let Some(mut lo) = common::is_root().then(|| Loop::new(&image)).flatten() else {
+        eprintln!("skipped: needs root and a free loop device (losetup)");
+        return;
+    };
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", &lo.dev])
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) must be installed");
+    assert!(mkfs.success());
+    // not mounted: a file system lc will not overwrite without --force
+    w.lcctl_fails(
+        &[&image],
+        &["format", &lo.dev],
+        2,
+        "holds a ext2/3/4 file system; refusing to overwrite it",
+    );
+    w.lcctl_fails(
+        &[&image],
+        &["resume", &lo.dev, "--id", "3"],
+        8,
+        "holds no lc cache",
+    );
+    // mounted: in use, even with --force
+    let mnt = w.files.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .arg(&lo.dev)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount {} failed", lo.dev);
+    lo.mount = Some(mnt.clone());
+    std::fs::write(mnt.join("data"), b"kept").unwrap();
+    let busy = "is in use by the kernel or another program (mounted, swap, part of a RAID, LVM volume or another cache): unmount or release it first";
+    for args in [
+        vec!["format", &lo.dev, "--force"],
+        vec!["resume", &lo.dev, "--id", "3"],
+        vec!["attach", &lo.dev, "--cache", "1"],
+    ] {
+        w.lcctl_fails(&[], &args, 4, busy);
+    }
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.FormatCacheDevice",
+        &[&string(&lo.dev), "boolean:true"],
+        "org.lc.Lcd1.Error.Busy",
+        busy,
+    );
+    assert_eq!(std::fs::read(mnt.join("data")).unwrap(), b"kept");
+}

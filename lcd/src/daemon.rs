@@ -139,9 +139,13 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
         {
             LcdError::InvalidArgument(msg)
         }
-        E::Open { ref source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
-            LcdError::Busy(msg)
-        }
+        E::Open {
+            ref path,
+            ref source,
+        } if source.raw_os_error() == Some(libc::EBUSY) => LcdError::Busy(format!(
+            "{path} is in use by the kernel or another program (mounted, swap, part of a RAID, \
+             LVM volume or another cache): unmount or release it first"
+        )),
         E::Io { .. } | E::Open { .. } => LcdError::Io(msg),
         E::NotFormatted | E::Corrupt(_) | E::UnsupportedVersion(_) => LcdError::NotFormatted(msg),
         E::HasSignature(_) | E::TooSmall { .. } | E::InvalidArgument(_) | E::OutOfRange { .. } => {
