@@ -406,6 +406,494 @@ fn odd_characters_in_paths() {
     assert_eq!(j["formatted"], odd.as_str());
 }
 
+/// `lcctl ARGS` is refused by the command-line parser (exit 2, clap's
+/// message naming the value), before any call to lcd.
+#[track_caller]
+fn parser_refuses(w: &World, args: &[&str], text: &str) {
+    w.refused(&[], &format!("lcctl {args:?}"), || {
+        let r = w.rig.lcctl(args);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stdout.is_empty() && r.stderr.starts_with("error: ") && r.stderr.contains(text),
+            "{r:?}"
+        );
+    });
+}
+
+#[test]
+fn paths_that_are_no_usable_device() {
+    let w = World::new();
+    let dir = w.path("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    let empty = sparse(w.files.path(), "empty.img", 0);
+    let tiny = sparse(w.files.path(), "tiny.img", 100);
+    let garbage = w.path("garbage.img");
+    std::fs::write(&garbage, vec![0xa7; 8 << 20]).unwrap();
+    let ext4 = sparse(w.files.path(), "ext4.img", CACHE_BYTES);
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", &ext4])
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) must be installed");
+    assert!(mkfs.success());
+    let files = [
+        garbage.as_str(),
+        ext4.as_str(),
+        empty.as_str(),
+        tiny.as_str(),
+    ];
+    let neither = "is neither a block device nor a regular file";
+    for (args, code, text) in [
+        (
+            vec!["resume", "/nonexistent/cache.img", "--id", "3"],
+            3,
+            "No such file",
+        ),
+        (vec!["format", &dir], 2, neither),
+        (vec!["resume", &dir, "--id", "3"], 2, neither),
+        (vec!["attach", &dir, "--cache", "1"], 2, neither),
+        // a mount point is a directory
+        (vec!["format", "/proc", "--force"], 2, neither),
+        (vec!["format", "/dev/null", "--force"], 2, neither),
+        (vec!["attach", "/dev/null", "--cache", "1"], 2, neither),
+        // too small to hold a cache; a backing device of no whole sector
+        (
+            vec!["format", &tiny, "--force"],
+            2,
+            "a cache needs at least 3145728 bytes",
+        ),
+        (
+            vec!["attach", &empty, "--cache", "1"],
+            2,
+            "unusable size of 0 bytes",
+        ),
+        (
+            vec!["attach", &tiny, "--cache", "1"],
+            2,
+            "unusable size of 0 bytes",
+        ),
+        // holds a file system, or no lc cache
+        (
+            vec!["format", &ext4],
+            2,
+            "holds a ext2/3/4 file system; refusing to overwrite it",
+        ),
+        (
+            vec!["resume", &ext4, "--id", "3"],
+            8,
+            "format it with `lcctl format PATH`",
+        ),
+        (
+            vec!["resume", &garbage, "--id", "3"],
+            8,
+            "holds no lc cache",
+        ),
+        // the cache device as backing device (D-Bus: lcd/tests/dbus.rs)
+        (
+            vec!["attach", &w.cache, "--cache", "1"],
+            4,
+            "is the cache device of cache 1",
+        ),
+    ] {
+        w.lcctl_fails(&files, &args, code, text);
+    }
+    for (method, args, name, text) in [
+        (
+            "Manager.FormatCacheDevice",
+            vec![string(&dir), "boolean:true".into()],
+            "InvalidArgument",
+            neither,
+        ),
+        (
+            "Manager.ResumeCacheAs",
+            vec!["byte:3".into(), string(&garbage)],
+            "NotFormatted",
+            "holds no lc cache",
+        ),
+        (
+            "Manager.FormatCacheDevice",
+            vec![string(&ext4), "boolean:false".into()],
+            "InvalidArgument",
+            "ext2/3/4 file system",
+        ),
+        (
+            "Manager.CreateDevice",
+            vec!["byte:0".into(), string(&empty), "byte:1".into()],
+            "InvalidArgument",
+            "unusable size",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        w.dbus_fails(
+            false,
+            "",
+            method,
+            &args,
+            &format!("org.lc.Lcd1.Error.{name}"),
+            text,
+        );
+    }
+}
+
+#[test]
+fn ids_taken_missing_or_gone_twice() {
+    let w = World::new();
+    let other = sparse(w.files.path(), "other.img", 16 << 20);
+    // lcctl: every id is 1..=255, checked before lcd is asked
+    for (args, text) in [
+        (vec!["resume", &w.cache, "--id", "0"], "0 is not in 1..=255"),
+        (
+            vec!["resume", &w.cache, "--id", "256"],
+            "256 is not in 1..=255",
+        ),
+        (
+            vec!["attach", &other, "--cache", "1", "--id", "0"],
+            "0 is not in 1..=255",
+        ),
+        (
+            vec!["attach", &other, "--cache", "256"],
+            "256 is not in 1..=255",
+        ),
+        (vec!["detach", "0"], "0 is not in 1..=255"),
+        (vec!["detach", "256"], "256 is not in 1..=255"),
+        (vec!["free", "0"], "0 is not in 1..=255"),
+        (vec!["status", "256"], "256 is not in 1..=255"),
+        (vec!["get", "--device", "0"], "0 is not in 1..=255"),
+    ] {
+        parser_refuses(&w, &args, text);
+    }
+    w.lcctl_fails(&[], &["detach", "9", "--no-wait"], 3, "no device 9");
+    // D-Bus: dbus-send wraps byte:256 to 0 (busctl refuses to send it)
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.SwitchTo",
+        &["byte:256"],
+        "org.lc.Lcd1.Error.InvalidArgument",
+        "cache ids are 1..=255",
+    );
+    for method in ["Manager.RemoveDevice", "Manager.BeginRemoveDevice"] {
+        for id in ["byte:0", "byte:9"] {
+            w.dbus_fails(
+                false,
+                "",
+                method,
+                &[id],
+                "org.lc.Lcd1.Error.NotFound",
+                "(lcctl list shows them)",
+            );
+        }
+    }
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.CreateDevice",
+        &["byte:2", &string(&other), "byte:1"],
+        "org.lc.Lcd1.Error.Busy",
+        "device 2 exists",
+    );
+    // detaching twice: the second finds nothing and changes nothing
+    w.rig.lcctl(&["detach", "2"]).ok();
+    w.lcctl_fails(&[], &["detach", "2"], 3, "no device 2");
+    w.lcctl_fails(&[], &["detach", "2", "--no-wait"], 3, "no device 2");
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.BeginRemoveDevice",
+        &["byte:2"],
+        "org.lc.Lcd1.Error.NotFound",
+        "there is no device 2",
+    );
+}
+
+/// (D-Bus property, lcctl name, min, max) of the cache's number knobs
+/// (nr_max_batched_migration's max is the 63 segments of the test cache).
+const NUMBER_KNOBS: [(&str, &str, u64, u64); 5] = [
+    (
+        "CommitSuperBlockInterval",
+        "commit_super_block_interval",
+        0,
+        86_400,
+    ),
+    ("NrMaxBatchedMigration", "nr_max_batched_migration", 1, 63),
+    ("UpdateInterval", "update_interval", 1, 3600),
+    (
+        "FlushCurrentBufferInterval",
+        "flush_current_buffer_interval",
+        0,
+        86_400,
+    ),
+    ("BarrierDeadlineMs", "barrier_deadline_ms", 1, 10_000),
+];
+
+fn set_property(iface: &str, property: &str, value: &str) -> Vec<String> {
+    vec![
+        string(&format!("org.lc.Lcd1.{iface}")),
+        string(property),
+        format!("variant:{value}"),
+    ]
+}
+
+#[test]
+fn knob_values_out_of_range_or_of_the_wrong_type() {
+    let w = World::new();
+    let set = |object: &str, iface: &str, prop: &str, value: &str, name: &str, text: &str| {
+        let args = set_property(iface, prop, value);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let name = format!("org.freedesktop.DBus.Error.{name}");
+        w.dbus_fails(false, object, "Properties.Set", &args, &name, text);
+    };
+    for (prop, knob, min, max) in NUMBER_KNOBS {
+        let range = format!("{knob} must be in {min}..={max}");
+        let mut bad = vec![max + 1, u64::MAX];
+        if min > 0 {
+            bad.push(min - 1);
+        }
+        for v in bad {
+            let v = v.to_string();
+            w.lcctl_fails(&[], &["set", knob, &v, "--cache", "1"], 2, &range);
+            set(
+                "/cache/1",
+                "Cache",
+                prop,
+                &format!("uint64:{v}"),
+                "InvalidArgs",
+                &range,
+            );
+        }
+        w.lcctl_fails(
+            &[],
+            &["set", knob, "1.5", "--cache", "1"],
+            2,
+            "takes a number",
+        );
+        set(
+            "/cache/1",
+            "Cache",
+            prop,
+            "string:5",
+            "InvalidArgs",
+            "Signature mismatch",
+        );
+        set(
+            "/cache/1",
+            "Cache",
+            prop,
+            "uint32:5",
+            "InvalidArgs",
+            "Signature mismatch",
+        );
+        set(
+            "/cache/1",
+            "Cache",
+            prop,
+            "int64:-1",
+            "InvalidArgs",
+            "Signature mismatch",
+        );
+    }
+    for prop in ["AllowMigrate", "ForceMigrate"] {
+        set(
+            "/cache/1",
+            "Cache",
+            prop,
+            "string:yes",
+            "InvalidArgs",
+            "Signature mismatch",
+        );
+        set(
+            "/cache/1",
+            "Cache",
+            prop,
+            "uint64:1",
+            "InvalidArgs",
+            "Signature mismatch",
+        );
+    }
+    w.lcctl_fails(
+        &[],
+        &["set", "force_migrate", "maybe", "--device", "2"],
+        2,
+        "use --cache ID",
+    );
+    set(
+        "/device/2",
+        "Device",
+        "MigrateThreshold",
+        "byte:101",
+        "InvalidArgs",
+        "0..=100, got 101",
+    );
+    set(
+        "/device/2",
+        "Device",
+        "MigrateThreshold",
+        "string:50",
+        "InvalidArgs",
+        "Signature mismatch",
+    );
+    set(
+        "/device/2",
+        "Device",
+        "MigrateThreshold",
+        "uint64:50",
+        "InvalidArgs",
+        "Signature mismatch",
+    );
+    // read-only and unknown properties, objects that do not exist
+    set("/cache/1", "Cache", "Id", "byte:3", "UnknownProperty", "Id");
+    set(
+        "/cache/1",
+        "Cache",
+        "LastFlushedSegmentId",
+        "uint64:0",
+        "UnknownProperty",
+        "",
+    );
+    set(
+        "/device/2",
+        "Device",
+        "State",
+        "string:running",
+        "UnknownProperty",
+        "State",
+    );
+    set(
+        "/device/2",
+        "Device",
+        "CacheId",
+        "byte:3",
+        "UnknownProperty",
+        "CacheId",
+    );
+    set(
+        "/cache/1",
+        "Cache",
+        "Frobnicate",
+        "uint64:1",
+        "UnknownProperty",
+        "Frobnicate",
+    );
+    set(
+        "/cache/9",
+        "Cache",
+        "BarrierDeadlineMs",
+        "uint64:5",
+        "UnknownObject",
+        "/org/lc/Lcd1/cache/9",
+    );
+    set(
+        "/device/9",
+        "Device",
+        "MigrateThreshold",
+        "byte:5",
+        "UnknownObject",
+        "device/9",
+    );
+    // methods called with the wrong arguments, or that do not exist
+    for (method, args) in [
+        ("Manager.SwitchTo", vec!["string:1"]),
+        ("Manager.SwitchTo", vec!["uint32:1"]),
+        ("Manager.FormatCacheDevice", vec!["string:/x"]),
+        (
+            "Manager.CreateDevice",
+            vec!["byte:0", "string:/x", "uint64:1"],
+        ),
+        ("Manager.RemoveDevice", vec![]),
+    ] {
+        w.dbus_fails(
+            false,
+            "",
+            method,
+            &args,
+            "org.freedesktop.DBus.Error.InvalidArgs",
+            "Signature mismatch",
+        );
+    }
+    w.dbus_fails(
+        false,
+        "",
+        "Manager.Frobnicate",
+        &[],
+        "org.freedesktop.DBus.Error.UnknownMethod",
+        "Frobnicate",
+    );
+}
+
+#[test]
+fn non_root_callers_change_nothing() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to call lcd as another user");
+        return;
+    }
+    let w = World::new();
+    let other = sparse(w.files.path(), "other.img", 16 << 20);
+    let need_root = "changes need root";
+    let denied = "org.lc.Lcd1.Error.AccessDenied";
+    for (object, method, args) in [
+        (
+            "",
+            "Manager.FormatCacheDevice",
+            vec![string(&other), "boolean:true".into()],
+        ),
+        ("", "Manager.ResumeCache", vec![string(&w.cache)]),
+        (
+            "",
+            "Manager.ResumeCacheAs",
+            vec!["byte:3".into(), string(&w.cache)],
+        ),
+        ("", "Manager.FreeCache", vec![]),
+        ("", "Manager.ClearStat", vec![]),
+        (
+            "",
+            "Manager.CreateDevice",
+            vec!["byte:0".into(), string(&other), "byte:1".into()],
+        ),
+        ("", "Manager.RemoveDevice", vec!["byte:2".into()]),
+        ("", "Manager.BeginRemoveDevice", vec!["byte:2".into()]),
+        ("/cache/1", "Cache.CommitSuperBlock", vec![]),
+        ("/cache/1", "Cache.FlushCurrentBuffer", vec![]),
+        ("/cache/1", "Cache.ClearStat", vec![]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        w.dbus_fails(true, object, method, &args, denied, need_root);
+    }
+    let mut knobs: Vec<(&str, &str, String)> = NUMBER_KNOBS
+        .iter()
+        .map(|(prop, _, min, _)| ("/cache/1", *prop, format!("uint64:{min}")))
+        .collect();
+    knobs.push(("/cache/1", "AllowMigrate", "boolean:false".into()));
+    knobs.push(("/cache/1", "ForceMigrate", "boolean:true".into()));
+    knobs.push(("/device/2", "MigrateThreshold", "byte:5".into()));
+    for (object, prop, value) in knobs {
+        let iface = if object.starts_with("/cache") {
+            "Cache"
+        } else {
+            "Device"
+        };
+        let args = set_property(iface, prop, &value);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        w.dbus_fails(
+            true,
+            object,
+            "Properties.Set",
+            &args,
+            "org.freedesktop.DBus.Error.AccessDenied",
+            need_root,
+        );
+    }
+    // lcctl: the rest are in caches.rs and devices.rs
+    w.refused(&[], "lcctl detach --no-wait as nobody", || {
+        w.rig
+            .lcctl_as_nobody(&["detach", "2", "--no-wait"])
+            .fails(5, "sudo")
+    });
+    w.refused(&[&other], "lcctl attach as nobody", || {
+        w.rig
+            .lcctl_as_nobody(&["attach", &other, "--cache", "1", "--id", "3"])
+            .fails(5, "sudo")
+    });
+}
+
 /// A loop device over a file in the test's directory, detached on drop.
 struct Loop {
     dev: String,
