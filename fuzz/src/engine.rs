@@ -675,6 +675,14 @@ fn model(img: &[u8]) -> Expected {
         .rev()
         .max_by_key(|r| r.sequence)
         .expect("non-empty");
+    // a newest record lc could not have written makes the device corrupt:
+    // sequence u64::MAX, or a log start whose id no header can carry
+    let usable = |r: &SuperBlockRecord| {
+        r.sequence < u64::MAX && r.last_migrated_segment_id < nr.saturating_mul(u32::MAX as u64)
+    };
+    if !usable(&record) || !usable(&inspect_record) {
+        return e;
+    }
     e.ok = true;
     let migrated = record.last_migrated_segment_id;
     e.migrated = migrated;
@@ -786,22 +794,9 @@ pub fn check_known_bugs() -> bool {
     *ON.get_or_init(|| std::env::var_os("LC_FUZZ_KNOWN_BUGS").is_some())
 }
 
-/// The known, unfixed bug `img` reaches, if any.
-pub fn known_bug(img: &[u8]) -> Option<&'static str> {
-    let sb = SuperBlockHeader::parse(&img[..LINE_SIZE]).ok()?;
-    let records = RECORD_OFFSETS
-        .iter()
-        .filter_map(|&off| SuperBlockRecord::parse(&img[off as usize..off as usize + LINE_SIZE]))
-        .filter(|r| r.uuid == sb.uuid);
-    if records.clone().any(|r| r.sequence == u64::MAX) {
-        return Some("a record of sequence u64::MAX: the next commit overflows (flusher.rs)");
-    }
-    if records
-        .clone()
-        .any(|r| r.last_migrated_segment_id == u64::MAX)
-    {
-        return Some("a record whose last_migrated_segment_id is u64::MAX: migrated + 1 overflows");
-    }
+/// The known, unfixed bug `img` reaches, if any (none at present: when a
+/// finding cannot be fixed at once, a check for it goes here).
+pub fn known_bug(_img: &[u8]) -> Option<&'static str> {
     None
 }
 

@@ -406,6 +406,17 @@ impl Inner {
                 None => {}
             }
             let id = st.next_id;
+            if id >= segment_id_limit(self.nr_segments) {
+                // its lap would not fit the header: refuse, never truncate
+                return Err(Error::io(
+                    DeviceRole::Cache,
+                    format!(
+                        "opening segment {id}: a cache of {} segments has used every segment id; write everything back (migrate_all), then reformat the cache device",
+                        self.nr_segments
+                    ),
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
             let slot_free = id <= self.nr_segments || st.last_migrated_id >= id - self.nr_segments;
             let buf_free = !st.free_bufs.is_empty() || st.allocated_bufs < self.pool_segments;
             if slot_free && buf_free {

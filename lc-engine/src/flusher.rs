@@ -279,13 +279,24 @@ fn make_durable(inner: &Inner) {
 }
 
 /// Writes the record block with the current `last_migrated_segment_id`,
-/// flushes, then discards the segments that became written back.
+/// flushes, then discards the segments that became written back. Fails,
+/// writing nothing, when the sequence has no successor lc may write.
 fn commit(inner: &Inner) -> Result<()> {
     let (migrated, seq, old, durable) = {
         let st = lock(&inner.state);
+        let seq = st
+            .record_sequence
+            .checked_add(1)
+            .filter(|&s| s <= MAX_RECORD_SEQUENCE)
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "the superblock record's sequence {} has no successor lc may write",
+                    st.record_sequence
+                ))
+            })?;
         (
             st.last_migrated_id,
-            st.record_sequence + 1,
+            seq,
             st.persisted_migrated_id,
             st.durable_id,
         )

@@ -55,6 +55,19 @@ pub fn lap_of(global_id: u64, nr_segments: u64) -> u32 {
     ((global_id - 1) / nr_segments + 1) as u32
 }
 
+/// Segment ids of a cache of `nr_segments` segments stay below this bound,
+/// `nr_segments × u32::MAX`: the highest id whose lap still fits a header's
+/// 32-bit lap field. The engine never opens a segment of this id or beyond,
+/// so every record it commits leaves `last_migrated_segment_id + 1`, where
+/// recovery starts the log, an id a header can carry.
+pub fn segment_id_limit(nr_segments: u64) -> u64 {
+    nr_segments.saturating_mul(u32::MAX as u64)
+}
+
+/// Highest record sequence lc writes: a record of sequence `u64::MAX`
+/// would leave the next commit no number, so it is never valid.
+pub const MAX_RECORD_SEQUENCE: u64 = u64::MAX - 1;
+
 /// Number of whole segments that fit on a cache device of `device_bytes`.
 pub fn segments_for(device_bytes: u64) -> u64 {
     device_bytes.saturating_sub(SUPERBLOCK_REGION) / SEGMENT_SIZE as u64
@@ -197,6 +210,30 @@ impl SuperBlockRecord {
         let c = crc32c::crc32c(&b[..Self::CHECKSUM_AT]);
         put_u32(&mut b, Self::CHECKSUM_AT, c);
         b
+    }
+
+    /// Checks that a record with a valid checksum can be used by a cache of
+    /// `nr_segments` segments: its sequence is at most
+    /// [`MAX_RECORD_SEQUENCE`] and its `last_migrated_segment_id` is below
+    /// [`segment_id_limit`]. lc never writes a record that fails this, so
+    /// such a record is damage or a crafted block: resume and inspection
+    /// refuse the device rather than fall back to the older record (whose
+    /// log may have been overwritten since).
+    pub fn check_usable(&self, nr_segments: u64) -> Result<()> {
+        if self.sequence > MAX_RECORD_SEQUENCE {
+            return Err(corrupt(&format!(
+                "the newest superblock record has sequence {}, beyond the highest lc writes ({MAX_RECORD_SEQUENCE})",
+                self.sequence
+            )));
+        }
+        let limit = segment_id_limit(nr_segments);
+        if self.last_migrated_segment_id >= limit {
+            return Err(corrupt(&format!(
+                "the newest superblock record says segment {} is written back, but a cache of {nr_segments} segments uses ids below {limit} only",
+                self.last_migrated_segment_id
+            )));
+        }
+        Ok(())
     }
 
     /// Parses a record block; `None` when it is not a valid record.

@@ -32,7 +32,7 @@
 //! | offset | size | content |
 //! |---|---|---|
 //! | 0 | 4 KiB | superblock header: magic `lcCACHE\0`, version 1, segment size, lines per segment (255), number of segments, creation time, uuid, crc32c ([`format::SuperBlockHeader`]) |
-//! | 4 KiB, 8 KiB | 4 KiB each | two record blocks, written alternately: sequence, `last_migrated_segment_id`, uuid, crc32c ([`format::SuperBlockRecord`]); the valid one with the highest sequence counts |
+//! | 4 KiB, 8 KiB | 4 KiB each | two record blocks, written alternately: sequence, `last_migrated_segment_id`, uuid, crc32c ([`format::SuperBlockRecord`]); the valid one with the highest sequence counts, and if its sequence is `u64::MAX` or its `last_migrated_segment_id` is at least nr_segments × (2^32 − 1) ([`format::segment_id_limit`]) the device is corrupt |
 //! | (1 + k) MiB | 1 MiB | segment slot k: a 4 KiB header then 255 data lines |
 //!
 //! Segment header ([`format::SegmentHeader`]): magic `lcSG`, version,
@@ -42,6 +42,8 @@
 //! then 255 metablocks of 14 bytes `{sector u64, device_id u8, dirty_bits u8,
 //! lap u32}`; a metablock's sector is a multiple of 8 whose line (sector / 8)
 //! fits the index's 48 bits ([`index::MAX_LINE`]), or the header is not valid. Segment `global_id` lives in slot (global_id − 1) % nr_segments.
+//! Segment ids stay below [`format::segment_id_limit`], so every lap fits
+//! 32 bits: a cache that reaches it refuses writes until it is reformatted.
 //! A slot is reused only after its old segment is written back *and* the
 //! record says so, and migrated slots are discarded only after the record
 //! is durable, so recovery can always start at `last_migrated_segment_id + 1`.

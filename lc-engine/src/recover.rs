@@ -156,6 +156,7 @@ impl Cache {
             .filter(|r| r.uuid == sb.uuid)
             .max_by_key(|r| r.sequence)
             .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?;
+        record.check_usable(nr)?;
         let migrated = record.last_migrated_segment_id;
 
         let mut st = State {

@@ -84,10 +84,11 @@ pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
         }
     }
     records.sort_by_key(|r| std::cmp::Reverse(r.sequence));
-    let migrated = records
+    let newest = records
         .first()
-        .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?
-        .last_migrated_segment_id;
+        .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?;
+    newest.check_usable(nr)?;
+    let migrated = newest.last_migrated_segment_id;
 
     let mut headers: BTreeMap<u64, (u64, SegmentHeader, bool)> = BTreeMap::new(); // id -> (slot, header, checksum ok)
     let mut empty_slots = 0;

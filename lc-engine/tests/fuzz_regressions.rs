@@ -14,7 +14,8 @@ use std::path::Path;
 
 use harness::{build_image, check_recovery, MemDisk};
 use lc_engine::format::{
-    segment_offset, Metablock, SegmentHeader, SuperBlockRecord, LINE_SIZE, RECORD_OFFSETS,
+    segment_id_limit, segment_offset, slot_of, Metablock, SegmentHeader, SuperBlockRecord,
+    LINE_SIZE, RECORD_OFFSETS,
 };
 use lc_engine::index::MAX_LINE;
 use lc_engine::sim::{PowerDomain, SimDisk};
@@ -187,7 +188,6 @@ fn a_line_beyond_the_index_range_is_never_replayed() {
 /// the flusher thread; a release build writes sequence 0, which the next
 /// resume ignores in favour of the stale record).
 #[test]
-#[ignore = "engine bug: a record of sequence u64::MAX overflows the next commit"]
 fn a_record_of_the_highest_sequence_does_not_overflow() {
     check_recovery(build_image(&input("recovery", "record-sequence-max")));
 }
@@ -196,7 +196,6 @@ fn a_record_of_the_highest_sequence_does_not_overflow() {
 /// last-migrated-max): a valid record whose last_migrated_segment_id is
 /// u64::MAX overflows `migrated + 1` in rescue::inspect and in resume.
 #[test]
-#[ignore = "engine bug: last_migrated_segment_id = u64::MAX overflows migrated + 1"]
 fn a_record_of_the_highest_migrated_id_is_refused() {
     check_recovery(build_image(&input("recovery", "last-migrated-max")));
     let mut img = build_image(&[2]);
@@ -210,6 +209,90 @@ fn a_record_of_the_highest_migrated_id_is_refused() {
     let disk = MemDisk::from_image(img);
     assert!(rescue::inspect(&*disk).is_err());
     assert!(Cache::resume(1, disk, CacheOptions { pool_segments: 2 }).is_err());
+}
+
+/// A formatted 2-segment image whose second record (sequence 9) says
+/// every segment up to `migrated` is written back.
+fn image_migrated_to(migrated: u64) -> Vec<u8> {
+    let mut img = build_image(&[0]);
+    let r = SuperBlockRecord {
+        sequence: 9,
+        last_migrated_segment_id: migrated,
+        uuid: harness::UUID,
+        durable_segment_id: 0,
+    };
+    img[RECORD_OFFSETS[1] as usize..][..LINE_SIZE].copy_from_slice(&r.to_block());
+    img
+}
+
+/// Suspected with the last-migrated finding (fuzz/README.md): a record
+/// near the highest segment id is accepted, so the segments written after
+/// resume must have laps that fit their headers (or the writes must be
+/// refused); a truncated lap would make the next resume drop acknowledged
+/// data. Writes up to the last id, resumes again and reads everything back.
+#[test]
+fn writes_after_a_resume_near_the_segment_id_limit_survive_the_next_resume() {
+    let nr = 2;
+    let limit = segment_id_limit(nr);
+    let opts = CacheOptions { pool_segments: 2 };
+    let disk = MemDisk::from_image(image_migrated_to(limit - 4));
+    let backing = MemDisk::new(Vec::new(), 16 * LINE_SIZE as u64);
+    let cache = Cache::resume(1, disk.clone(), opts.clone()).unwrap();
+    assert_eq!(cache.nr_segments(), nr);
+    cache.attach_device(1, backing.clone()).unwrap();
+    // one line per segment: ids limit - 3 ..= limit - 1
+    for k in 0..3u64 {
+        cache
+            .write(1, k * 8, &vec![k as u8 + 1; LINE_SIZE])
+            .unwrap();
+        cache.flush_sync().unwrap();
+    }
+    let refused = cache.write(1, 3 * 8, &[9; LINE_SIZE]);
+    assert!(refused.is_err(), "segment {limit} was opened");
+    cache.flush_sync().unwrap();
+    cache.shutdown().unwrap();
+    drop(cache);
+
+    // every header the cache wrote parses: no lap was truncated
+    for id in limit - 3..limit {
+        let slot = slot_of(id, nr);
+        let block = disk.bytes(segment_offset(slot), LINE_SIZE);
+        if let Some(h) = SegmentHeader::parse(&block, slot, nr, &harness::UUID) {
+            assert!(h.global_id >= limit - 3 && h.global_id < limit);
+        }
+    }
+    let (cache, report) = Cache::resume_with_report(1, disk.clone(), opts).unwrap();
+    assert!(report.last_migrated_segment_id < limit);
+    assert!(report.last_replayed_segment_id < limit);
+    cache.attach_device(1, backing).unwrap();
+    for k in 0..3u64 {
+        let mut got = vec![0; LINE_SIZE];
+        cache.read(1, k * 8, &mut got).unwrap();
+        assert!(got.iter().all(|&b| b == k as u8 + 1), "line {k} lost");
+    }
+    let mut got = vec![0xEE; LINE_SIZE];
+    cache.read(1, 3 * 8, &mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0), "the refused write landed");
+    cache.shutdown().unwrap();
+
+    // the last usable record still resumes (writes are refused); one more
+    // leaves no id a header can carry and the device is corrupt
+    let cache = Cache::resume(
+        1,
+        MemDisk::from_image(image_migrated_to(limit - 1)),
+        CacheOptions { pool_segments: 2 },
+    )
+    .unwrap();
+    cache
+        .attach_device(1, MemDisk::new(Vec::new(), LINE_SIZE as u64))
+        .unwrap();
+    assert!(cache.write(1, 0, &[1; LINE_SIZE]).is_err());
+    cache.shutdown().unwrap();
+    let disk = MemDisk::from_image(image_migrated_to(limit));
+    assert!(rescue::inspect(&*disk).is_err());
+    assert!(Cache::resume(1, disk, CacheOptions { pool_segments: 2 }).is_err());
+    check_recovery(image_migrated_to(limit - 1));
+    check_recovery(image_migrated_to(limit));
 }
 
 /// Found by the recovery model (fuzz/regressions/recovery/
