@@ -621,9 +621,9 @@ struct Expected {
     zeroed: Vec<u64>,
     /// (device, line) -> (slot, line in segment, dirty bits) after replay.
     lines: BTreeMap<(u8, u64), (u64, usize, u8)>,
-    /// What inspection must report: last id of its log (every checksum
-    /// verified), the bad segment, dirty lines per device.
-    inspect_migrated: u64,
+    /// What inspection must report (its log starts after `migrated` too):
+    /// last id of its log (every checksum verified), the bad segment, dirty
+    /// lines per device.
     inspect_last: u64,
     inspect_bad: Option<u64>,
     inspect_dirty: BTreeMap<u8, u64>,
@@ -658,29 +658,25 @@ fn model(img: &[u8]) -> Expected {
         return e;
     }
     let nr = sb.nr_segments;
-    // valid records of this cache, in device order
-    let records: Vec<SuperBlockRecord> = RECORD_OFFSETS
+    // the newest valid record of this cache: highest sequence; of two with
+    // one sequence (never written by lc), the one in block sequence % 2
+    let Some((_, record)) = RECORD_OFFSETS
         .iter()
-        .filter_map(|&off| SuperBlockRecord::parse(&img[off as usize..off as usize + LINE_SIZE]))
-        .filter(|r| r.uuid == sb.uuid)
-        .collect();
-    // the newest record; of two with one sequence (never written by lc),
-    // resume takes the later block and inspection the earlier one (see
-    // fuzz_regressions.rs: records_of_equal_sequence_*)
-    let Some(record) = records.iter().max_by_key(|r| r.sequence).copied() else {
+        .enumerate()
+        .filter_map(|(i, &off)| {
+            SuperBlockRecord::parse(&img[off as usize..off as usize + LINE_SIZE])
+                .map(|r| (i as u64, r))
+        })
+        .filter(|(_, r)| r.uuid == sb.uuid)
+        .max_by_key(|&(i, r)| (r.sequence, r.sequence % 2 == i))
+    else {
         return e;
     };
-    let inspect_record = *records
-        .iter()
-        .rev()
-        .max_by_key(|r| r.sequence)
-        .expect("non-empty");
     // a newest record lc could not have written makes the device corrupt:
     // sequence u64::MAX, or a log start whose id no header can carry
-    let usable = |r: &SuperBlockRecord| {
-        r.sequence < u64::MAX && r.last_migrated_segment_id < nr.saturating_mul(u32::MAX as u64)
-    };
-    if !usable(&record) || !usable(&inspect_record) {
+    if record.sequence == u64::MAX
+        || record.last_migrated_segment_id >= nr.saturating_mul(u32::MAX as u64)
+    {
         return e;
     }
     e.ok = true;
@@ -743,8 +739,7 @@ fn model(img: &[u8]) -> Expected {
         .enumerate()
         .filter_map(|(slot, h)| h.as_ref().map(|h| (h.global_id, (slot as u64, h))))
         .collect();
-    e.inspect_migrated = inspect_record.last_migrated_segment_id;
-    let mut last = e.inspect_migrated;
+    let mut last = migrated;
     let mut lines = BTreeMap::new();
     while let Some((slot, h)) = by_id.get(&last.wrapping_add(1)) {
         if !seg_checksum_ok(img, *slot, h) {
@@ -816,7 +811,7 @@ pub fn check_recovery(img: Vec<u8>) {
             assert!(want.ok, "inspect accepted a device resume must refuse");
             assert_eq!(
                 got.log,
-                (want.inspect_migrated.wrapping_add(1), want.inspect_last),
+                (want.migrated.wrapping_add(1), want.inspect_last),
                 "inspected log"
             );
             assert_eq!(got.bad_segment, want.inspect_bad, "bad segment");

@@ -180,8 +180,8 @@ impl SuperBlockHeader {
 /// Layout (4 KiB block at one of [`RECORD_OFFSETS`]): `magic[4] pad:u32
 /// sequence:u64 last_migrated_segment_id:u64 uuid[16] durable_segment_id:u64
 /// checksum:u32`, crc32c over bytes `0..48`. Record `sequence` is written to
-/// `RECORD_OFFSETS[sequence % 2]`; resume takes the valid record with the
-/// highest sequence.
+/// `RECORD_OFFSETS[sequence % 2]`; resume and inspection take the newest
+/// valid record ([`records_newest_first`], [`newest_record`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SuperBlockRecord {
     /// Incremented on every commit.
@@ -251,6 +251,34 @@ impl SuperBlockRecord {
             durable_segment_id: get_u64(b, 40),
         })
     }
+}
+
+/// The valid records of the cache `sb` describes (valid checksum, `sb`'s
+/// uuid), newest first, from its two record blocks (`blocks[i]` as read at
+/// `RECORD_OFFSETS[i]`). Newer means a higher sequence; of two records of one
+/// sequence (lc never writes that; a copied block does), the one in the
+/// block that sequence belongs to, `RECORD_OFFSETS[sequence % 2]`, counts as
+/// the newer, so every reader picks the same one.
+pub fn records_newest_first(blocks: [&[u8]; 2], sb: &SuperBlockHeader) -> Vec<SuperBlockRecord> {
+    let mut records: Vec<(bool, SuperBlockRecord)> = blocks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| SuperBlockRecord::parse(b).map(|r| (r.sequence % 2 == i as u64, r)))
+        .filter(|(_, r)| r.uuid == sb.uuid)
+        .collect();
+    records.sort_by_key(|&(home, r)| std::cmp::Reverse((r.sequence, home)));
+    records.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The record recovery starts from: the first of `records` (as
+/// [`records_newest_first`] orders them), which must pass
+/// [`SuperBlockRecord::check_usable`]. Resume and inspection both use it.
+pub fn newest_record(records: &[SuperBlockRecord], nr_segments: u64) -> Result<SuperBlockRecord> {
+    let newest = *records
+        .first()
+        .ok_or_else(|| corrupt("no valid superblock record"))?;
+    newest.check_usable(nr_segments)?;
+    Ok(newest)
 }
 
 /// What one cache line of a segment holds: where its data belongs.
@@ -471,6 +499,39 @@ mod tests {
             SuperBlockHeader::parse(&h.to_block()),
             Err(Error::UnsupportedVersion(2))
         ));
+    }
+
+    #[test]
+    fn newest_record_breaks_a_tie_by_the_block_of_the_sequence() {
+        let sb = header();
+        let rec = |sequence, last_migrated_segment_id| SuperBlockRecord {
+            sequence,
+            last_migrated_segment_id,
+            uuid: sb.uuid,
+            durable_segment_id: 0,
+        };
+        let (a, b) = (rec(7, 1).to_block(), rec(7, 2).to_block());
+        // sequence 7 belongs in block 1, wherever it is found
+        for blocks in [[&a[..], &b[..]], [&b[..], &a[..]]] {
+            let records = records_newest_first(blocks, &sb);
+            assert_eq!(records.len(), 2);
+            assert_eq!(records[0], SuperBlockRecord::parse(blocks[1]).unwrap());
+            assert_eq!(newest_record(&records, sb.nr_segments).unwrap(), records[0]);
+        }
+        let high = rec(8, 0).to_block();
+        assert_eq!(records_newest_first([&high, &a], &sb)[0].sequence, 8);
+        // a newest record lc cannot have written: no fall-back to the older one
+        let limit = segment_id_limit(sb.nr_segments);
+        for bad in [rec(u64::MAX, 0), rec(9, limit), rec(9, u64::MAX)] {
+            let records = records_newest_first([&a, &bad.to_block()], &sb);
+            assert!(newest_record(&records, sb.nr_segments).is_err());
+        }
+        assert!(newest_record(
+            &records_newest_first([&rec(9, limit - 1).to_block(), &a], &sb),
+            sb.nr_segments
+        )
+        .is_ok());
+        assert!(newest_record(&[], sb.nr_segments).is_err());
     }
 
     #[test]

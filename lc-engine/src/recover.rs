@@ -147,16 +147,11 @@ impl Cache {
         }
         let sb = read_superblock(&*dev)?;
         let nr = sb.nr_segments;
-        let record = RECORD_OFFSETS
+        let blocks = RECORD_OFFSETS
             .iter()
             .map(|&off| read_block(&*dev, off, "reading the superblock record"))
-            .collect::<Result<Vec<_>>>()?
-            .iter()
-            .filter_map(|b| SuperBlockRecord::parse(b))
-            .filter(|r| r.uuid == sb.uuid)
-            .max_by_key(|r| r.sequence)
-            .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?;
-        record.check_usable(nr)?;
+            .collect::<Result<Vec<_>>>()?;
+        let record = newest_record(&records_newest_first([&blocks[0], &blocks[1]], &sb), nr)?;
         let migrated = record.last_migrated_segment_id;
 
         let mut st = State {

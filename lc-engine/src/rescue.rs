@@ -38,7 +38,8 @@ pub struct SegmentInfo {
 pub struct Inspection {
     /// The superblock header.
     pub superblock: SuperBlockHeader,
-    /// The valid records (sequence, last_migrated_segment_id), newest first.
+    /// The valid records, newest first ([`records_newest_first`]); the
+    /// first is the one a resume uses.
     pub records: Vec<SuperBlockRecord>,
     /// Every well-formed segment header of this cache, by slot.
     pub segments: Vec<SegmentInfo>,
@@ -74,21 +75,13 @@ fn io(context: &'static str) -> impl Fn(std::io::Error) -> Error {
 pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
     let superblock = crate::recover::read_superblock(dev)?;
     let nr = superblock.nr_segments;
-    let mut block = AlignedBuf::zeroed(LINE_SIZE);
-    let mut records = Vec::new();
-    for off in RECORD_OFFSETS {
-        dev.read_at(&mut block, off)
+    let mut blocks = [AlignedBuf::zeroed(LINE_SIZE), AlignedBuf::zeroed(LINE_SIZE)];
+    for (block, off) in blocks.iter_mut().zip(RECORD_OFFSETS) {
+        dev.read_at(block, off)
             .map_err(io("reading a record block"))?;
-        if let Some(r) = SuperBlockRecord::parse(&block).filter(|r| r.uuid == superblock.uuid) {
-            records.push(r);
-        }
     }
-    records.sort_by_key(|r| std::cmp::Reverse(r.sequence));
-    let newest = records
-        .first()
-        .ok_or_else(|| Error::Corrupt("no valid superblock record".into()))?;
-    newest.check_usable(nr)?;
-    let migrated = newest.last_migrated_segment_id;
+    let records = records_newest_first([&blocks[0], &blocks[1]], &superblock);
+    let migrated = newest_record(&records, nr)?.last_migrated_segment_id;
 
     let mut headers: BTreeMap<u64, (u64, SegmentHeader, bool)> = BTreeMap::new(); // id -> (slot, header, checksum ok)
     let mut empty_slots = 0;

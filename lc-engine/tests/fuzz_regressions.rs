@@ -301,7 +301,6 @@ fn writes_after_a_resume_near_the_segment_id_limit_survive_the_next_resume() {
 /// second block and `lcd check` (rescue::inspect) the first, so they
 /// disagree about where the log starts.
 #[test]
-#[ignore = "engine inconsistency: resume and inspect break a tie of record sequences differently"]
 fn resume_and_inspect_agree_on_the_record() {
     let img = build_image(&input("recovery", "equal-sequence-records"));
     let disk = MemDisk::from_image(img.clone());
