@@ -28,6 +28,26 @@ pub struct ThrottledDevice {
     rate: f64,
     /// End of the last reservation: when the modelled device is free again.
     next_free: Mutex<Instant>,
+    /// Time the modelled device sat idle between its first write and its
+    /// last, in ns (added to [`THROTTLE_IDLE_NANOS`] when dropped).
+    idle_nanos: AtomicU64,
+    /// Whether a write was made yet (idle time counts from the first).
+    started: AtomicU64,
+}
+
+/// Idle time of every dropped [`ThrottledDevice`] so far, ns: time between
+/// two writes during which the modelled device had nothing to transfer.
+pub static THROTTLE_IDLE_NANOS: AtomicU64 = AtomicU64::new(0);
+
+impl Drop for ThrottledDevice {
+    fn drop(&mut self) {
+        THROTTLE_IDLE_NANOS.fetch_add(self.idle_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// Seconds the throttled devices dropped so far sat idle (for differences).
+pub fn throttle_idle() -> f64 {
+    THROTTLE_IDLE_NANOS.load(Ordering::Relaxed) as f64 / 1e9
 }
 
 impl ThrottledDevice {
@@ -37,6 +57,8 @@ impl ThrottledDevice {
             inner,
             rate: (mib_per_s * MIB) as f64,
             next_free: Mutex::new(Instant::now()),
+            idle_nanos: AtomicU64::new(0),
+            started: AtomicU64::new(0),
         }
     }
 
@@ -50,7 +72,12 @@ impl ThrottledDevice {
                 .next_free
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            *next_free = (*next_free).max(Instant::now()) + busy;
+            let now = Instant::now();
+            if now > *next_free && self.started.swap(1, Ordering::Relaxed) == 1 {
+                let idle = (now - *next_free).as_nanos() as u64;
+                self.idle_nanos.fetch_add(idle, Ordering::Relaxed);
+            }
+            *next_free = (*next_free).max(now) + busy;
             *next_free
         };
         let res = write();

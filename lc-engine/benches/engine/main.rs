@@ -122,7 +122,7 @@ use lc_engine::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use devices::{flush_counters, FlushTimed, HddParams, ThrottledDevice};
+use devices::{flush_counters, throttle_idle, FlushTimed, HddParams, ThrottledDevice};
 
 /// Result type of the benchmark's steps.
 type BoxResult<T> = Result<T, Box<dyn StdError>>;
@@ -533,6 +533,10 @@ struct WriteComparison {
     warm_up: Timing,
     seq_before: Timing,
     seq_after: Timing,
+    /// Seconds the throttled cache device sat idle between writes: during
+    /// the two baselines together, during the engine's run.
+    seq_idle: f64,
+    rw_idle: f64,
     /// Mean of `seq_before` and `seq_after`.
     seq: Timing,
     rw: RandomWrite,
@@ -542,6 +546,8 @@ struct WriteComparison {
     rw_flushes: (u64, f64),
     /// Engine throughput (writes + `flush_sync`) over `seq`'s.
     ratio: f64,
+    /// Whether the cache device was throttled.
+    throttled: bool,
 }
 
 /// Measurement 1 (or 1b when `throttle` gives a cache device bandwidth in
@@ -565,7 +571,9 @@ fn compare_writes(
     // Untimed: allocate every block of the file, so that no measurement
     // pays for the file system's block allocation and all see the same file.
     let warm_up = sequential_write(&cache_path, cache_bytes, None)?;
+    let idle0 = throttle_idle();
     let seq_before = sequential_write(&cache_path, bytes, throttle)?;
+    let idle1 = throttle_idle();
     let cache = fresh_cache(&cache_path, throttle, backing)?;
     let flushes = flush_counters();
     let (rw, rw_cpu) =
@@ -576,7 +584,9 @@ fn compare_writes(
     );
     cache.shutdown()?;
     drop(cache);
+    let idle2 = throttle_idle();
     let seq_after = sequential_write(&cache_path, bytes, throttle)?;
+    let idle3 = throttle_idle();
     std::fs::remove_file(&cache_path)?;
     let seq = mean(seq_before, seq_after);
     Ok(WriteComparison {
@@ -586,8 +596,11 @@ fn compare_writes(
         warm_up,
         seq_before,
         seq_after,
+        seq_idle: (idle1 - idle0) + (idle3 - idle2),
+        rw_idle: idle2 - idle1,
         seq,
         ratio: rw.total.mib_per_s() / seq.mib_per_s(),
+        throttled: throttle.is_some(),
         rw,
         rw_cpu,
         rw_flushes,
@@ -616,6 +629,12 @@ fn print_write_comparison(c: &WriteComparison, backing_bytes: u64) {
         c.rw_flushes.1,
         c.rw_flushes.1 * 1e3 / c.rw_flushes.0.max(1) as f64
     );
+    if c.throttled {
+        println!(
+            "  modelled SSD idle between writes: engine run {:.3} s, the two baselines {:.3} s",
+            c.rw_idle, c.seq_idle
+        );
+    }
     println!(
         "  engine: last segment id written {} (the writes fill at most {})",
         c.rw.segments_written,
