@@ -96,7 +96,9 @@
 //! is RAM and before Linux 6.6 `O_DIRECT` is refused there, so the files are
 //! opened buffered). `LC_BENCH_ONLY`: comma-separated subset of `write`
 //! (1, 1b, 1c), `read`, `full`, `resume`; default all. `LC_BENCH_HDD_MBPS`
-//! (150), `LC_BENCH_HDD_RPM` (7200): the disk model. The run needs about
+//! (150), `LC_BENCH_HDD_RPM` (7200): the disk model. `LC_BENCH_CHILD_RESUME`
+//! is internal: set to a cache path, the binary is the child of the RSS
+//! figure (resumes that cache, prints its memory use, exits). The run needs about
 //! 4 × `LC_BENCH_MB` MiB (backing file) plus `LC_BENCH_MB` + 64 MiB of
 //! free space; the sparse files use little.
 //!
