@@ -26,7 +26,6 @@
 //! this target is closer to a structured random test than the engine
 //! targets are.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,40 +79,9 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 fn start_bus(dir: &Path) -> (Child, String) {
-    let conf = dir.join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>"#,
-            dir.display()
-        ),
-    )
-    .expect("bus config");
-    let mut bus = die_with_parent(
-        Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(Stdio::piped()),
-    )
-    .spawn()
-    .expect("dbus-daemon (Debian package dbus) must be installed");
-    let mut address = String::new();
-    BufReader::new(bus.stdout.take().expect("stdout"))
-        .read_line(&mut address)
-        .expect("bus address");
-    (bus, address.trim().to_string())
+    let mut cmd = lc_testbus::command(dir).expect("bus config");
+    die_with_parent(&mut cmd);
+    lc_testbus::spawn(cmd).expect("a private dbus-daemon (Debian package dbus)")
 }
 
 fn start_lcd(dir: &Path, address: &str) -> Child {

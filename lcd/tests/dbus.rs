@@ -1,9 +1,8 @@
 //! The real `lcd` binary on a private dbus-daemon, driven through the
 //! lc-proto proxies as lcctl will drive it.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use lc_proto::{LcdError, ManagerProxy};
@@ -46,38 +45,7 @@ fn start_with_env(
     notify_socket: Option<&Path>,
     lcd_args: &[&str],
 ) -> Rig {
-    let conf = dir.path().join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>"#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut bus = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("dbus-daemon (package dbus) must be installed");
-    let mut address = String::new();
-    BufReader::new(bus.stdout.take().unwrap())
-        .read_line(&mut address)
-        .unwrap();
-    let address = address.trim().to_string();
+    let (bus, address) = lc_testbus::start(dir.path()).unwrap();
     let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
         .args(["--address", &address])
         .arg("--state-dir")

@@ -1,7 +1,6 @@
 //! Measurement 4: full caches of several sizes — index RAM per line, resume
 //! ÷ header read, peak RSS of a process holding the resumed cache.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -172,38 +171,10 @@ fn lcd_rss(lcd: &Path, path: &Path, scratch: &Path) -> BoxResult<(Rss, Duration)
     let dir = tempfile::Builder::new()
         .prefix("lcd-")
         .tempdir_in(scratch)?;
-    let conf = dir.path().join("bus.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>"#,
-            dir.path().display()
-        ),
-    )?;
-    let mut bus = Reaped(
-        Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("dbus-daemon (package dbus): {e}"))?,
-    );
-    let mut address = String::new();
-    BufReader::new(bus.0.stdout.take().ok_or("no stdout")?).read_line(&mut address)?;
-    let address = address.trim().to_string();
+    let mut bus_cmd = lc_testbus::command(dir.path())?;
+    bus_cmd.stderr(Stdio::null());
+    let (bus, address) = lc_testbus::spawn(bus_cmd)?;
+    let bus = Reaped(bus);
     let log = std::fs::File::create(dir.path().join("lcd.log"))?;
     let mut daemon = Reaped(
         Command::new(lcd)
