@@ -9,9 +9,10 @@
 //! state directory and restored at start (`state.rs`); systemd hears
 //! READY=1 once all of it is back. Engine calls block, so they run on
 //! tokio's blocking pool, never under the daemon's lock. The migration
-//! policy (`policy.rs`) sets each cache's `allow_migrate`. Cursors of
-//! clients that left are kept (one small entry per client) until lcd
-//! restarts.
+//! policy (`policy.rs`) sets each cache's `allow_migrate`. A client's
+//! cursor is dropped when the bus says the client has gone
+//! (`NameOwnerChanged`), so scripts that run lcctl in a loop do not make lcd
+//! grow.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -615,6 +616,14 @@ pub fn run(
             .build()
             .await
             .with_context(|| format!("connecting to the {bus:?} bus"))?;
+        // Subscribed before any client can find lcd, so no departure is missed.
+        let departures = zbus::fdo::DBusProxy::new(&conn)
+            .await
+            .context("talking to the bus daemon")?
+            .receive_name_owner_changed()
+            .await
+            .context("subscribing to NameOwnerChanged")?;
+        tokio::spawn(forget_departed_clients(daemon.clone(), departures));
         // Every saved cache is back before clients can find lcd by name.
         restore(&daemon, &conn, saved.caches).await;
         devices::restore(&daemon, &conn, saved.devices).await;
@@ -649,6 +658,21 @@ pub fn run(
         .await?;
         anyhow::Ok(())
     })
+}
+
+/// Drops the cursor of each client that leaves the bus (a unique name that
+/// loses its owner is never given out again).
+async fn forget_departed_clients(daemon: Shared, mut changes: zbus::fdo::NameOwnerChangedStream) {
+    use futures_util::StreamExt;
+    while let Some(signal) = changes.next().await {
+        let Ok(args) = signal.args() else { continue };
+        if args.new_owner().is_some() || !args.name().starts_with(':') {
+            continue;
+        }
+        if lock(&daemon).cursors.remove(args.name().as_str()).is_some() {
+            tracing::debug!(client = %args.name(), "dropped the cache cursor of a client that left the bus");
+        }
+    }
 }
 
 /// Resumes every cache the state names; one that fails is kept, reported

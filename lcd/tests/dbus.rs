@@ -45,14 +45,21 @@ fn start_with_env(
     notify_socket: Option<&Path>,
     lcd_args: &[&str],
 ) -> Rig {
+    let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
+    lcd.args(lcd_args)
+        .envs(notify_socket.map(|p| ("NOTIFY_SOCKET", p)))
+        .env("RUST_LOG", "warn");
+    spawn(dir, state, lcd)
+}
+
+/// A bus and `lcd` (its arguments and environment set) serving on it with
+/// its state in `state`.
+fn spawn(dir: tempfile::TempDir, state: &Path, mut lcd: Command) -> Rig {
     let (bus, address) = lc_testbus::start(dir.path()).unwrap();
-    let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
+    let lcd = lcd
         .args(["--address", &address])
         .arg("--state-dir")
         .arg(state)
-        .args(lcd_args)
-        .envs(notify_socket.map(|p| ("NOTIFY_SOCKET", p)))
-        .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
     Rig {
@@ -493,6 +500,51 @@ async fn lcd_tells_systemd_it_is_ready_once_serving() {
     // ready means the name is served
     let (_c, m) = client(&rig).await;
     assert!(m.list_caches().await.unwrap().is_empty());
+}
+
+/// A client's cursor goes when the client leaves the bus: lcctl run in a
+/// loop (a new client each time) must not make lcd grow.
+#[tokio::test(flavor = "multi_thread")]
+async fn cursors_of_departed_clients_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log_path = dir.path().join("lcd.log");
+    let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
+    lcd.env("RUST_LOG", "lcd=debug")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let rig = spawn(dir, &state, lcd);
+    let (conn, m) = client(&rig).await;
+    m.switch_to(2).await.unwrap();
+    let mut departed = Vec::new();
+    for id in [3, 4, 5] {
+        let (conn, m2) = client(&rig).await;
+        m2.switch_to(id).await.unwrap();
+        departed.push(conn.unique_name().unwrap().to_string());
+        drop(m2);
+        drop(conn);
+    }
+    let dropped = |log: &str, name: &str| {
+        log.lines()
+            .any(|l| l.contains("dropped the cache cursor") && l.contains(name))
+    };
+    let mut log = String::new();
+    for _ in 0..400 {
+        log = std::fs::read_to_string(&log_path).unwrap();
+        if departed.iter().all(|n| dropped(&log, n)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for name in &departed {
+        assert!(
+            dropped(&log, name),
+            "no cursor drop for {name} in lcd's log:\n{log}"
+        );
+    }
+    // the client still on the bus keeps its cursor
+    let mine = conn.unique_name().unwrap().to_string();
+    assert!(!dropped(&log, &mine));
+    assert!(matches!(m.clear_stat().await, Err(LcdError::NotFound(msg)) if msg.contains('2')));
 }
 
 /// Writes `blocks` (4 KiB block index, fill byte) as dirty data of device
