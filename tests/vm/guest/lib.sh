@@ -272,3 +272,42 @@ bg_stop() {
         sleep 0.2
     done
 }
+
+# ---- device-mapper fault injection (fault-* scenarios) ----
+# The guest has no udev: with DM_DISABLE_UDEV=1 dmsetup makes the
+# /dev/mapper nodes itself and waits for no udev cookie.
+
+# dm_create NAME DEV: /dev/mapper/NAME, a linear map of all of DEV
+dm_create() {
+    echo "$2" >"/run/dm-$1.dev"
+    _out=$(echo "0 $(blockdev --getsz "$2") linear $2 0" |
+        DM_DISABLE_UDEV=1 dmsetup create "$1" --noudevsync 2>&1) ||
+        fail "dmsetup create $1 over $2 failed: $_out"
+    wait_until 10 "/dev/mapper/$1 to appear" test -b "/dev/mapper/$1"
+    log "dm: /dev/mapper/$1 maps $2 (linear)"
+}
+
+# dm_set NAME linear|error|error_writes|error_reads|delay MS: replaces the
+# live table of NAME (load + resume; in-flight I/O completes first)
+dm_set() {
+    _dev=$(cat "/run/dm-$1.dev")
+    _sz=$(blockdev --getsz "$_dev")
+    case $2 in
+        linear) _t="0 $_sz linear $_dev 0" ;;
+        error) _t="0 $_sz error" ;;
+        error_writes | error_reads) _t="0 $_sz flakey $_dev 0 0 1 1 $2" ;; # always down
+        delay) _t="0 $_sz delay $_dev 0 $3" ;;
+        *) fail "dm_set: unknown table kind $2" ;;
+    esac
+    _out=$(echo "$_t" | DM_DISABLE_UDEV=1 dmsetup load "$1" 2>&1) ||
+        fail "dmsetup load $1 ($2) failed: $_out"
+    _out=$(DM_DISABLE_UDEV=1 dmsetup resume "$1" --noudevsync 2>&1) ||
+        fail "dmsetup resume $1 ($2) failed: $_out"
+    log "dm: /dev/mapper/$1 is now: $(dmsetup table "$1")"
+}
+
+# cache_health ID: the health line of `lcctl status ID` ("healthy" or
+# "failing: ...")
+cache_health() {
+    lcctl status "$1" | sed -n 's/^ *health  *//p' | sed 's/ *$//'
+}
