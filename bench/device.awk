@@ -1,0 +1,76 @@
+# Device-level figures from the console of `tests/vm/run bench`
+# (tests/vm/scenarios/bench.sh): every measurement per round, the median
+# over the rounds, and the ratios BENCHMARKS.md reports.
+#   awk -f bench/device.awk tests/vm/cache/work/bench/console-1.log
+# Input lines: "LC-BENCH WORKLOAD.DEVICE.rROUND VALUE UNIT".
+
+function median(w, d,    n, i, j, t, a) {
+    n = 0
+    for (i = 1; i <= nr; i++)
+        if ((w, d, i) in v) a[++n] = v[w, d, i]
+    if (n == 0) return ""
+    for (i = 2; i <= n; i++)
+        for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+
+function ratio(w, a, b, what,    i, line, ma, mb, n, k, j, t, x) {
+    ma = median(w, a); mb = median(w, b)
+    if (ma == "" || mb == "" || mb == 0) return
+    line = sprintf("%-9s %-26s", w, a " / " b)
+    n = 0
+    for (i = 1; i <= nr; i++) {
+        if ((w, a, i) in v && (w, b, i) in v && v[w, b, i] > 0) {
+            line = line sprintf(" %7.3f", v[w, a, i] / v[w, b, i]); x[++n] = v[w, a, i] / v[w, b, i]
+        } else line = line sprintf(" %7s", "-")
+    }
+    for (k = 2; k <= n; k++)
+        for (j = k; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+    printf "%s %9.3f %9.3f  %s\n", line, ma / mb, (n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2), what
+}
+
+{ sub(/\r$/, "") }
+$1 == "LC-BENCH" && NF >= 4 {
+    n = split($2, p, ".")
+    r = p[n]; sub(/^r/, "", r); r += 0
+    w = p[1]; d = p[2]
+    v[w, d, r] = $3 + 0; unit[w] = $4
+    if (r > nr) nr = r
+    if (!((w, d) in seen)) { seen[w, d] = 1; order[++nd] = w SUBSEP d }
+}
+
+END {
+    if (nr == 0) { print "no LC-BENCH lines in the input" > "/dev/stderr"; exit 1 }
+    printf "%-9s %-13s", "workload", "device"
+    for (i = 1; i <= nr; i++) printf " %9s", "round " i
+    printf " %9s  unit\n", "median"
+    for (k = 1; k <= nd; k++) {
+        split(order[k], q, SUBSEP)
+        printf "%-9s %-13s", q[1], q[2]
+        for (i = 1; i <= nr; i++) printf " %9s", ((q[1], q[2], i) in v) ? v[q[1], q[2], i] : "-"
+        printf " %9s  %s\n", median(q[1], q[2]), unit[q[1]]
+    }
+    print ""
+    printf "%-9s %-26s", "workload", "ratio"
+    for (i = 1; i <= nr; i++) printf " %7s", "r" i
+    printf " %9s %9s\n", "medians", "med(r)"
+    ratio("randwrite", "lc", "rublk", "lc vs the reference ublk server on the same disk")
+    ratio("randwrite", "lc", "rawcache", "lc vs the cache disk itself")
+    ratio("randwrite", "lc", "rawbacking", "what a user gains over the backing disk")
+    ratio("randwrite", "rublk", "rawcache", "cost of ublk itself (reference)")
+    ratio("randwrite", "rawcache", "rawcache-nodm", "cost of the dm-linear split (reference)")
+    ratio("randread", "lc", "rublk", "hits on the cache device")
+    ratio("randread", "lc", "rawcache", "hits on the cache device")
+    ratio("randread", "lc-miss", "rawbacking", "misses: the same backing blocks read directly")
+    ratio("randread", "lc-miss", "rublk", "misses vs rublk over the (identical) cache disk")
+    ratio("randread", "rublk", "rawcache", "cost of ublk itself (reference)")
+    ratio("randread4", "lc", "rublk", "iodepth 4 (diagnostic)")
+    ratio("randread4", "lc", "rawcache", "iodepth 4 (diagnostic)")
+    ratio("randread4", "rublk", "rawcache", "iodepth 4 (diagnostic)")
+    ratio("randread", "rawcache", "rawcache-nodm", "cost of the dm-linear split (reference)")
+    ratio("seqwrite", "lc", "rublk", "lc vs the reference ublk server on the same disk")
+    ratio("seqwrite", "lc", "rawcache", "lc vs the cache disk itself")
+    ratio("seqwrite", "lc", "rawbacking", "lc vs the backing disk")
+    ratio("seqwrite", "rublk", "rawcache", "cost of ublk itself (reference)")
+    ratio("seqwrite", "rawcache", "rawcache-nodm", "cost of the dm-linear split (reference)")
+}
