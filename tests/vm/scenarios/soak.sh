@@ -210,14 +210,16 @@ all_running() {
 # verify_all WHEN: every acknowledged block of every device
 verify_all() {
     for i in $(seq $NDEV); do
-        if ! out=$(vmcheck verify --dev "/dev/ublkb$i" --log "$(log_disk "$i")" --blocks $BLOCKS --expect-log 2>&1); then
+        st=0
+        out=$(vmcheck verify --dev "/dev/ublkb$i" --log "$(log_disk "$i")" --blocks $BLOCKS --expect-log 2>&1) || st=$?
+        line=$(echo "$out" | grep 'blocks of' | tail -n1)
+        echo "LC-COUNT blocks-verified $BLOCKS"
+        echo "LC-COUNT blocks-lost $(echo "$line" | sed -n 's/.* \([0-9]*\) bad$/\1/p')"
+        if [ $st -ne 0 ]; then
             echo "$out"
             fail "$1: acknowledged writes on /dev/ublkb$i did not read back (details above)"
         fi
-        line=$(echo "$out" | grep 'blocks of' | tail -n1)
         log "$1: $line"
-        echo "LC-COUNT blocks-verified $BLOCKS"
-        echo "LC-COUNT blocks-lost $(echo "$line" | sed -n 's/.* \([0-9]*\) bad$/\1/p')"
     done
     echo "LC-COUNT device-verifications $NDEV"
 }
