@@ -14,6 +14,17 @@ function median(w, d,    n, i, j, t, a) {
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 
+# median of x[k, 1..nr] (the rounds that have a value)
+function med(x, k,    n, i, j, t, a) {
+    n = 0
+    for (i = 1; i <= nr; i++)
+        if ((k, i) in x) a[++n] = x[k, i]
+    if (n == 0) return ""
+    for (i = 2; i <= n; i++)
+        for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+
 function ratio(w, a, b, what,    i, line, ma, mb, n, k, j, t, x) {
     ma = median(w, a); mb = median(w, b)
     if (ma == "" || mb == "" || mb == 0) return
@@ -30,6 +41,27 @@ function ratio(w, a, b, what,    i, line, ma, mb, n, k, j, t, x) {
 }
 
 { sub(/\r$/, "") }
+# LC-BENCH-DETAIL W.D.rR k=v ...: what explains a figure
+$1 == "LC-BENCH-DETAIL" {
+    n = split($2, p, "."); r = p[n]; sub(/^r/, "", r); r += 0
+    key = p[1] SUBSEP p[2]
+    for (i = 3; i <= NF; i++) {
+        split($i, kv, "="); val = kv[2]; sub(/[%A-Za-z\/]+$/, "", val)
+        det[kv[1], key, r] = val + 0
+    }
+    ios[key, r] = det["kib", key, r] / (p[1] == "seqwrite" ? 1024 : 4)
+    if (!(key in dseen)) { dseen[key] = 1; dorder[++ndd] = key }
+}
+# LC-BENCH-THREADS W.D.rR lcd CPU ms by thread: NAME=MS ...
+$1 == "LC-BENCH-THREADS" {
+    n = split($2, p, "."); r = p[n]; sub(/^r/, "", r); r += 0
+    key = p[1] SUBSEP p[2]
+    for (i = 8; i <= NF; i++) {
+        split($i, kv, "=")
+        thr[key, kv[1], r] = kv[2] + 0
+        if (!((key, kv[1]) in tseen)) { tseen[key, kv[1]] = 1; torder[++nt] = key SUBSEP kv[1] }
+    }
+}
 $1 == "LC-BENCH" && NF >= 4 {
     n = split($2, p, ".")
     r = p[n]; sub(/^r/, "", r); r += 0
@@ -73,4 +105,31 @@ END {
     ratio("seqwrite", "lc", "rawbacking", "lc vs the backing disk")
     ratio("seqwrite", "rublk", "rawcache", "cost of ublk itself (reference)")
     ratio("seqwrite", "rawcache", "rawcache-nodm", "cost of the dm-linear split (reference)")
+
+    print ""
+    print "CPU per request (medians over the rounds; guest: both vCPUs, all processes;"
+    print "server: lcd or rublk; us = microseconds of CPU per 4 KiB request, per 1 MiB for seqwrite)"
+    printf "%-9s %-13s %10s %10s %10s %8s\n", "workload", "device", "guest us", "server us", "clat us", "flush s"
+    for (k = 1; k <= ndd; k++) {
+        split(dorder[k], q, SUBSEP)
+        for (f = 1; f <= 4; f++) {
+            fld = f == 1 ? "guest_cpu_us_per_io" : f == 2 ? "server_cpu_us_per_io" : f == 3 ? "clat_mean_us" : "flush_s"
+            delete tmp
+            for (i = 1; i <= nr; i++) if ((fld, dorder[k], i) in det) tmp[dorder[k], i] = det[fld, dorder[k], i]
+            m[f] = med(tmp, dorder[k])
+        }
+        printf "%-9s %-13s %10s %10s %10s %8s\n", q[1], q[2], m[1], m[2], m[3], m[4]
+    }
+    if (nt) {
+        print ""
+        print "lcd's CPU per request by thread group (medians over the rounds, us)"
+        for (k = 1; k <= nt; k++) {
+            split(torder[k], q, SUBSEP)
+            delete tmp
+            for (i = 1; i <= nr; i++)
+                if ((q[1], q[2], q[3], i) in thr && ios[q[1], q[2], i] > 0)
+                    tmp[torder[k], i] = thr[q[1], q[2], q[3], i] * 1000 / ios[q[1], q[2], i]
+            printf "%-9s %-8s %-16s %8.0f\n", q[1], q[2], q[3], med(tmp, torder[k])
+        }
+    }
 }
