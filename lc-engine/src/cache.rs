@@ -21,7 +21,7 @@ use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
-use crate::stats::{ErrorCounter, Stats, StatsSnapshot};
+use crate::stats::{ErrorCounter, Health, Stats, StatsSnapshot};
 
 /// Called once when a FLUSH (or the flush part of a FUA write) completes.
 pub type FlushCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -166,6 +166,10 @@ pub(crate) fn line_offset(idx: u32) -> u64 {
     segment_offset(slot) + (1 + i) * LINE_SIZE as u64
 }
 
+/// A detach (or any drain) fails once write-back has failed this many times
+/// in a row (about 2.5 s of backoff), rather than waiting for the device.
+pub const DRAIN_GIVES_UP_AFTER: u64 = 8;
+
 /// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(10u64 << attempt.min(8)).min(Duration::from_secs(2))
@@ -252,6 +256,8 @@ pub struct CacheStatus {
     pub stats: StatsSnapshot,
     /// Knob values by dm-lc name.
     pub knobs: Vec<(&'static str, u64)>,
+    /// Which kinds of device I/O are failing now.
+    pub health: Health,
 }
 
 /// Status of one attached device.
@@ -426,6 +432,12 @@ impl Inner {
                 st.migrate_urgent = true;
                 self.migrate_cv.notify_all();
             }
+            // Waiting is right while the devices work (the flusher or
+            // write-back frees room soon); while the device that must free
+            // room fails, the write fails instead of hanging with no sign.
+            if let Some(e) = self.no_room_error(buf_free, slot_free) {
+                return Err(e);
+            }
             st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         let buf = match st.free_bufs.pop() {
@@ -451,6 +463,45 @@ impl Inner {
         Ok(st)
     }
 
+    /// Why a writer that needs room it cannot get now must fail rather
+    /// than wait: every RAM buffer is full while the cache device fails
+    /// writes, or every slot holds dirty data while write-back fails.
+    fn no_room_error(&self, buf_free: bool, slot_free: bool) -> Option<Error> {
+        let eio = || std::io::Error::from_raw_os_error(libc::EIO);
+        let health = self.stats.health();
+        if !buf_free {
+            if let Some(f) = health.fault(ErrorCounter::CacheWrite) {
+                return Some(Error::io(
+                    DeviceRole::Cache,
+                    format!(
+                        "accepting a write: all {} RAM segment buffers wait to be written to the \
+                         cache device, which fails writes ({})",
+                        self.pool_segments,
+                        f.describe()
+                    ),
+                    eio(),
+                ));
+            }
+        }
+        if !slot_free {
+            let fault = health
+                .fault(ErrorCounter::BackingWrite)
+                .or_else(|| health.fault(ErrorCounter::CacheRead));
+            if let Some(f) = fault {
+                return Some(Error::io(
+                    DeviceRole::Backing,
+                    format!(
+                        "accepting a write: the cache is full of dirty data and write-back \
+                         fails ({})",
+                        f.describe()
+                    ),
+                    eio(),
+                ));
+            }
+        }
+        None
+    }
+
     /// Copies cache line `idx` into `out`: from RAM under the lock, or from
     /// the cache device with the slot pinned and the lock released. Returns
     /// the guard and whether the line came from RAM.
@@ -469,10 +520,17 @@ impl Inner {
         drop(st);
         let res = self.dev.read_at(out, line_offset(idx));
         self.unpin(slot);
-        let res = res.map(|()| false).map_err(|e| {
-            self.stats.error(ErrorCounter::CacheRead);
-            Error::io(DeviceRole::Cache, "reading a cached line", e)
-        });
+        let res = match res {
+            Ok(()) => {
+                self.stats.success(ErrorCounter::CacheRead);
+                Ok(false)
+            }
+            Err(e) => {
+                self.stats
+                    .failure(ErrorCounter::CacheRead, "reading a cached line", &e);
+                Err(Error::io(DeviceRole::Cache, "reading a cached line", e))
+            }
+        };
         (lock(&self.state), res)
     }
 
@@ -763,6 +821,9 @@ impl Cache {
     /// Forces write-back until `last_migrated_segment_id` reaches `target`,
     /// reporting progress now and then.
     fn drain_to(&self, target: u64, progress: &mut impl FnMut(DrainProgress)) -> Result<()> {
+        // errors so far: a drain gives up only after a failure of its own
+        // (a device fixed since the last failure gets its next retry)
+        let errors_before = self.write_back_errors();
         let mut st = lock(&self.inner.state);
         let start = st.last_migrated_id.min(target);
         st.drain_target = st.drain_target.max(target);
@@ -778,6 +839,9 @@ impl Cache {
             if st.stopping {
                 return Err(Error::Stopped);
             }
+            if let Some(e) = self.write_back_failing(errors_before) {
+                return Err(e);
+            }
             st = self
                 .inner
                 .progress_cv
@@ -785,6 +849,56 @@ impl Cache {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Backing-write and cache-read errors so far (the errors that stop
+    /// write-back).
+    fn write_back_errors(&self) -> u64 {
+        let s = self.inner.stats.snapshot();
+        s.backing_write_errors + s.cache_read_errors
+    }
+
+    /// An error when write-back has failed [`DRAIN_GIVES_UP_AFTER`] times
+    /// in a row, at least once since `errors_before` was taken: a detach or
+    /// drain returns it instead of waiting for the device to come back
+    /// (write-back itself goes on retrying).
+    fn write_back_failing(&self, errors_before: u64) -> Option<Error> {
+        let stats = &self.inner.stats;
+        if self.write_back_errors() == errors_before {
+            return None;
+        }
+        let (kind, role) = [
+            (ErrorCounter::BackingWrite, DeviceRole::Backing),
+            (ErrorCounter::CacheRead, DeviceRole::Cache),
+        ]
+        .into_iter()
+        .find(|(k, _)| stats.streak(*k) >= DRAIN_GIVES_UP_AFTER)?;
+        let health = stats.health();
+        let f = health.fault(kind)?;
+        Some(Error::io(
+            role,
+            format!(
+                "writing dirty data back: {}; the dirty data stays in the cache and write-back \
+                 goes on retrying",
+                f.describe()
+            ),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ))
+    }
+
+    /// Writes back every dirty line `device_id` has now, leaving the device
+    /// attached and writable (lcd does this before it takes the block device
+    /// away, so a detach that fails leaves the device as it was). Fails with
+    /// an I/O error when write-back keeps failing.
+    pub fn write_back_device(
+        &self,
+        device_id: u8,
+        mut progress: impl FnMut(DrainProgress),
+    ) -> Result<()> {
+        self.backing(device_id)?;
+        self.inner.flush_sync()?;
+        let target = lock(&self.inner.state).last_segment_of_device[device_id as usize];
+        self.drain_to(target, &mut progress)
     }
 
     /// Attached devices.
@@ -927,16 +1041,19 @@ impl Cache {
     fn read_backing(&self, b: &Backing, sector: u64, out: &mut [u8]) -> Result<()> {
         b.read_sectors
             .fetch_add((out.len() / SECTOR_SIZE) as u64, Ordering::Relaxed);
-        b.dev
-            .read_at(out, sector * SECTOR_SIZE as u64)
-            .map_err(|e| {
-                self.inner.stats.error(ErrorCounter::BackingRead);
-                Error::io(
-                    DeviceRole::Backing,
-                    format!("reading device {} at sector {sector}", b.id),
-                    e,
-                )
-            })
+        match b.dev.read_at(out, sector * SECTOR_SIZE as u64) {
+            Ok(()) => {
+                self.inner.stats.success(ErrorCounter::BackingRead);
+                Ok(())
+            }
+            Err(e) => {
+                let what = format!("reading device {} at sector {sector}", b.id);
+                self.inner
+                    .stats
+                    .failure(ErrorCounter::BackingRead, &what, &e);
+                Err(Error::io(DeviceRole::Backing, what, e))
+            }
+        }
     }
 
     /// FLUSH: `done` runs once every write issued before this call is durable.
@@ -985,7 +1102,11 @@ impl Cache {
         b.dev
             .discard(sector * SECTOR_SIZE as u64, nr_sectors * SECTOR_SIZE as u64)
             .map_err(|e| {
-                inner.stats.error(ErrorCounter::BackingWrite);
+                inner.stats.failure(
+                    ErrorCounter::BackingWrite,
+                    "discarding on the backing device",
+                    &e,
+                );
                 Error::io(
                     DeviceRole::Backing,
                     format!("discarding on device {device_id}"),
@@ -1061,6 +1182,7 @@ impl Cache {
                 .iter()
                 .map(|s| (s.name, inner.knobs.get(s.knob)))
                 .collect(),
+            health: inner.stats.health(),
         }
     }
 

@@ -218,11 +218,17 @@ fn retry(
     op: impl FnMut() -> std::io::Result<()>,
 ) -> bool {
     let on_error = |e: &std::io::Error| {
-        inner.stats.error(ErrorCounter::CacheWrite);
+        inner.stats.failure(ErrorCounter::CacheWrite, what, e);
         tracing::error!(cache = inner.cache_id, "{what} failed: {e}; retrying");
         fail_waiters(inner, fail_from, what);
+        // writers waiting for a buffer decide again (they fail while this lasts)
+        inner.progress_cv.notify_all();
     };
-    retry_io(inner, 3, on_error, op)
+    let ok = retry_io(inner, 3, on_error, op);
+    if ok {
+        inner.stats.success(ErrorCounter::CacheWrite);
+    }
+    ok
 }
 
 /// Gets a segment ready for its writer: commits the record first if the
@@ -310,14 +316,16 @@ fn commit(inner: &Inner) -> Result<()> {
     let mut block = AlignedBuf::zeroed(LINE_SIZE);
     block.copy_from_slice(&record.to_block());
     let io = |e| {
-        inner.stats.error(ErrorCounter::CacheWrite);
-        Error::io(DeviceRole::Cache, "committing the superblock record", e)
+        let what = "committing the superblock record";
+        inner.stats.failure(ErrorCounter::CacheWrite, what, &e);
+        Error::io(DeviceRole::Cache, what, e)
     };
     inner
         .dev
         .write_at(&block, RECORD_OFFSETS[(seq % 2) as usize])
         .map_err(io)?;
     inner.dev.flush().map_err(io)?;
+    inner.stats.success(ErrorCounter::CacheWrite);
     let slots: Vec<u64> = {
         let mut st = lock(&inner.state);
         st.record_sequence = seq;

@@ -18,6 +18,10 @@
 //!   backing devices (besides pass-through discards).
 //! - Nothing acknowledged is dropped: I/O errors in the background are
 //!   counted and retried with backoff; a FLUSH that cannot be honoured fails.
+//!   While a kind of device I/O keeps failing, [`Cache::status`] reports it
+//!   ([`stats::Health`]); a writer that would wait for room only a failing
+//!   device can free, and a detach whose write-back keeps failing, get an
+//!   I/O error instead of waiting without a sign.
 //!
 //! ## Modules, one per job
 //! [`format`](mod@format) (on-disk layout), [`device`] (I/O abstraction), [`index`]
@@ -72,4 +76,4 @@ pub use device::{AlignedBuf, BlockDevice, FileDevice};
 pub use error::{DeviceRole, Error, Result};
 pub use knobs::{Knob, KnobSpec};
 pub use recover::{format_cache_device, read_superblock, RecoveryReport, MIN_CACHE_BYTES};
-pub use stats::StatsSnapshot;
+pub use stats::{Fault, Health, StatsSnapshot};

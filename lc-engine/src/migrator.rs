@@ -8,6 +8,10 @@
 //! by address (contiguous runs merged); the backing devices are flushed, and
 //! only then do the lines leave the index and `last_migrated_segment_id`
 //! advance. Errors are counted and retried with backoff; nothing is dropped.
+//! A failure starts (or extends) a fault in the cache's health and wakes
+//! waiting writers and detaches, which give up after
+//! [`DRAIN_GIVES_UP_AFTER`](crate::cache::DRAIN_GIVES_UP_AFTER) failures in
+//! a row; the next success ends the fault.
 //!
 //! Write-back runs while `allow_migrate` or `force_migrate` is set, while a
 //! writer waits for a slot that is not yet written back, and while a detach
@@ -238,14 +242,20 @@ fn retry(
     op: impl FnMut() -> std::io::Result<()>,
 ) -> bool {
     let on_error = |e: &std::io::Error| {
-        inner.stats.error(counter);
+        inner.stats.failure(counter, what, e);
         inner.stats.error(ErrorCounter::MigrationRetry);
         tracing::warn!(
             cache = inner.cache_id,
             "write-back: {what} failed: {e}; retrying"
         );
+        // a waiting detach or writer decides again (see Cache::drain_to)
+        inner.progress_cv.notify_all();
     };
-    retry_io(inner, 0, on_error, op)
+    let ok = retry_io(inner, 0, on_error, op);
+    if ok {
+        inner.stats.success(counter);
+    }
+    ok
 }
 
 /// Largest merged backing write.
@@ -308,7 +318,7 @@ fn write_back(
         if !retry(
             inner,
             ErrorCounter::BackingWrite,
-            "writing a backing device",
+            &format!("writing to the backing device of device {dev} at sector {start}"),
             || b.dev.write_at(&buf, off),
         ) {
             return false;
@@ -321,7 +331,7 @@ fn write_back(
         if !retry(
             inner,
             ErrorCounter::BackingWrite,
-            "flushing a backing device",
+            &format!("flushing the backing device of device {}", b.id),
             || b.dev.flush(),
         ) {
             return false;

@@ -177,6 +177,10 @@ pub struct CacheStatus {
     pub counters: Vec<u64>,
     /// Errors: cache read, cache write, backing read, backing write, write-back retries.
     pub errors: Vec<u64>,
+    /// `healthy`, or `failing: <what> (<n> since <UTC time>, last: <error>): <what
+    /// it means and what to do>; …` while a kind of device I/O keeps failing
+    /// (it ends with the next success of that kind).
+    pub health: String,
 }
 
 /// `org.lc.Lcd1.Cache` at `/org/lc/Lcd1/cache/<id>`: dm-lc's per-cache

@@ -104,11 +104,13 @@ pub enum Command {
         #[arg(long, value_name = "ID", value_parser = id_parser())]
         id: Option<u8>,
     },
-    /// Remove a device: its block node goes away, its dirty data is written
-    /// back to the backing device, then it is detached from its cache.
+    /// Remove a device: its dirty data is written back to the backing
+    /// device, its block node goes away, then it is detached from its cache.
     ///
     /// Waits for the write-back and shows the dirty blocks left (a bar on a
-    /// terminal, a line now and then otherwise).
+    /// terminal, a line now and then otherwise). If write-back keeps failing
+    /// (a failing backing device), it fails with an I/O error (exit 6) and
+    /// the device stays as it was, its dirty data in the cache.
     Detach {
         /// Device id.
         #[arg(value_name = "ID", value_parser = id_parser())]
@@ -119,7 +121,9 @@ pub enum Command {
         no_wait: bool,
     },
     /// Show caches as lc-mgr status did: segment ids, cursor, RAM, knobs,
-    /// the 16 I/O counters with hit ratios, and their devices.
+    /// the 16 I/O counters with hit ratios, and their devices; also the
+    /// health ("healthy", or "failing: ..." with what fails, since when,
+    /// the last error and what to do) and the error counters.
     Status {
         /// Only this cache (default: every cache).
         #[arg(value_name = "ID", value_parser = id_parser())]

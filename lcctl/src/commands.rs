@@ -447,6 +447,7 @@ async fn status(c: &Client, only: Option<u8>) -> Result<Output> {
                 .map_err(c.lcd_err(&format!("cache {}", info.id)))?;
             let knobs = cache_knobs(c, info.id).await?;
             let mut kv = vec![
+                ("health".to_string(), st.health.clone()),
                 ("uuid".to_string(), info.uuid.clone()),
                 ("device".to_string(), st.device.clone()),
                 (

@@ -73,6 +73,7 @@ impl CacheObject {
                 e.backing_write_errors,
                 e.migration_retries,
             ],
+            health: s.health.describe(),
         })
     }
 

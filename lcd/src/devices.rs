@@ -305,8 +305,8 @@ pub async fn remove(
         }
         match e.cache.clone() {
             Some(cache) => {
-                e.state = DeviceState::Detaching;
-                Some((cache, e.ublk.take(), run_dir))
+                let before = std::mem::replace(&mut e.state, DeviceState::Detaching);
+                Some((cache, e.ublk.take(), run_dir, before))
             }
             None => {
                 // never attached (failed at start): nothing to write back
@@ -315,7 +315,7 @@ pub async fn remove(
             }
         }
     };
-    let Some((cache, ublk, run_dir)) = taken else {
+    let Some((cache, ublk, run_dir, before)) = taken else {
         let _ = conn
             .object_server()
             .remove::<DeviceObject, _>(lc_proto::device_path(id))
@@ -327,6 +327,34 @@ pub async fn remove(
     let daemon2 = daemon.clone();
     let conn2 = conn.clone();
     let work = async move {
+        // First the write-back with the block device still served: if the
+        // backing (or cache) device fails, the detach fails and the device
+        // stays as it was, its data in the cache.
+        let c = cache.clone();
+        let pre = blocking(move || {
+            let mut last = 0;
+            c.write_back_device(id, |p| {
+                if p.done != last {
+                    last = p.done;
+                    tracing::info!(id, done = p.done, total = p.total, "writing back");
+                }
+            })
+            .map_err(to_dbus)
+        })
+        .await;
+        if let Err(e) = pre {
+            let why = error_text(e);
+            tracing::error!(id, "detach failed, device kept: {why}");
+            if let Some(e) = lock(&daemon2).devices.get_mut(&id) {
+                e.ublk = ublk;
+                e.state = before;
+            }
+            announce_state(&conn2, id).await;
+            return Err(LcdError::Io(format!(
+                "cannot detach device {id}: {why}; the device stays attached and usable, its \
+                 dirty data in the cache: fix the device, then detach again"
+            )));
+        }
         let c = cache.clone();
         let res = blocking(move || {
             if let Some(u) = ublk {
