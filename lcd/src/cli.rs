@@ -27,6 +27,12 @@ pub struct Cli {
     /// /dev/lc/<id> links.
     #[arg(long, value_name = "DIR", default_value = "/run/lc")]
     pub run_dir: PathBuf,
+    /// At start, wait up to SECONDS for saved cache and backing devices
+    /// that do not exist yet (disks still appearing during boot) before
+    /// bringing the caches and devices back; what is still missing then is
+    /// listed as failed. lcd.service passes 90.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub wait_for_devices: u64,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -569,21 +569,37 @@ fn private_mount_namespace() {
     }
 }
 
+/// How lcd runs: where it serves, keeps its state and exposes devices.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The bus to serve on.
+    pub bus: Bus,
+    /// Where caches, devices and knobs are recorded.
+    pub state_dir: std::path::PathBuf,
+    /// How devices are exposed.
+    pub frontend: Frontend,
+    /// Where the udev markers of lc's block devices go.
+    pub run_dir: std::path::PathBuf,
+    /// How long to wait at start for saved devices that do not exist yet.
+    pub wait_for_devices: std::time::Duration,
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, then removes its block devices
 /// and stops every cache cleanly.
-pub fn run(
-    bus: Bus,
-    state_dir: &std::path::Path,
-    frontend: Frontend,
-    run_dir: &std::path::Path,
-) -> anyhow::Result<()> {
+///
+/// Start-up works without D-Bus, so that lcd can start early in boot
+/// (before `local-fs-pre.target`, long before the system bus): saved caches
+/// are resumed and saved devices re-created first, then systemd hears
+/// READY=1, then lcd connects to the bus (waiting for it to appear),
+/// publishes its objects and takes its name.
+pub fn run(opts: Options) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    if frontend == Frontend::Ublk {
+    if opts.frontend == Frontend::Ublk {
         private_mount_namespace();
         if let Some(why) = crate::ublk::unavailable_reason() {
             tracing::warn!("devices cannot be exposed as block devices: {why}");
@@ -591,73 +607,210 @@ pub fn run(
     }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        let store = StateStore::open(state_dir)?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let store = StateStore::open(&opts.state_dir)?;
         let saved = store.load()?;
         let daemon: Shared = Arc::new(Mutex::new(Daemon {
             caches: BTreeMap::new(),
             devices: BTreeMap::new(),
-            frontend,
-            run_dir: run_dir.to_path_buf(),
+            frontend: opts.frontend,
+            run_dir: opts.run_dir.clone(),
             failed: BTreeMap::new(),
             cursors: HashMap::new(),
             store,
         }));
-        let manager = Manager {
-            daemon: daemon.clone(),
+        let paths = saved
+            .caches
+            .iter()
+            .map(|c| c.path.clone())
+            .chain(saved.devices.iter().map(|d| d.backing.clone()))
+            .collect();
+        tokio::select! {
+            () = wait_for_paths(paths, opts.wait_for_devices) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+        restore(&daemon, saved.caches).await;
+        devices::restore(&daemon, saved.devices).await;
+        // systemd readiness: every saved cache and device is back
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("cannot notify systemd of readiness: {e}");
+        }
+        let serving = tokio::select! {
+            served = serve(&daemon, &opts.bus) => Some(served?),
+            _ = term.recv() => None,
+            _ = int.recv() => None,
         };
-        let builder = match &bus {
+        if let Some(_conn) = serving {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        stop(daemon).await
+    })
+}
+
+/// Connects to the bus (waiting until it is there), publishes the Manager
+/// and every cache and device object, then takes lcd's name. The returned
+/// connection serves until it is dropped.
+async fn serve(daemon: &Shared, bus: &Bus) -> anyhow::Result<Connection> {
+    let conn = connect(daemon, bus).await;
+    // Subscribed before any client can find lcd, so no departure is missed.
+    let departures = zbus::fdo::DBusProxy::new(&conn)
+        .await
+        .context("talking to the bus daemon")?
+        .receive_name_owner_changed()
+        .await
+        .context("subscribing to NameOwnerChanged")?;
+    tokio::spawn(forget_departed_clients(daemon.clone(), departures));
+    // Every cache and device is published before clients can find lcd by name.
+    publish(daemon, &conn).await;
+    conn.request_name(BUS_NAME)
+        .await
+        .with_context(|| format!("taking the name {BUS_NAME} (is another lcd running?)"))?;
+    tracing::info!(?bus, "lcd serves {BUS_NAME}");
+    tokio::spawn(crate::policy::run(daemon.clone(), conn.clone()));
+    Ok(conn)
+}
+
+/// A connection to `bus` serving the Manager, tried every second until the
+/// bus is there (early in boot lcd starts long before the system bus).
+async fn connect(daemon: &Shared, bus: &Bus) -> Connection {
+    let mut said = String::new();
+    loop {
+        let builder = match bus {
             Bus::System => zbus::connection::Builder::system(),
             Bus::Session => zbus::connection::Builder::session(),
             Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
         };
-        let conn = builder
+        let manager = Manager {
+            daemon: daemon.clone(),
+        };
+        let result = builder
             .serve_at(MANAGER_PATH, manager)
             .serve_at(MANAGER_PATH, zbus::fdo::ObjectManager)
             .build()
-            .await
-            .with_context(|| format!("connecting to the {bus:?} bus"))?;
-        // Subscribed before any client can find lcd, so no departure is missed.
-        let departures = zbus::fdo::DBusProxy::new(&conn)
-            .await
-            .context("talking to the bus daemon")?
-            .receive_name_owner_changed()
-            .await
-            .context("subscribing to NameOwnerChanged")?;
-        tokio::spawn(forget_departed_clients(daemon.clone(), departures));
-        // Every saved cache is back before clients can find lcd by name.
-        restore(&daemon, &conn, saved.caches).await;
-        devices::restore(&daemon, &conn, saved.devices).await;
-        conn.request_name(BUS_NAME)
-            .await
-            .with_context(|| format!("taking the name {BUS_NAME} (is another lcd running?)"))?;
-        tracing::info!(?bus, "lcd serves {BUS_NAME}");
-        tokio::spawn(crate::policy::run(daemon.clone(), conn.clone()));
-        // systemd readiness: every saved cache is back and the name is ours
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-            tracing::warn!("cannot notify systemd of readiness: {e}");
-        }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stopping: removing block devices, flushing and stopping every cache");
-        let d2 = daemon.clone();
-        tokio::task::spawn_blocking(move || devices::stop_all(&d2)).await?;
-        let caches: Vec<(u8, Arc<Cache>)> = std::mem::take(&mut lock(&daemon).caches)
-            .into_iter()
-            .map(|(id, e)| (id, e.cache))
-            .collect();
-        tokio::task::spawn_blocking(move || {
-            for (id, c) in caches {
-                if let Err(e) = c.shutdown() {
-                    tracing::error!(id, "clean stop of cache failed: {e}");
+            .await;
+        match result {
+            Ok(conn) => {
+                if !said.is_empty() {
+                    tracing::info!(?bus, "connected to the bus");
+                }
+                return conn;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if why != said {
+                    tracing::info!(
+                        ?bus,
+                        "waiting for the bus ({why}); caches and devices are served meanwhile"
+                    );
+                    said = why;
                 }
             }
-        })
-        .await?;
-        anyhow::Ok(())
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Publishes an object for every resumed cache and every configured device.
+async fn publish(daemon: &Shared, conn: &Connection) {
+    let (caches, devices): (Vec<(u8, Arc<Cache>)>, Vec<u8>) = {
+        let d = lock(daemon);
+        (
+            d.caches
+                .iter()
+                .map(|(&id, e)| (id, e.cache.clone()))
+                .collect(),
+            d.devices.keys().copied().collect(),
+        )
+    };
+    for (id, cache) in caches {
+        let obj = CacheObject {
+            cache,
+            daemon: daemon.clone(),
+        };
+        if let Err(e) = conn.object_server().at(lc_proto::cache_path(id), obj).await {
+            tracing::error!(id, "cannot publish cache object: {e}");
+        }
+    }
+    for id in devices {
+        let obj = crate::device_object::DeviceObject {
+            id,
+            daemon: daemon.clone(),
+        };
+        if let Err(e) = conn
+            .object_server()
+            .at(lc_proto::device_path(id), obj)
+            .await
+        {
+            tracing::error!(id, "cannot publish device object: {e}");
+        }
+    }
+}
+
+/// Waits until every path exists or `timeout` has passed (disks still
+/// appearing during boot); what is still missing then is brought back as
+/// failed.
+async fn wait_for_paths(paths: Vec<String>, timeout: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut waited = false;
+    loop {
+        let missing: Vec<&str> = paths
+            .iter()
+            .filter(|p| !std::path::Path::new(p).exists())
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            if waited {
+                tracing::info!("every saved cache and backing device is there");
+            }
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if waited {
+                tracing::warn!(
+                    "still missing after {} s: {}; they are listed as failed",
+                    timeout.as_secs(),
+                    missing.join(", ")
+                );
+            }
+            return;
+        }
+        if !waited {
+            tracing::info!(
+                "waiting up to {} s for {} (--wait-for-devices)",
+                timeout.as_secs(),
+                missing.join(", ")
+            );
+            waited = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The clean stop: removes the block devices, then flushes and stops every
+/// cache.
+async fn stop(daemon: Shared) -> anyhow::Result<()> {
+    tracing::info!("stopping: removing block devices, flushing and stopping every cache");
+    let d2 = daemon.clone();
+    tokio::task::spawn_blocking(move || devices::stop_all(&d2)).await?;
+    let caches: Vec<(u8, Arc<Cache>)> = std::mem::take(&mut lock(&daemon).caches)
+        .into_iter()
+        .map(|(id, e)| (id, e.cache))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (id, c) in caches {
+            if let Err(e) = c.shutdown() {
+                tracing::error!(id, "clean stop of cache failed: {e}");
+            }
+        }
     })
+    .await?;
+    Ok(())
 }
 
 /// Drops the cursor of each client that leaves the bus (a unique name that
@@ -677,7 +830,7 @@ async fn forget_departed_clients(daemon: Shared, mut changes: zbus::fdo::NameOwn
 
 /// Resumes every cache the state names; one that fails is kept, reported
 /// as failed by ListCaches, and never stops the others.
-async fn restore(daemon: &Shared, conn: &Connection, records: Vec<CacheRecord>) {
+async fn restore(daemon: &Shared, records: Vec<CacheRecord>) {
     for rec in records {
         let (id, path) = (rec.id, rec.path.clone());
         let resumed = blocking(move || {
@@ -693,13 +846,6 @@ async fn restore(daemon: &Shared, conn: &Connection, records: Vec<CacheRecord>) 
                     }
                 }
                 let cache = Arc::new(cache);
-                let obj = CacheObject {
-                    cache: cache.clone(),
-                    daemon: daemon.clone(),
-                };
-                if let Err(e) = conn.object_server().at(lc_proto::cache_path(id), obj).await {
-                    tracing::error!(id, "cannot publish cache object: {e}");
-                }
                 tracing::info!(id, path = %rec.path, "resumed cache from the saved state");
                 lock(daemon).caches.insert(
                     id,

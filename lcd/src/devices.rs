@@ -421,9 +421,10 @@ pub async fn announce_state(conn: &Connection, id: u8) {
     }
 }
 
-/// Re-creates the saved devices (after their caches are back). One that
-/// cannot be brought up is listed as failed; the others go on.
-pub async fn restore(daemon: &Shared, conn: &Connection, records: Vec<DeviceRecord>) {
+/// Re-creates the saved devices (after their caches are back; their objects
+/// are published once lcd is on the bus). One that cannot be brought up is
+/// listed as failed; the others go on.
+pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
     let (frontend, run_dir) = {
         let d = lock(daemon);
         (d.frontend, d.run_dir.clone())
@@ -477,17 +478,6 @@ pub async fn restore(daemon: &Shared, conn: &Connection, records: Vec<DeviceReco
             s => tracing::info!(id, state = %s.describe(), "device back from the saved state"),
         }
         lock(daemon).devices.insert(id, entry);
-        let obj = DeviceObject {
-            id,
-            daemon: daemon.clone(),
-        };
-        if let Err(e) = conn
-            .object_server()
-            .at(lc_proto::device_path(id), obj)
-            .await
-        {
-            tracing::error!(id, "cannot publish device object: {e}");
-        }
     }
 }
 

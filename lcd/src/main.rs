@@ -37,7 +37,14 @@ fn main() -> ExitCode {
                 FrontendArg::Ublk => devices::Frontend::Ublk,
                 FrontendArg::None => devices::Frontend::None,
             };
-            daemon::run(bus, &cli.state_dir, frontend, &cli.run_dir).map(|()| ExitCode::SUCCESS)
+            daemon::run(daemon::Options {
+                bus,
+                state_dir: cli.state_dir,
+                frontend,
+                run_dir: cli.run_dir,
+                wait_for_devices: std::time::Duration::from_secs(cli.wait_for_devices),
+            })
+            .map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Check { cache, json }) => rescue::check(&cache, json),
         Some(Command::Dump { cache, json }) => {

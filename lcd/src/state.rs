@@ -56,10 +56,28 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Uses (and creates) `dir`.
+    /// Uses `dir`, creating it if its parent exists. A missing parent is
+    /// an error, not something to create: lcd starts before local file
+    /// systems are mounted, and a missing `/var/lib` most likely means `/var`
+    /// is a file system not mounted yet, where a fresh empty state would hide
+    /// the real one.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        if !dir.is_dir() {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+                anyhow::bail!(
+                    "the state directory {} cannot be created: {} does not exist. If it is on a \
+                     file system that is not mounted yet (lcd.service starts before local file \
+                     systems), keep the state on the root file system instead: \
+                     `systemctl edit lcd` and add --state-dir (see packaging/README.md, \
+                     \"Boot ordering\")",
+                    dir.display(),
+                    parent.display()
+                );
+            }
+            fs::create_dir(dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        }
         Ok(StateStore {
             dir: dir.to_path_buf(),
         })
@@ -149,5 +167,18 @@ mod tests {
         fs::write(store.file(), b"{ not json").unwrap();
         let err = store.load().unwrap_err();
         assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
+    }
+
+    #[test]
+    fn a_state_directory_under_a_missing_parent_is_refused_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let var = dir.path().join("var");
+        let err = StateStore::open(&var.join("lib").join("lcd"))
+            .err()
+            .expect("opened under a missing parent");
+        assert!(format!("{err:#}").contains("not mounted yet"), "{err:#}");
+        assert!(!var.exists(), "nothing created");
+        // an existing directory is used as it is
+        StateStore::open(dir.path()).unwrap();
     }
 }

@@ -34,21 +34,13 @@ fn start() -> Rig {
 
 /// A bus and an lcd keeping its state in `state`.
 fn start_with(dir: tempfile::TempDir, state: &Path) -> Rig {
-    start_with_env(dir, state, None, &[])
+    start_with_args(dir, state, &[])
 }
 
-/// [`start_with`], with `NOTIFY_SOCKET` set for lcd when given and more
-/// arguments for lcd.
-fn start_with_env(
-    dir: tempfile::TempDir,
-    state: &Path,
-    notify_socket: Option<&Path>,
-    lcd_args: &[&str],
-) -> Rig {
+/// [`start_with`], with more arguments for lcd.
+fn start_with_args(dir: tempfile::TempDir, state: &Path, lcd_args: &[&str]) -> Rig {
     let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
-    lcd.args(lcd_args)
-        .envs(notify_socket.map(|p| ("NOTIFY_SOCKET", p)))
-        .env("RUST_LOG", "warn");
+    lcd.args(lcd_args).env("RUST_LOG", "warn");
     spawn(dir, state, lcd)
 }
 
@@ -73,12 +65,7 @@ fn spawn(dir: tempfile::TempDir, state: &Path, mut lcd: Command) -> Rig {
 /// A bus and an lcd that attaches devices without block devices
 /// (`--frontend none`: this host has no ublk), keeping its state in `state`.
 fn start_without_block_devices(state: &Path) -> Rig {
-    start_with_env(
-        tempfile::tempdir().unwrap(),
-        state,
-        None,
-        &["--frontend", "none"],
-    )
+    start_with_args(tempfile::tempdir().unwrap(), state, &["--frontend", "none"])
 }
 
 async fn client(rig: &Rig) -> (zbus::Connection, ManagerProxy<'static>) {
@@ -482,24 +469,107 @@ async fn caches_and_knobs_come_back_after_a_restart_or_a_crash() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn lcd_tells_systemd_it_is_ready_once_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
+/// A saved cache on `cache` (formatted and resumed as id 4 by an lcd that
+/// then stopped), recorded in `state`.
+async fn save_a_cache(state: &Path, cache: &str) {
+    let mut rig = start_with(tempfile::tempdir().unwrap(), state);
+    let (_conn, m) = client(&rig).await;
+    m.format_cache_device(cache, false).await.unwrap();
+    m.resume_cache_as(4, cache).await.unwrap();
+    let mut lcd = rig.lcd.take().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &lcd.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(lcd.wait().unwrap().success());
+}
+
+/// A datagram socket standing in for systemd's notify socket.
+fn notify_socket(dir: &Path) -> (std::os::unix::net::UnixDatagram, std::path::PathBuf) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let bus_dir = tempfile::tempdir().unwrap();
-    let state = bus_dir.path().join("state");
-    let rig = start_with_env(bus_dir, &state, Some(&sock_path), &[]);
+    (sock, path)
+}
+
+fn expect_ready(sock: &std::os::unix::net::UnixDatagram) {
     let mut buf = [0u8; 256];
     let n = sock
         .recv(&mut buf)
-        .expect("no readiness notification from lcd");
+        .expect("no READY=1 from lcd within 60 s");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
-    // ready means the name is served
-    let (_c, m) = client(&rig).await;
-    assert!(m.list_caches().await.unwrap().is_empty());
+}
+
+/// Early in boot there is no system bus yet: lcd brings its caches back and
+/// tells systemd it is ready without one, then serves once the bus comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_without_a_bus_then_serves_when_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cache = file(&dir.path().join("cache.img"), 8 << 20);
+    save_a_cache(&state, &cache).await;
+
+    let bus_dir = tempfile::tempdir().unwrap();
+    let address = format!("unix:path={}", bus_dir.path().join("bus").display());
+    let (sock, sock_path) = notify_socket(dir.path());
+    let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
+        .args(["--address", &address])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    expect_ready(&sock);
+    // the bus appears only now, at the address lcd was given
+    let (bus, bus_address) = lc_testbus::start(bus_dir.path()).unwrap();
+    let rig = Rig {
+        bus,
+        lcd: Some(lcd),
+        address: bus_address,
+        _dir: bus_dir,
+    };
+    let (_conn, m) = client(&rig).await;
+    let caches = m.list_caches().await.unwrap();
+    assert_eq!(
+        (caches.len(), caches[0].id, caches[0].state.as_str()),
+        (1, 4, "running"),
+        "{caches:?}"
+    );
+}
+
+/// `--wait-for-devices`: a cache device that appears late in boot is
+/// waited for and resumed, not listed as failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_for_a_late_cache_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cache = file(&dir.path().join("cache.img"), 8 << 20);
+    save_a_cache(&state, &cache).await;
+    let away = dir.path().join("not-yet.img");
+    std::fs::rename(&cache, &away).unwrap();
+
+    let (sock, sock_path) = notify_socket(dir.path());
+    let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
+    lcd.args(["--wait-for-devices", "60"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn");
+    let rig = spawn(tempfile::tempdir().unwrap(), &state, lcd);
+    sock.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut buf = [0u8; 256];
+    assert!(
+        sock.recv(&mut buf).is_err(),
+        "lcd said READY=1 while its cache device was missing"
+    );
+    sock.set_nonblocking(false).unwrap();
+    std::fs::rename(&away, &cache).unwrap(); // the disk shows up
+    expect_ready(&sock);
+    let (_conn, m) = client(&rig).await;
+    let caches = m.list_caches().await.unwrap();
+    assert_eq!(caches[0].state, "running", "{caches:?}");
 }
 
 /// A client's cursor goes when the client leaves the bus: lcctl run in a
