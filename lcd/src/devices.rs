@@ -331,17 +331,8 @@ pub async fn remove(
         // backing (or cache) device fails, the detach fails and the device
         // stays as it was, its data in the cache.
         let c = cache.clone();
-        let pre = blocking(move || {
-            let mut last = 0;
-            c.write_back_device(id, |p| {
-                if p.done != last {
-                    last = p.done;
-                    tracing::info!(id, done = p.done, total = p.total, "writing back");
-                }
-            })
-            .map_err(to_dbus)
-        })
-        .await;
+        let pre =
+            blocking(move || c.write_back_device(id, log_progress(id)).map_err(to_dbus)).await;
         if let Err(e) = pre {
             let why = error_text(e);
             tracing::error!(id, "detach failed, device kept: {why}");
@@ -361,14 +352,7 @@ pub async fn remove(
                 u.stop();
                 let _ = std::fs::remove_file(marker(&run_dir, id));
             }
-            let mut last = 0;
-            c.detach_device(id, |p| {
-                if p.done != last {
-                    last = p.done;
-                    tracing::info!(id, done = p.done, total = p.total, "writing back");
-                }
-            })
-            .map_err(to_dbus)
+            c.detach_device(id, log_progress(id)).map_err(to_dbus)
         })
         .await;
         match res {
@@ -418,6 +402,18 @@ pub async fn announce_state(conn: &Connection, id: u8) {
             .await
             .state_changed(iface.signal_emitter())
             .await;
+    }
+}
+
+/// A write-back progress callback that logs every step of device `id`'s
+/// write-back.
+fn log_progress(id: u8) -> impl FnMut(lc_engine::DrainProgress) {
+    let mut last = 0;
+    move |p| {
+        if p.done != last {
+            last = p.done;
+            tracing::info!(id, done = p.done, total = p.total, "writing back");
+        }
     }
 }
 
