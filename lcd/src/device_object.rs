@@ -3,6 +3,7 @@
 //! knob, `MigrateThreshold`, needs root to change; `NrDirtyCaches` is read
 //! on demand (no change signal) so `lcctl detach` can show progress.
 
+use lc_engine::Knob;
 use lc_proto::{DeviceInfo, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
@@ -83,23 +84,39 @@ impl DeviceObject {
         require_root(conn, &hdr)
             .await
             .map_err(|e| fdo::Error::AccessDenied(error_text(e)))?;
-        let mut d = lock(&self.daemon);
-        let e = d
-            .devices
-            .get_mut(&self.id)
-            .ok_or_else(|| fdo::Error::UnknownObject(format!("device {} was removed", self.id)))?;
-        match &e.cache {
-            Some(c) => c
-                .set_migrate_threshold(self.id, v)
-                .map_err(|e| fdo::Error::InvalidArgs(error_text(to_dbus(e))))?,
-            None if v <= 100 => e.migrate_threshold = v,
-            None => {
-                return Err(fdo::Error::InvalidArgs(format!(
-                    "migrate_threshold must be in 0..=100, got {v}"
-                )))
+        let (stop_now, cache_id) = {
+            let mut d = lock(&self.daemon);
+            let e = d.devices.get_mut(&self.id).ok_or_else(|| {
+                fdo::Error::UnknownObject(format!("device {} was removed", self.id))
+            })?;
+            match &e.cache {
+                Some(c) => c
+                    .set_migrate_threshold(self.id, v)
+                    .map_err(|e| fdo::Error::InvalidArgs(error_text(to_dbus(e))))?,
+                None if v <= 100 => e.migrate_threshold = v,
+                None => {
+                    return Err(fdo::Error::InvalidArgs(format!(
+                        "migrate_threshold must be in 0..=100, got {v}"
+                    )))
+                }
+            }
+            tracing::info!(device = self.id, migrate_threshold = v, "knob set");
+            // 0 means never, whatever the disk's load: write-back stops now,
+            // not at the policy's next look (up to update_interval away)
+            let stop_now = e
+                .cache
+                .clone()
+                .filter(|c| v == 0 && c.knob(Knob::AllowMigrate) != 0);
+            let cache_id = e.cache_id;
+            d.persist()
+                .map_err(|e| fdo::Error::IOError(error_text(e)))?;
+            (stop_now, cache_id)
+        };
+        if let Some(cache) = stop_now {
+            if cache.set_knob(Knob::AllowMigrate, 0).is_ok() {
+                crate::policy::announce(conn, cache_id).await;
             }
         }
-        tracing::info!(device = self.id, migrate_threshold = v, "knob set");
-        d.persist().map_err(|e| fdo::Error::IOError(error_text(e)))
+        Ok(())
     }
 }

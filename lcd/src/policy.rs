@@ -116,7 +116,7 @@ pub async fn run(daemon: Shared, conn: Connection) {
 }
 
 /// Emits PropertiesChanged for a cache's `AllowMigrate`.
-async fn announce(conn: &Connection, id: u8) {
+pub(crate) async fn announce(conn: &Connection, id: u8) {
     if let Ok(iface) = conn
         .object_server()
         .interface::<_, CacheObject>(lc_proto::cache_path(id))

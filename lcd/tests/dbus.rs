@@ -823,7 +823,16 @@ async fn the_migration_policy_follows_each_devices_threshold() {
             false
         }
     };
+    // the policy's first look allows write-back (the disk is idle); its
+    // next look is an hour away, yet threshold 0 stops write-back at once
+    c.set_update_interval(3600).await.unwrap();
+    assert!(settles_to(true).await, "idle disk, threshold 70");
     d.set_migrate_threshold(0).await.unwrap();
+    assert!(
+        !c.allow_migrate().await.unwrap(),
+        "threshold 0 stops write-back when it is set"
+    );
+    c.set_update_interval(1).await.unwrap();
     assert!(settles_to(false).await, "threshold 0: never write back");
     d.set_migrate_threshold(100).await.unwrap();
     assert!(settles_to(true).await, "threshold 100: always write back");

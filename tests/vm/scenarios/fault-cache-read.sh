@@ -17,6 +17,9 @@ vmcheck write --dev $d --log "$DISK_log" --blocks $blocks --seed "$SEED" --round
 expect_eq "health of cache 1 before the fault" healthy "$(cache_health 1)"
 dirty=$(dev_prop 1 NrDirtyCaches | cut -d' ' -f2)
 log "device 1 holds $dirty dirty lines, acknowledged round $(round)"
+# the premise: the acknowledged data is on the cache device, not yet
+# written back (migrate_threshold 0 stops write-back when it is set)
+[ "$dirty" -gt 0 ] || fail "dirty lines of device 1 before the fault: expected > 0 (write-back off), saw $dirty"
 
 dd if=$d of=/tmp/before bs=1M count=32 iflag=direct 2>/dev/null || fail "reading $d before the fault failed"
 

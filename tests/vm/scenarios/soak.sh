@@ -40,6 +40,8 @@ LIB=/usr/local/lib/lc-vm
 log_disk() { eval echo "\$DISK_log$1"; }
 
 # rnd_to VAR LO HI: a number in LO..HI from this shell's seeded generator
+# RNG stays below 2^31, so the product fits the shell's 64-bit arithmetic
+# (a seed of 10 digits once made it wrap to negative numbers)
 rnd_to() {
     RNG=$(((RNG * 1103515245 + 12345) % 2147483648))
     eval "$1=$(($2 + (RNG / 65536) % ($3 - $2 + 1)))"
@@ -87,7 +89,7 @@ soak_writer() {
 # restarted (/run/soak-lcd-down, or a kill happened during the call).
 soak_hammer() {
     trap 'echo "LC-COUNT dbus-calls $((_n % 10))"; exit 0' TERM
-    RNG=$((SEED * 31 + BOOT * 7 + 3))
+    RNG=$(((SEED * 31 + BOOT * 7 + 3) % 2147483648))
     _n=0
     _down=0
     while :; do
@@ -317,7 +319,7 @@ else
     SHARE=$((DURATION / 2))
 fi
 [ $SHARE -ge 20 ] || SHARE=20
-RNG=$((SEED * 17 + BOOT))
+RNG=$(((SEED * 17 + BOOT) % 2147483648))
 FIO_WINDOWS=0
 ROLES=
 echo 0 >/run/soak-kills
