@@ -153,7 +153,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("backing file verified: every block holds its last write");
     println!(
-        "note: this demo drives the engine directly; lcd does not expose /dev/ublkbN devices yet"
+        "note: this part drove the engine directly; lcd serves the same engine as /dev/ublkbN where the kernel has ublk (next part)"
     );
     Ok(())
 }

@@ -9,6 +9,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "lcd", version, about, long_about = None)]
 pub struct Cli {
+    /// Serve on the system bus (the default; named so that units and
+    /// scripts can say it).
+    #[arg(long, conflicts_with_all = ["session", "address"])]
+    pub system: bool,
     /// Serve on the session bus instead of the system bus.
     #[arg(long, conflicts_with = "address")]
     pub session: bool,
@@ -79,4 +83,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_bus_can_be_named_and_conflicts_with_the_others() {
+        let cli = Cli::try_parse_from(["lcd", "--system"]).expect("--system is accepted");
+        assert!(cli.system && !cli.session && cli.address.is_none());
+        for other in [&["--session"][..], &["--address", "unix:path=/x"][..]] {
+            let mut args = vec!["lcd", "--system"];
+            args.extend_from_slice(other);
+            let err = Cli::try_parse_from(args).expect_err("two buses are refused");
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+    }
 }
