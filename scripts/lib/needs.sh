@@ -49,6 +49,7 @@ debtest cmd  objdump             binutils
 debtest cmd  lintian             lintian
 debtest cmd  udevadm             udev
 debtest cmd  systemd-analyze     systemd
+debtest file usr/share/dbus-1/system.conf dbus-system-bus-common
 vm    cmd    qemu-system-x86_64  qemu-system-x86
 vm    cmd    fio                 fio
 vm    cmd    mke2fs              e2fsprogs
@@ -56,6 +57,7 @@ vm    cmd    cpio                cpio
 vm    cmd    xz                  xz-utils
 vm    cmd    dmsetup             dmsetup
 vm    cmd    dbus-daemon         dbus-daemon
+vm    file   usr/share/dbus-1/system.conf dbus-system-bus-common
 vm    cmd    busctl              systemd
 vm    static busybox             busybox-static
 fuzz  cmd    c++                 g++
