@@ -135,6 +135,25 @@ lc_dpkg() {
     done
 }
 
+# A new machine has qemu-utils from bookworm-backports (qemu-img, qemu-nbd);
+# bookworm's own qemu-system-x86 conflicts with it, and apt would remove it.
+# Where qemu-utils is a backport and an apt source serves bookworm-backports
+# (tests/vm/run adds one), qemu-system-x86 comes from there too, in an
+# apt-get of its own (-t would move every other package to backports).
+_lc_backport_siblings() { # ARRAY OUT: moves such packages from array ARRAY to array OUT
+    local -n pkgs=$1 out=$2
+    local i v
+    for i in "${!pkgs[@]}"; do
+        [ "${pkgs[$i]}" = qemu-system-x86 ] || continue
+        v=$(dpkg-query -W -f='${db:Status-Status} ${Version}' qemu-utils 2>/dev/null | sed -n 's/^installed //p')
+        case $v in *bpo*) ;; *) continue ;; esac
+        apt-cache policy qemu-system-x86 2>/dev/null | grep -q bookworm-backports || continue
+        out+=("${pkgs[$i]}")
+        unset 'pkgs[i]'
+    done
+    pkgs=("${pkgs[@]}")
+}
+
 lc_needs_install() { # WHO GROUP...
     local who=$1 apt=() pip=() kind pkg
     shift
@@ -162,7 +181,12 @@ lc_needs_install() { # WHO GROUP...
         fi
         echo "$who: installing ${apt[*]} (apt-get)" >&2
         lc_apt_get update -qq
-        lc_apt_get install -y -qq --no-install-recommends "${apt[@]}" >/dev/null
+        local bpo=()
+        _lc_backport_siblings apt bpo
+        # --no-remove: installing what lc needs never takes away what the
+        # machine has (apt fails instead, and says why)
+        ((${#apt[@]})) && lc_apt_get install -y -qq --no-install-recommends --no-remove "${apt[@]}" >/dev/null
+        ((${#bpo[@]} == 0)) || lc_apt_get install -y -qq --no-install-recommends --no-remove -t bookworm-backports "${bpo[@]}" >/dev/null
     fi
     if ((${#pip[@]})); then
         echo "$who: installing ${pip[*]} (pip)" >&2
