@@ -4,7 +4,7 @@
 //! quiet. Used only by the tests that keep the committed pages current;
 //! no runtime code depends on it.
 
-use clap_mangen::roff::Roff;
+use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 
 /// Runs one clap_mangen section renderer (e.g. `Man::render_options_section`)
 /// into a string, without the preamble every rendering repeats.
@@ -62,6 +62,107 @@ pub fn wrap(page: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `text` ending with a full stop.
+pub fn sentence(text: &str) -> String {
+    let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if t.is_empty() || t.ends_with(['.', '!', '?', ':']) {
+        t
+    } else {
+        format!("{t}.")
+    }
+}
+
+/// Splits a help text into paragraphs (blank-line separated), each a
+/// `.PP` of `roff`.
+pub fn paragraphs(roff: &mut Roff, text: &str) {
+    for p in text.split("\n\n") {
+        let p = sentence(p);
+        if !p.is_empty() {
+            roff.control("PP", []);
+            roff.text([roman(p)]);
+        }
+    }
+}
+
+/// A section `title` (COMMANDS, SUBCOMMANDS) with one subsection per
+/// subcommand of `cmd`: its synopsis (`program` and the subcommand in bold),
+/// its long help and its arguments, all from the clap definitions — so the
+/// page documents every subcommand itself instead of pointing at per-command
+/// pages nobody ships.
+pub fn commands_section(cmd: &clap::Command, program: &str, title: &str) -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", [title]);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = sub.get_name();
+        if name == "help" {
+            continue;
+        }
+        roff.control("SS", [name]);
+        let mut line: Vec<Inline> = vec![bold(program), roman(" "), bold(name)];
+        let args: Vec<&clap::Arg> = sub
+            .get_arguments()
+            .filter(|a| !a.is_global_set() && !a.is_hide_set())
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .collect();
+        for a in &args {
+            line.push(roman(" "));
+            let required = a.is_required_set();
+            if !required {
+                line.push(roman("["));
+            }
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+            if a.is_positional() {
+                line.push(italic(value));
+            } else if let Some(long) = a.get_long() {
+                line.push(bold(format!("--{long}")));
+                if a.get_num_args().is_none_or(|n| n.takes_values()) {
+                    line.push(roman(" "));
+                    line.push(italic(value));
+                }
+            }
+            if !required {
+                line.push(roman("]"));
+            }
+        }
+        roff.text(line);
+        let about = sub
+            .get_long_about()
+            .or_else(|| sub.get_about())
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        paragraphs(&mut roff, &about);
+        for a in &args {
+            roff.control("TP", []);
+            let value = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+            if a.is_positional() {
+                roff.text([italic(value)]);
+            } else if let Some(long) = a.get_long() {
+                let mut l = vec![bold(format!("--{long}"))];
+                if a.get_num_args().is_none_or(|n| n.takes_values()) {
+                    l.push(roman(" "));
+                    l.push(italic(value));
+                }
+                roff.text(l);
+            }
+            let help = a
+                .get_long_help()
+                .or_else(|| a.get_help())
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            roff.text([roman(sentence(&help))]);
+        }
+    }
+    roff
 }
 
 #[cfg(test)]

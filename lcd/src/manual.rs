@@ -5,17 +5,18 @@
 //! `LC_UPDATE_GENERATED=1` is set.
 
 use clap::CommandFactory;
-use lc_manpage::{preamble, section, wrap};
+use lc_manpage::{commands_section, preamble, section, wrap};
 
 use crate::cli::Cli;
 
 /// Date on the page's title line; change it when the page changes.
-const DATE: &str = "2026-11-26";
+const DATE: &str = "2026-12-03";
 
 /// The man page, roff source.
 pub fn man_page() -> String {
     let mut cmd = Cli::command();
     cmd.build();
+    let cmd_for_sections = cmd.clone();
     let man = clap_mangen::Man::new(cmd)
         .section("8")
         .date(DATE)
@@ -27,7 +28,7 @@ pub fn man_page() -> String {
     page.push_str(&section(&man, clap_mangen::Man::render_synopsis_section));
     page.push_str(include_str!("man/description.roff"));
     page.push_str(&section(&man, clap_mangen::Man::render_options_section));
-    page.push_str(&section(&man, clap_mangen::Man::render_subcommands_section));
+    page.push_str(&commands_section(&cmd_for_sections, "lcd", "SUBCOMMANDS").to_roff());
     page.push_str(include_str!("man/reference.roff"));
     wrap(&page)
 }
