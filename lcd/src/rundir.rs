@@ -76,9 +76,7 @@ pub enum RunDirError {
         uid: u32,
     },
     /// A file lcd would read is not one lcd wrote.
-    #[error(
-        "{path} is {why}, not a file lcd wrote; lcd ignores it and removes it where it can"
-    )]
+    #[error("{path} is {why}, not a file lcd wrote; lcd ignores it and removes it where it can")]
     Untrusted {
         /// The file.
         path: PathBuf,
@@ -202,12 +200,7 @@ impl Dir {
         };
         let (parent, name) = match (path.parent(), path.file_name()) {
             (Some(p), Some(n)) if !p.as_os_str().is_empty() => (p, n),
-            _ => {
-                return Err(io(
-                    "using",
-                    std::io::Error::from_raw_os_error(libc::EINVAL),
-                ))
-            }
+            _ => return Err(io("using", std::io::Error::from_raw_os_error(libc::EINVAL))),
         };
         let name = name
             .to_str()
@@ -302,7 +295,10 @@ impl Dir {
         } else if m.nlink() != 1 {
             Some(format!("a file with {} hard links", m.nlink()))
         } else if m.mode() & 0o022 != 0 {
-            Some(format!("a file others may write (mode {:04o})", m.mode() & 0o7777))
+            Some(format!(
+                "a file others may write (mode {:04o})",
+                m.mode() & 0o7777
+            ))
         } else if m.size() > RECORD_LIMIT {
             Some(format!("a file of {} bytes", m.size()))
         } else {
@@ -552,12 +548,21 @@ mod tests {
         symlink(&elsewhere, &link).unwrap();
         let e = Dir::open(&link, Owner::current()).unwrap_err();
         assert!(
-            matches!(e, RunDirError::NotADirectory { kind: "a symlink", .. }),
+            matches!(
+                e,
+                RunDirError::NotADirectory {
+                    kind: "a symlink",
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("remove it"), "{e}");
         assert_eq!(mode(&elsewhere), 0o777, "the symlink's target is untouched");
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
 
         let fifo = t.path().join("fifo");
         mkfifo(&fifo);
@@ -572,7 +577,13 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let e = Dir::open(&file, Owner::current()).unwrap_err();
         assert!(
-            matches!(e, RunDirError::NotADirectory { kind: "a regular file", .. }),
+            matches!(
+                e,
+                RunDirError::NotADirectory {
+                    kind: "a regular file",
+                    ..
+                }
+            ),
             "{e}"
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
@@ -626,7 +637,10 @@ mod tests {
         for i in 1..=5 {
             assert!(std::fs::symlink_metadata(p.join(format!("{i:04}.json"))).is_err());
         }
-        assert_eq!(std::fs::read(p.join("0006.json")).unwrap(), b"{\"target\":{}}");
+        assert_eq!(
+            std::fs::read(p.join("0006.json")).unwrap(),
+            b"{\"target\":{}}"
+        );
         assert_eq!(std::fs::read(&victim).unwrap(), b"partition table");
         assert_eq!(mode(&p), 0o755);
     }
@@ -675,7 +689,9 @@ mod tests {
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(d.read_record("ublkb1").unwrap().unwrap(), b"three");
         // a stale temporary file of this pid, even a symlink, is no obstacle
-        let tmp = t.path().join(format!("lc/.ublkb2.{}.tmp", std::process::id()));
+        let tmp = t
+            .path()
+            .join(format!("lc/.ublkb2.{}.tmp", std::process::id()));
         symlink(&victim, &tmp).unwrap();
         d.write_record("ublkb2", b"four").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");

@@ -205,9 +205,7 @@ fn claim(run: &Dir, id: u8, kernel: &Existing) -> Result<(), String> {
     };
     match read_record(run, id) {
         Ok(Some(pid)) if pid == kernel.server_pid => Ok(()),
-        Ok(Some(pid)) => Err(not_ours(format!(
-            "lcd recorded pid {pid} as its server"
-        ))),
+        Ok(Some(pid)) => Err(not_ours(format!("lcd recorded pid {pid} as its server"))),
         Ok(None) => Err(not_ours("lcd has no record of serving it".into())),
         Err(why) => Err(not_ours(why)),
     }
@@ -751,7 +749,9 @@ impl UblkDevice {
                 stop_workers(&target, workers);
                 // a device left behind keeps its record, so that the next
                 // start (or lcd) may delete it
-                if !recover && guard_libublk_dir([device_id]).is_ok() && existing(device_id).is_none()
+                if !recover
+                    && guard_libublk_dir([device_id]).is_ok()
+                    && existing(device_id).is_none()
                 {
                     let _ = run.remove(&record_name(device_id));
                 }
@@ -872,7 +872,10 @@ pub fn sweep_orphans(keep: &[u8], run_dir: &Path) {
     let run = match Dir::open(run_dir, Owner::current()) {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!("not looking for ublk devices left by an earlier lcd: {}", describe(&e));
+            tracing::warn!(
+                "not looking for ublk devices left by an earlier lcd: {}",
+                describe(&e)
+            );
             return;
         }
     };
@@ -1041,6 +1044,43 @@ mod tests {
             r.serve(3, sys::UBLK_IO_OP_WRITE_ZEROES, false, 0, &mut buf),
             -libc::EOPNOTSUPP
         );
+    }
+
+    #[test]
+    fn only_lcds_own_record_naming_the_kernels_server_claims_a_device() {
+        let t = tempfile::tempdir().unwrap();
+        let run = Dir::open(&t.path().join("lc"), Owner::current()).unwrap();
+        let me = std::process::id() as i32;
+        let kernel = Existing {
+            state: sys::UBLK_S_DEV_QUIESCED,
+            server_pid: me,
+        };
+        let e = claim(&run, 3, &kernel).unwrap_err();
+        assert!(e.contains("lcd has no record of serving it"), "{e}");
+        assert!(e.contains("neither serves nor deletes it"), "{e}");
+        write_record(&run, 3).unwrap();
+        claim(&run, 3, &kernel).unwrap();
+        // the file the udev rule looks for
+        assert!(t.path().join("lc/ublkb3").is_file());
+        // the kernel names another server: not the device lcd started
+        let other = Existing {
+            state: sys::UBLK_S_DEV_QUIESCED,
+            server_pid: me + 1,
+        };
+        let e = claim(&run, 3, &other).unwrap_err();
+        assert!(e.contains(&format!("lcd recorded pid {me}")), "{e}");
+        // records lcd did not write
+        run.write_record("ublkb4", b"{\"device_id\":3,\"server_pid\":5}")
+            .unwrap();
+        let e = read_record(&run, 4).unwrap_err();
+        assert!(e.contains("names device 3"), "{e}");
+        run.write_record("ublkb5", b"{\"target\":{\"name\":\"lc\"}}")
+            .unwrap();
+        let e = read_record(&run, 5).unwrap_err();
+        assert!(e.contains("not its JSON"), "{e}");
+        std::os::unix::fs::symlink(t.path().join("lc/ublkb3"), t.path().join("lc/ublkb6")).unwrap();
+        let e = claim(&run, 6, &kernel).unwrap_err();
+        assert!(e.contains("a symlink"), "{e}");
     }
 
     #[test]
