@@ -293,11 +293,10 @@ impl Future for TagResult<'_> {
     }
 }
 
+/// The result a failed request completes with: the engine's errno
+/// ([`lc_engine::Error::errno`], the one a frontend should use), negated.
 fn errno_of(e: &lc_engine::Error) -> i32 {
-    match e {
-        lc_engine::Error::OutOfRange { .. } | lc_engine::Error::InvalidArgument(_) => -libc::EINVAL,
-        _ => -libc::EIO,
-    }
+    -e.errno()
 }
 
 /// What one device's queues and workers share.
@@ -313,12 +312,29 @@ impl Target {
     /// Starts a FLUSH; its result reaches `completions` when the engine
     /// has made every earlier write durable.
     fn flush(self: &Arc<Self>, tag: u16, completions: Arc<Completions>) {
+        self.cache.flush(self.on_durable(tag, completions, 0));
+    }
+
+    /// The engine callback of a FLUSH or FUA write of `tag` issued now: it
+    /// completes the request with `success` once the engine made it
+    /// durable, with the engine's errno if that failed, and with EIO when
+    /// it must report writes the previous lcd lost ([`Target::durable`]).
+    fn on_durable(
+        self: &Arc<Self>,
+        tag: u16,
+        completions: Arc<Completions>,
+        success: i32,
+    ) -> lc_engine::FlushCallback {
         let covered = self.ledger.flush_issued();
-        let t = self.clone();
-        self.cache.flush(Box::new(move |r| {
-            let ok = r.is_ok() && t.durable(covered);
-            completions.complete(tag, if ok { 0 } else { -libc::EIO })
-        }));
+        let target = self.clone();
+        Box::new(move |r: lc_engine::Result<()>| {
+            let result = match r {
+                Err(e) => errno_of(&e),
+                Ok(()) if target.durable(covered) => success,
+                Ok(()) => -libc::EIO,
+            };
+            completions.complete(tag, result)
+        })
     }
 
     fn submit(&self, job: Job) {
@@ -370,14 +386,7 @@ impl Target {
                 // sending the request and it stays untouched until commit.
                 let data = unsafe { std::slice::from_raw_parts(job.buf as *const u8, bytes) };
                 if job.fua {
-                    let c = job.completions.clone();
-                    let tag = job.tag;
-                    let covered = self.ledger.flush_issued();
-                    let target = self.clone();
-                    let done = Box::new(move |r: lc_engine::Result<()>| {
-                        let ok = r.is_ok() && target.durable(covered);
-                        c.complete(tag, if ok { bytes as i32 } else { -libc::EIO })
-                    });
+                    let done = self.on_durable(job.tag, job.completions.clone(), bytes as i32);
                     match self.cache.write_fua(self.device_id, job.sector, data, done) {
                         Ok(()) => return,
                         Err(e) => errno_of(&e),
@@ -1043,6 +1052,44 @@ mod tests {
         assert_eq!(
             r.serve(3, sys::UBLK_IO_OP_WRITE_ZEROES, false, 0, &mut buf),
             -libc::EOPNOTSUPP
+        );
+    }
+
+    #[test]
+    fn failed_requests_complete_with_the_engines_errno() {
+        let r = rig();
+        let mut buf = vec![0u8; 4096];
+        r.target.cache.detach_device(4, |_| {}).unwrap();
+        let want = -lc_engine::Error::UnknownDevice(4).errno();
+        assert_eq!(want, -libc::ENODEV);
+        for (tag, op, fua) in [
+            (1, sys::UBLK_IO_OP_READ, false),
+            (2, sys::UBLK_IO_OP_WRITE, false),
+            (3, sys::UBLK_IO_OP_WRITE, true),
+            (4, sys::UBLK_IO_OP_DISCARD, false),
+        ] {
+            assert_eq!(
+                r.serve(tag, op, fua, 0, &mut buf),
+                want,
+                "op {op} fua {fua}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_or_fua_completes_with_the_engines_errno() {
+        let r = rig();
+        for (tag, success) in [(1u16, 0), (2, 4096)] {
+            let done = r.target.on_durable(tag, r.completions.clone(), success);
+            done(Err(lc_engine::Error::Stopped));
+            assert_eq!(r.result_of(tag), -libc::ESHUTDOWN);
+        }
+        let done = r.target.on_durable(3, r.completions.clone(), 4096);
+        done(Ok(()));
+        assert_eq!(
+            r.result_of(3),
+            4096,
+            "a durable FUA write completes with its bytes"
         );
     }
 

@@ -51,10 +51,13 @@ for i in 1 2; do
     out=$(busctl --no-pager --timeout=$T call $BUS $ROOT $MANAGER CreateDevice ysy $i "$b" 1 2>&1) ||
         fail "CreateDevice $i (its JSON planted as $(if [ $i = 1 ]; then echo "a symlink to $DISK_scratch"; else echo a FIFO; fi)) failed or hung for $T s: $out"
     wait_until 30 "/dev/ublkb$i to appear" test -b /dev/ublkb$i
+    expect_eq "sha256 of the scratch disk after attaching device $i" "$scratch" "$(sha "$DISK_scratch")"
 done
 verify "after attach"
-dd if=/dev/urandom of=/dev/ublkb1 bs=1M count=4 oflag=direct 2>/dev/null
-sync
+# data made durable (fsync) before lcd dies: it must be there afterwards
+dd if=/dev/urandom of=/dev/ublkb1 bs=1M count=4 oflag=direct conv=fsync 2>/dev/null ||
+    fail "writing /dev/ublkb1 failed"
+drop_caches
 data=$(sha /dev/ublkb1)
 
 # 2. planted while lcd runs, then lcd dies and a new lcd takes the devices
@@ -64,6 +67,7 @@ lcd_kill9
 lcd_start || fail "lcd did not start again after kill -9 with $u prepared by user nobody"
 wait_until $T "both devices to be running again after kill -9 (lcd hung on the FIFO?)" running
 verify "after the restart after kill -9"
+drop_caches
 expect_eq "sha256 of /dev/ublkb1 after recovery" "$data" "$(sha /dev/ublkb1)"
 
 # 3. a clean restart: the devices go with lcd and are created anew
@@ -72,4 +76,5 @@ plant "before a clean restart"
 lcd_start || fail "lcd did not start with $u prepared by user nobody"
 wait_until $T "both devices to be running after a clean restart" running
 verify "after a clean restart"
+drop_caches
 expect_eq "sha256 of /dev/ublkb1 after a clean restart" "$data" "$(sha /dev/ublkb1)"
