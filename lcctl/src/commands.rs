@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command, KnobTarget};
 use crate::client::Client;
 use crate::error::{Exit, Failure, Result};
 use crate::knobs::{self, CACHE_KNOBS, DEVICE_KNOBS};
-use crate::render::{bytes, indent, or_dash, percent, ratio, table};
+use crate::render::{bytes, escape, indent, or_dash, percent, ratio, table};
 use crate::selection;
 
 /// What a command prints: text for people, JSON for scripts.
@@ -76,7 +76,10 @@ async fn format(c: &Client, path: &Path, force: bool) -> Result<Output> {
         .await
         .map_err(c.lcd_err(&path))?;
     Ok(Output {
-        text: format!("formatted {path}; resume it with `lcctl resume {path} --id ID`"),
+        text: format!(
+            "formatted {p}; resume it with `lcctl resume {p} --id ID`",
+            p = escape(&path)
+        ),
         json: json!({ "formatted": path }),
     })
 }
@@ -156,7 +159,9 @@ async fn resume(c: &Client, path: &Path, id: Option<u8>) -> Result<Output> {
     Ok(Output {
         text: format!(
             "resumed cache {id} from {}: {} segments, {} dirty blocks",
-            info.path, info.nr_segments, info.nr_dirty_caches
+            escape(&info.path),
+            info.nr_segments,
+            info.nr_dirty_caches
         ),
         json: to_value(&info),
     })
@@ -202,10 +207,12 @@ async fn attach(c: &Client, backing: &Path, cache: u8, id: Option<u8>) -> Result
     let text = if info.node.is_empty() {
         format!(
             "device {} attached to cache {}; {}",
-            info.id, info.cache_id, info.state
+            info.id,
+            info.cache_id,
+            escape(&info.state)
         )
     } else {
-        info.node.clone()
+        escape(&info.node).into_owned()
     };
     Ok(Output {
         text,
@@ -438,7 +445,12 @@ async fn status(c: &Client, only: Option<u8>) -> Result<Output> {
     let mut docs = Vec::new();
     for info in chosen {
         let mine: Vec<&DeviceInfo> = devs.iter().filter(|d| d.cache_id == info.id).collect();
-        let mut text = format!("cache {}  {}  {}\n", info.id, info.path, info.state);
+        let mut text = format!(
+            "cache {}  {}  {}\n",
+            info.id,
+            escape(&info.path),
+            escape(&info.state)
+        );
         let (st, knobs, ratios) = if info.state == "running" {
             let cp = c.cache(info.id).await?;
             let st = cp

@@ -92,7 +92,8 @@ impl Exit {
 pub struct Failure {
     /// Exit status.
     pub exit: Exit,
-    /// What went wrong and what to do next, one line.
+    /// What went wrong and what to do next, one line, control characters
+    /// escaped.
     pub message: String,
 }
 
@@ -100,8 +101,9 @@ impl Failure {
     /// A failure with this status and message.
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
         let message: String = message.into();
-        // one line, whatever the daemon sent
+        // one line, whatever the daemon sent, and no control characters
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        let message = crate::render::escape(&message).into_owned();
         Failure { exit, message }
     }
 }

@@ -30,8 +30,12 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // help and version go to stdout with status 0, usage errors to
-            // stderr with status 2
-            let _ = e.print();
+            // stderr with status 2, with what the user typed escaped
+            if e.use_stderr() {
+                eprint!("{}", render::escape_lines(&e.render().to_string()));
+            } else {
+                let _ = e.print();
+            }
             return ExitCode::from(e.exit_code() as u8);
         }
     };
@@ -53,7 +57,7 @@ pub fn main() -> ExitCode {
                     serde_json::to_string_pretty(&out.json).expect("JSON values serialize")
                 );
             } else if !out.text.is_empty() {
-                println!("{}", out.text);
+                println!("{}", render::escape_lines(&out.text));
             }
             ExitCode::SUCCESS
         }

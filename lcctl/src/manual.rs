@@ -17,7 +17,7 @@ use crate::error::Exit;
 use crate::knobs::{KnobDoc, CACHE_KNOBS, DEVICE_KNOBS};
 
 /// Date on the page's title line; change it when the page changes.
-const DATE: &str = "2026-11-26";
+const DATE: &str = "2026-12-03";
 
 /// Every generated file: its path relative to the repository root and
 /// its content.

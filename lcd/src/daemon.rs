@@ -601,7 +601,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .init();
     if opts.frontend == Frontend::Ublk {
         private_mount_namespace();
-        if let Some(why) = crate::ublk::unavailable_reason() {
+        // and before libublk touches /run/ublksrvd, lcd makes it its own
+        if let Some(why) =
+            crate::ublk::unavailable_reason().or_else(|| crate::ublk::prepare().err())
+        {
             tracing::warn!("devices cannot be exposed as block devices: {why}");
         }
     }

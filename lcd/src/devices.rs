@@ -8,7 +8,6 @@
 //! missing at start, or whose write-back failed, is `failed: …` and stays
 //! listed (and saved) until removed; the daemon keeps serving the rest.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use lc_engine::{BlockDevice, Cache, FileDevice};
@@ -112,12 +111,6 @@ impl DeviceEntry {
     }
 }
 
-/// Marker telling the udev rule that `/dev/ublkb<id>` is lc's (so it gets
-/// a `/dev/lc/<id>` link).
-fn marker(run_dir: &std::path::Path, id: u8) -> PathBuf {
-    run_dir.join(format!("ublkb{id}"))
-}
-
 /// Opens the backing device, attaches it to `cache` and exposes it.
 /// Returns the block device (if any) and the state to show. On error the
 /// device is attached to nothing.
@@ -155,17 +148,10 @@ fn bring_up(
                 return Ok((size, None, DeviceState::NoBlockDevice(why)));
             }
             // a restarted lcd takes back a device the kernel kept for it
-            let existing = ublk::existing_state(id);
-            let recover = existing.is_some_and(|s| s != libublk::sys::UBLK_S_DEV_DEAD);
-            if existing.is_some() && !recover {
-                ublk::delete_stale(id);
-            }
-            let _ = std::fs::create_dir_all(run_dir);
-            let _ = std::fs::write(marker(run_dir, id), format!("{id}\n"));
-            match UblkDevice::start(cache.clone(), id, size, recover, run_dir) {
+            // (if lcd's record in run_dir says it is lc's)
+            match UblkDevice::start(cache.clone(), id, size, run_dir) {
                 Ok(u) => Ok((size, Some(u), DeviceState::Running)),
                 Err(why) => {
-                    let _ = std::fs::remove_file(marker(run_dir, id));
                     if from_restore {
                         // data stays reachable through the cache; say why
                         return Ok((size, None, DeviceState::NoBlockDevice(why)));
@@ -288,7 +274,6 @@ pub async fn remove(
 ) -> Result<(), LcdError> {
     let taken = {
         let mut d = lock(daemon);
-        let run_dir = d.run_dir.clone();
         let e = d.devices.get_mut(&id).ok_or_else(|| {
             LcdError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
         })?;
@@ -306,7 +291,7 @@ pub async fn remove(
         match e.cache.clone() {
             Some(cache) => {
                 let before = std::mem::replace(&mut e.state, DeviceState::Detaching);
-                Some((cache, e.ublk.take(), run_dir, before))
+                Some((cache, e.ublk.take(), before))
             }
             None => {
                 // never attached (failed at start): nothing to write back
@@ -315,7 +300,7 @@ pub async fn remove(
             }
         }
     };
-    let Some((cache, ublk, run_dir, before)) = taken else {
+    let Some((cache, ublk, before)) = taken else {
         let _ = conn
             .object_server()
             .remove::<DeviceObject, _>(lc_proto::device_path(id))
@@ -350,7 +335,6 @@ pub async fn remove(
         let res = blocking(move || {
             if let Some(u) = ublk {
                 u.stop();
-                let _ = std::fs::remove_file(marker(&run_dir, id));
             }
             c.detach_device(id, log_progress(id)).map_err(to_dbus)
         })
@@ -427,8 +411,9 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
     };
     if frontend == Frontend::Ublk && ublk::unavailable_reason().is_none() {
         let keep: Vec<u8> = records.iter().map(|r| r.id).collect();
+        let r = run_dir.clone();
         let _ = blocking(move || {
-            ublk::sweep_orphans(&keep);
+            ublk::sweep_orphans(&keep, &r);
             Ok(())
         })
         .await;
@@ -479,20 +464,13 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
 
 /// Stops every block device (at daemon stop); the caches keep the data.
 pub fn stop_all(daemon: &Shared) {
-    let (devices, run_dir): (Vec<(u8, UblkDevice)>, PathBuf) = {
-        let mut d = lock(daemon);
-        let run_dir = d.run_dir.clone();
-        (
-            d.devices
-                .iter_mut()
-                .filter_map(|(&id, e)| e.ublk.take().map(|u| (id, u)))
-                .collect(),
-            run_dir,
-        )
-    };
+    let devices: Vec<(u8, UblkDevice)> = lock(daemon)
+        .devices
+        .iter_mut()
+        .filter_map(|(&id, e)| e.ublk.take().map(|u| (id, u)))
+        .collect();
     for (id, u) in devices {
         u.stop();
-        let _ = std::fs::remove_file(marker(&run_dir, id));
         tracing::info!(id, "block device removed");
     }
 }

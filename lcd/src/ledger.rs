@@ -20,6 +20,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -51,7 +52,16 @@ impl Ledger {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o644)
+            // never through a symlink, never waiting on a FIFO
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file; remove it",
+                path.display()
+            )));
+        }
         file.set_len(MAP_BYTES as u64)?;
         // SAFETY: maps MAP_BYTES of a file we just sized to MAP_BYTES,
         // shared, at an address the kernel picks; the result is checked.

@@ -16,6 +16,7 @@ mod ledger;
 mod manual;
 mod policy;
 mod rescue;
+mod rundir;
 mod state;
 mod ublk;
 

@@ -16,6 +16,15 @@
 //! and a restarted lcd takes it back with [`UblkDevice::start`] in
 //! recovery mode. Creation runs on its own thread and is given up after
 //! [`START_TIMEOUT`], so a misbehaving kernel cannot freeze the daemon.
+//!
+//! Which ublk devices are lc's is decided by lcd's own records only: a
+//! record `ublkb<id>` in lcd's run directory (also the udev rule's marker)
+//! names the lcd process that started the device, and the kernel must name
+//! the same process as the device's server. A device without a matching
+//! record is never recovered, served or deleted. libublk's per-device JSON
+//! in [`UBLKSRVD`] is not trusted for anything; before every libublk call
+//! for a device lcd makes that directory its own and removes a JSON file
+//! there that is not a plain root-owned file (see `rundir`).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -32,6 +41,7 @@ use std::time::Duration;
 use lc_engine::Cache;
 
 use crate::ledger::Ledger;
+use crate::rundir::{describe, Dir, Owner};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -42,8 +52,12 @@ use libublk::{sys, BufDesc, UblkError, UblkFlags};
 pub const CONTROL_NODE: &str = "/dev/ublk-control";
 /// How long device creation or recovery may take before lcd gives up on it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Target name recorded by libublk (lets a sweep tell lc's devices apart).
+/// Target name given to libublk (shown by ublk tools; lcd trusts its own
+/// records, not this name, to tell its devices apart).
 pub const TARGET_NAME: &str = "lc";
+/// The directory where libublk 0.4.8 keeps a JSON file per device,
+/// `NNNN.json` (fixed in libublk).
+pub const UBLKSRVD: &str = "/run/ublksrvd";
 /// Requests in flight per queue.
 const QUEUE_DEPTH: u16 = 64;
 /// Largest request, in bytes.
@@ -70,13 +84,131 @@ pub fn node_path(id: u8) -> String {
     format!("/dev/ublkb{id}")
 }
 
-/// State of an existing ublk device numbered `id`, if there is one.
-pub fn existing_state(id: u8) -> Option<u32> {
+/// The name of libublk's JSON file of ublk device `id` in [`UBLKSRVD`].
+fn json_name(id: u8) -> String {
+    format!("{id:04}.json")
+}
+
+/// Makes [`UBLKSRVD`] lcd's (owned by root, mode 0755, never a symlink)
+/// and removes the JSON file of each of `ids` there unless it is a plain
+/// root-owned file, so that libublk's next write (`File::create`, which
+/// follows symlinks) or read (which would wait on a FIFO) of it cannot be
+/// aimed elsewhere. Must precede every libublk call that names a device.
+fn guard_libublk_dir(ids: impl IntoIterator<Item = u8>) -> Result<(), String> {
+    let dir = Dir::open(Path::new(UBLKSRVD), Owner::current()).map_err(|e| describe(&e))?;
+    for id in ids {
+        dir.remove_untrusted(&json_name(id))
+            .map_err(|e| describe(&e))?;
+    }
+    Ok(())
+}
+
+/// At start: makes [`UBLKSRVD`] lcd's and clears every JSON file there
+/// that libublk could use for an lc device id and that root did not write.
+/// The error says why devices cannot be exposed.
+pub fn prepare() -> Result<(), String> {
+    guard_libublk_dir(1..=255)
+}
+
+/// What the kernel says about an existing ublk device.
+struct Existing {
+    /// `UBLK_S_DEV_*`.
+    state: u32,
+    /// The process the kernel knows as the device's server.
+    server_pid: i32,
+}
+
+/// The kernel's view of ublk device `id`, if there is one. The caller has
+/// guarded libublk's JSON file of `id` ([`guard_libublk_dir`]).
+fn existing(id: u8) -> Option<Existing> {
     let ctrl = UblkCtrl::new_simple(id as i32).ok()?;
     ctrl.read_dev_info().ok()?;
-    let state = ctrl.dev_info().state as u32;
+    let info = ctrl.dev_info();
     ctrl.disown();
-    Some(state)
+    Some(Existing {
+        state: info.state as u32,
+        server_pid: info.ublksrv_pid,
+    })
+}
+
+/// State of an existing ublk device numbered `id`, if there is one (none
+/// also when libublk's directory cannot be made safe to use: starting the
+/// device then says why).
+pub fn existing_state(id: u8) -> Option<u32> {
+    guard_libublk_dir([id]).ok()?;
+    existing(id).map(|e| e.state)
+}
+
+/// lcd's record that it serves ublk device `device_id`, in its run
+/// directory as `ublkb<id>` (the file the udev rule looks for).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ServerRecord {
+    device_id: u8,
+    /// The lcd process that started or took back the device; the kernel
+    /// keeps the same pid as the device's server.
+    server_pid: i32,
+}
+
+fn record_name(id: u8) -> String {
+    format!("ublkb{id}")
+}
+
+/// Records that this process serves ublk device `id` (atomically, never
+/// through a symlink).
+fn write_record(run: &Dir, id: u8) -> Result<(), String> {
+    let rec = ServerRecord {
+        device_id: id,
+        server_pid: std::process::id() as i32,
+    };
+    let mut bytes = serde_json::to_vec(&rec).expect("a record serializes");
+    bytes.push(b'\n');
+    run.write_record(&record_name(id), &bytes)
+        .map_err(|e| describe(&e))
+}
+
+/// The server pid lcd recorded for ublk device `id`, `None` without a
+/// record; an error for a record lcd did not write or cannot read.
+fn read_record(run: &Dir, id: u8) -> Result<Option<i32>, String> {
+    let name = record_name(id);
+    let Some(bytes) = run.read_record(&name).map_err(|e| describe(&e))? else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        format!(
+            "{} is not a record lcd wrote ({why}); ignored",
+            run.path().join(&name).display()
+        )
+    };
+    let rec: ServerRecord =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not its JSON: {e}")))?;
+    if rec.device_id != id || rec.server_pid <= 0 {
+        return Err(bad(format!(
+            "it names device {} and pid {}",
+            rec.device_id, rec.server_pid
+        )));
+    }
+    Ok(Some(rec.server_pid))
+}
+
+/// Whether lcd's record says that the existing ublk device `id` is the one
+/// an lcd started; if not, why it must be left alone.
+fn claim(run: &Dir, id: u8, kernel: &Existing) -> Result<(), String> {
+    let not_ours = |what: String| {
+        format!(
+            "ublk device {id} exists (state {}, server pid {}) but {what}: it belongs to another \
+             program, or lcd's run directory {} was lost; lcd neither serves nor deletes it. If \
+             nothing uses /dev/ublkb{id}, delete that ublk device and restart lcd",
+            kernel.state,
+            kernel.server_pid,
+            run.path().display()
+        )
+    };
+    match read_record(run, id) {
+        Ok(Some(pid)) if pid == kernel.server_pid => Ok(()),
+        Ok(Some(pid)) => Err(not_ours(format!("lcd recorded pid {pid} as its server"))),
+        Ok(None) => Err(not_ours("lcd has no record of serving it".into())),
+        Err(why) => Err(not_ours(why)),
+    }
 }
 
 /// Finished requests of one queue, waiting for the queue thread.
@@ -161,11 +293,10 @@ impl Future for TagResult<'_> {
     }
 }
 
+/// The result a failed request completes with: the engine's errno
+/// ([`lc_engine::Error::errno`], the one a frontend should use), negated.
 fn errno_of(e: &lc_engine::Error) -> i32 {
-    match e {
-        lc_engine::Error::OutOfRange { .. } | lc_engine::Error::InvalidArgument(_) => -libc::EINVAL,
-        _ => -libc::EIO,
-    }
+    -e.errno()
 }
 
 /// What one device's queues and workers share.
@@ -181,12 +312,29 @@ impl Target {
     /// Starts a FLUSH; its result reaches `completions` when the engine
     /// has made every earlier write durable.
     fn flush(self: &Arc<Self>, tag: u16, completions: Arc<Completions>) {
+        self.cache.flush(self.on_durable(tag, completions, 0));
+    }
+
+    /// The engine callback of a FLUSH or FUA write of `tag` issued now: it
+    /// completes the request with `success` once the engine made it
+    /// durable, with the engine's errno if that failed, and with EIO when
+    /// it must report writes the previous lcd lost ([`Target::durable`]).
+    fn on_durable(
+        self: &Arc<Self>,
+        tag: u16,
+        completions: Arc<Completions>,
+        success: i32,
+    ) -> lc_engine::FlushCallback {
         let covered = self.ledger.flush_issued();
-        let t = self.clone();
-        self.cache.flush(Box::new(move |r| {
-            let ok = r.is_ok() && t.durable(covered);
-            completions.complete(tag, if ok { 0 } else { -libc::EIO })
-        }));
+        let target = self.clone();
+        Box::new(move |r: lc_engine::Result<()>| {
+            let result = match r {
+                Err(e) => errno_of(&e),
+                Ok(()) if target.durable(covered) => success,
+                Ok(()) => -libc::EIO,
+            };
+            completions.complete(tag, result)
+        })
     }
 
     fn submit(&self, job: Job) {
@@ -238,14 +386,7 @@ impl Target {
                 // sending the request and it stays untouched until commit.
                 let data = unsafe { std::slice::from_raw_parts(job.buf as *const u8, bytes) };
                 if job.fua {
-                    let c = job.completions.clone();
-                    let tag = job.tag;
-                    let covered = self.ledger.flush_issued();
-                    let target = self.clone();
-                    let done = Box::new(move |r: lc_engine::Result<()>| {
-                        let ok = r.is_ok() && target.durable(covered);
-                        c.complete(tag, if ok { bytes as i32 } else { -libc::EIO })
-                    });
+                    let done = self.on_durable(job.tag, job.completions.clone(), bytes as i32);
                     match self.cache.write_fua(self.device_id, job.sector, data, done) {
                         Ok(()) => return,
                         Err(e) => errno_of(&e),
@@ -412,27 +553,52 @@ pub struct UblkDevice {
     server: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     target: Arc<Target>,
+    /// lcd's run directory, holding this device's record.
+    run: Dir,
     /// `/dev/ublkb<id>`.
     pub node: String,
 }
 
 impl UblkDevice {
-    /// Creates (or, with `recover`, takes back after a crash) ublk device
-    /// number `device_id` serving `device_id` of `cache`. Returns once the
-    /// block device is live; gives up after [`START_TIMEOUT`].
+    /// Creates ublk device number `device_id` serving `device_id` of
+    /// `cache`, or takes it back when an lcd before this one left it for
+    /// user recovery (a dead one it deletes and creates anew). A device of
+    /// that number that lcd's record in `run_dir` does not claim is left
+    /// alone and is an error. Returns once the block device is live; gives
+    /// up after [`START_TIMEOUT`].
     pub fn start(
         cache: Arc<Cache>,
         device_id: u8,
         size_bytes: u64,
-        recover: bool,
         run_dir: &Path,
     ) -> Result<UblkDevice, String> {
         if let Some(why) = unavailable_reason() {
             return Err(why);
         }
+        guard_libublk_dir([device_id])?;
+        let run = Dir::open(run_dir, Owner::current()).map_err(|e| describe(&e))?;
+        let recover = match existing(device_id) {
+            None => false,
+            Some(kernel) => {
+                if let Err(why) = claim(&run, device_id, &kernel) {
+                    // whatever record there is does not describe this device
+                    let _ = run.remove(&record_name(device_id));
+                    return Err(why);
+                }
+                if kernel.state == sys::UBLK_S_DEV_DEAD {
+                    delete_stale(device_id);
+                    false
+                } else {
+                    true
+                }
+            }
+        };
         if !recover {
             // a new device owes nothing to an old one with its number
-            let _ = std::fs::remove_file(run_dir.join(format!("ublkb{device_id}.writes")));
+            run.remove(&format!("ublkb{device_id}.writes"))
+                .map_err(|e| describe(&e))?;
+            // before the block device appears: the udev rule looks for it
+            write_record(&run, device_id)?;
         }
         let ledger = Ledger::open(run_dir, device_id).map_err(|e| {
             format!(
@@ -567,16 +733,37 @@ impl UblkDevice {
             }
         };
         match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(ctrl)) => Ok(UblkDevice {
-                ctrl,
-                server: Some(server),
-                workers,
-                target,
-                node: node_path(device_id),
-            }),
+            Ok(Ok(ctrl)) => {
+                if recover {
+                    // the kernel now names this process as the server
+                    if let Err(why) = write_record(&run, device_id) {
+                        tracing::error!(
+                            device = device_id,
+                            "cannot record that this lcd serves the device ({why}); the next \
+                             lcd will not take it back"
+                        );
+                    }
+                }
+                Ok(UblkDevice {
+                    ctrl,
+                    server: Some(server),
+                    workers,
+                    target,
+                    run,
+                    node: node_path(device_id),
+                })
+            }
             Ok(Err(e)) => {
                 let _ = server.join();
                 stop_workers(&target, workers);
+                // a device left behind keeps its record, so that the next
+                // start (or lcd) may delete it
+                if !recover
+                    && guard_libublk_dir([device_id]).is_ok()
+                    && existing(device_id).is_none()
+                {
+                    let _ = run.remove(&record_name(device_id));
+                }
                 Err(format!("ublk device {device_id}: {e}"))
             }
             Err(_) => {
@@ -605,8 +792,14 @@ impl UblkDevice {
         if let Some(s) = self.server.take() {
             let _ = s.join();
         }
-        if let Err(e) = self.ctrl.del_dev() {
-            tracing::warn!(device = id, "deleting ublk device: {e}");
+        match self.ctrl.del_dev() {
+            Ok(_) => {
+                if let Err(e) = self.run.remove(&record_name(id)) {
+                    tracing::warn!(device = id, "{}", describe(&e));
+                }
+            }
+            // the record stays: the next lcd may still delete the device
+            Err(e) => tracing::warn!(device = id, "deleting ublk device: {e}"),
         }
         self.target.ledger.forget();
         self.target
@@ -664,6 +857,10 @@ pub fn delete_stale(id: u8) {
         format!("deleting ublk device {id}"),
         START_TIMEOUT,
         move || {
+            if let Err(why) = guard_libublk_dir([id]) {
+                tracing::warn!(id, "not deleting stale ublk device: {why}");
+                return;
+            }
             if let Ok(ctrl) = UblkCtrl::new_simple(id as i32) {
                 let _ = ctrl.kill_dev();
                 if let Err(e) = ctrl.del_dev() {
@@ -677,28 +874,58 @@ pub fn delete_stale(id: u8) {
 }
 
 /// Deletes lc's ublk devices that no saved device claims (left by an lcd
-/// that died after its configuration changed).
-pub fn sweep_orphans(keep: &[u8]) {
-    let ids = Arc::new(Mutex::new(Vec::new()));
-    let ids2 = ids.clone();
-    UblkCtrl::for_each_dev_id(move |id| ids2.lock().unwrap_or_else(|e| e.into_inner()).push(id));
-    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
-    for id in ids {
-        let Ok(id8) = u8::try_from(id) else { continue };
-        if keep.contains(&id8) {
+/// that died after its configuration changed): those with a record in
+/// `run_dir` that the kernel confirms (same server pid). Records of devices
+/// that are gone or not lcd's are removed; nothing else is touched.
+pub fn sweep_orphans(keep: &[u8], run_dir: &Path) {
+    let run = match Dir::open(run_dir, Owner::current()) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(
+                "not looking for ublk devices left by an earlier lcd: {}",
+                describe(&e)
+            );
+            return;
+        }
+    };
+    for id in (1..=255u8).filter(|id| !keep.contains(id)) {
+        let name = record_name(id);
+        let recorded = match read_record(&run, id) {
+            Ok(None) => continue,
+            Ok(Some(pid)) => pid,
+            Err(why) => {
+                tracing::warn!(id, "{why}");
+                let _ = run.remove(&name);
+                continue;
+            }
+        };
+        if let Err(why) = guard_libublk_dir([id]) {
+            tracing::warn!(id, "not looking at ublk device {id}: {why}");
             continue;
         }
-        let ours = UblkCtrl::new_simple(id as i32).is_ok_and(|c| {
-            let t = c.get_target_type_from_json().ok();
-            c.disown();
-            t.as_deref() == Some(TARGET_NAME)
-        });
-        if ours {
-            tracing::info!(
-                id,
-                "ublk device left by an earlier lcd and no longer configured"
-            );
-            delete_stale(id8);
+        match existing(id) {
+            Some(k) if k.server_pid == recorded => {
+                tracing::info!(
+                    id,
+                    "ublk device left by an earlier lcd and no longer configured"
+                );
+                delete_stale(id);
+                if guard_libublk_dir([id]).is_ok() && existing(id).is_none() {
+                    let _ = run.remove(&name);
+                }
+            }
+            Some(k) => {
+                tracing::info!(
+                    id,
+                    server_pid = k.server_pid,
+                    recorded,
+                    "ublk device {id} is not the one lcd recorded; left alone"
+                );
+                let _ = run.remove(&name);
+            }
+            None => {
+                let _ = run.remove(&name);
+            }
         }
     }
 }
@@ -826,6 +1053,81 @@ mod tests {
             r.serve(3, sys::UBLK_IO_OP_WRITE_ZEROES, false, 0, &mut buf),
             -libc::EOPNOTSUPP
         );
+    }
+
+    #[test]
+    fn failed_requests_complete_with_the_engines_errno() {
+        let r = rig();
+        let mut buf = vec![0u8; 4096];
+        r.target.cache.detach_device(4, |_| {}).unwrap();
+        let want = -lc_engine::Error::UnknownDevice(4).errno();
+        assert_eq!(want, -libc::ENODEV);
+        for (tag, op, fua) in [
+            (1, sys::UBLK_IO_OP_READ, false),
+            (2, sys::UBLK_IO_OP_WRITE, false),
+            (3, sys::UBLK_IO_OP_WRITE, true),
+            (4, sys::UBLK_IO_OP_DISCARD, false),
+        ] {
+            assert_eq!(
+                r.serve(tag, op, fua, 0, &mut buf),
+                want,
+                "op {op} fua {fua}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_or_fua_completes_with_the_engines_errno() {
+        let r = rig();
+        for (tag, success) in [(1u16, 0), (2, 4096)] {
+            let done = r.target.on_durable(tag, r.completions.clone(), success);
+            done(Err(lc_engine::Error::Stopped));
+            assert_eq!(r.result_of(tag), -libc::ESHUTDOWN);
+        }
+        let done = r.target.on_durable(3, r.completions.clone(), 4096);
+        done(Ok(()));
+        assert_eq!(
+            r.result_of(3),
+            4096,
+            "a durable FUA write completes with its bytes"
+        );
+    }
+
+    #[test]
+    fn only_lcds_own_record_naming_the_kernels_server_claims_a_device() {
+        let t = tempfile::tempdir().unwrap();
+        let run = Dir::open(&t.path().join("lc"), Owner::current()).unwrap();
+        let me = std::process::id() as i32;
+        let kernel = Existing {
+            state: sys::UBLK_S_DEV_QUIESCED,
+            server_pid: me,
+        };
+        let e = claim(&run, 3, &kernel).unwrap_err();
+        assert!(e.contains("lcd has no record of serving it"), "{e}");
+        assert!(e.contains("neither serves nor deletes it"), "{e}");
+        write_record(&run, 3).unwrap();
+        claim(&run, 3, &kernel).unwrap();
+        // the file the udev rule looks for
+        assert!(t.path().join("lc/ublkb3").is_file());
+        // the kernel names another server: not the device lcd started
+        let other = Existing {
+            state: sys::UBLK_S_DEV_QUIESCED,
+            server_pid: me + 1,
+        };
+        let e = claim(&run, 3, &other).unwrap_err();
+        assert!(e.contains(&format!("lcd recorded pid {me}")), "{e}");
+        // records lcd did not write
+        run.write_record("ublkb4", b"{\"device_id\":3,\"server_pid\":5}")
+            .unwrap();
+        let e = read_record(&run, 4).unwrap_err();
+        assert!(e.contains("names device 3"), "{e}");
+        run.write_record("ublkb5", b"{\"target\":{\"name\":\"lc\"}}")
+            .unwrap();
+        let e = read_record(&run, 5).unwrap_err();
+        assert!(e.contains("not its JSON"), "{e}");
+        std::os::unix::fs::symlink(t.path().join("lc/ublkb3"), t.path().join("lc/ublkb6")).unwrap();
+        let e = claim(&run, 6, &kernel).unwrap_err();
+        assert!(e.contains("a symlink"), "{e}");
     }
 
     #[test]

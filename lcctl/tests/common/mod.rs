@@ -172,10 +172,29 @@ impl Rig {
         }
     }
 
+    /// What lcctl run as root sees as `/run`: root's selection is always
+    /// `/run/lcctl/selected-cache`, so each rig gives its root lcctl a
+    /// `/run` of its own (a bind mount in a private mount namespace).
+    pub fn root_run_dir(&self) -> PathBuf {
+        self.dir.path().join("root-run")
+    }
+
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lcctl"));
+        let mut c = if is_root() {
+            let run = self.root_run_dir();
+            std::fs::create_dir_all(&run).unwrap();
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount --bind "$0" /run && exec "$@""#)
+                .arg(&run)
+                .arg(env!("CARGO_BIN_EXE_lcctl"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_lcctl"))
+        };
         c.args(["--bus", &self.address])
             .args(args)
+            // honoured for other users; root ignores it
             .env("LCCTL_RUNTIME_DIR", self.dir.path().join("lcctl"))
             .stdin(Stdio::null());
         c
