@@ -86,6 +86,28 @@ pub fn paragraphs(roff: &mut Roff, text: &str) {
     }
 }
 
+/// How an argument is written: its value name in italics when positional,
+/// else `--long` in bold and its value name if it takes one.
+fn arg_inlines(a: &clap::Arg) -> Vec<Inline> {
+    let value = a
+        .get_value_names()
+        .and_then(|v| v.first())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
+    if a.is_positional() {
+        return vec![italic(value)];
+    }
+    let Some(long) = a.get_long() else {
+        return Vec::new();
+    };
+    let mut l = vec![bold(format!("--{long}"))];
+    if a.get_num_args().is_none_or(|n| n.takes_values()) {
+        l.push(roman(" "));
+        l.push(italic(value));
+    }
+    l
+}
+
 /// A section `title` (COMMANDS, SUBCOMMANDS) with one subsection per
 /// subcommand of `cmd`: its synopsis (`program` and the subcommand in bold),
 /// its long help and its arguments, all from the clap definitions — so the
@@ -112,20 +134,7 @@ pub fn commands_section(cmd: &clap::Command, program: &str, title: &str) -> Roff
             if !required {
                 line.push(roman("["));
             }
-            let value = a
-                .get_value_names()
-                .and_then(|v| v.first())
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
-            if a.is_positional() {
-                line.push(italic(value));
-            } else if let Some(long) = a.get_long() {
-                line.push(bold(format!("--{long}")));
-                if a.get_num_args().is_none_or(|n| n.takes_values()) {
-                    line.push(roman(" "));
-                    line.push(italic(value));
-                }
-            }
+            line.extend(arg_inlines(a));
             if !required {
                 line.push(roman("]"));
             }
@@ -139,20 +148,9 @@ pub fn commands_section(cmd: &clap::Command, program: &str, title: &str) -> Roff
         paragraphs(&mut roff, &about);
         for a in &args {
             roff.control("TP", []);
-            let value = a
-                .get_value_names()
-                .and_then(|v| v.first())
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| a.get_id().as_str().to_uppercase());
-            if a.is_positional() {
-                roff.text([italic(value)]);
-            } else if let Some(long) = a.get_long() {
-                let mut l = vec![bold(format!("--{long}"))];
-                if a.get_num_args().is_none_or(|n| n.takes_values()) {
-                    l.push(roman(" "));
-                    l.push(italic(value));
-                }
-                roff.text(l);
+            let inlines = arg_inlines(a);
+            if !inlines.is_empty() {
+                roff.text(inlines);
             }
             let help = a
                 .get_long_help()
