@@ -75,6 +75,23 @@ pub enum RunDirError {
         /// The parent's owner.
         uid: u32,
     },
+    /// The directory belongs to someone else and lcd may not change that
+    /// (lcd.service keeps no `CAP_CHOWN`).
+    #[error(
+        "{path} belongs to user {uid} (group {gid}) and lcd cannot make it its own; make it \
+         root's (`chown root:root {path} && chmod 0755 {path}`) or remove it, then restart lcd"
+    )]
+    WrongOwner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+        /// Why the change failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file lcd would read is not one lcd wrote.
     #[error("{path} is {why}, not a file lcd wrote; lcd ignores it and removes it where it can")]
     Untrusted {
@@ -243,8 +260,14 @@ impl Dir {
         let m = dir.metadata().map_err(|e| io("looking at", e))?;
         let mut fixed = Vec::new();
         if m.uid() != owner.uid || m.gid() != owner.gid {
-            std::os::unix::fs::fchown(&dir, Some(owner.uid), Some(owner.gid))
-                .map_err(|e| io("changing the owner of", e))?;
+            std::os::unix::fs::fchown(&dir, Some(owner.uid), Some(owner.gid)).map_err(|e| {
+                RunDirError::WrongOwner {
+                    path: path.to_path_buf(),
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    source: e,
+                }
+            })?;
             fixed.push(format!(
                 "owner {}:{} → {}:{}",
                 m.uid(),
@@ -536,6 +559,35 @@ mod tests {
         Dir::open(&p, Owner::current()).unwrap();
         let m = std::fs::symlink_metadata(&p).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o755));
+    }
+
+    #[test]
+    fn a_directory_lcd_cannot_make_its_own_says_what_to_do() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("ublksrvd");
+        std::fs::create_dir(&p).unwrap();
+        // as if owned by someone else: lcd claims to be another user
+        let me = Owner::current();
+        let other = Owner {
+            uid: me.uid + 1,
+            gid: me.gid,
+        };
+        if me.uid == 0 {
+            // root may give it away; make sure the message is right anyway
+            let e = RunDirError::WrongOwner {
+                path: p.clone(),
+                uid: 65534,
+                gid: 65534,
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            };
+            let text = describe(&e);
+            assert!(text.contains("chown root:root"), "{text}");
+            assert_eq!(text.matches("Operation not permitted").count(), 1, "{text}");
+            return;
+        }
+        let e = Dir::open(&p, other).unwrap_err();
+        assert!(matches!(e, RunDirError::WrongOwner { .. }), "{e}");
+        assert!(describe(&e).contains("chown root:root"), "{e}");
     }
 
     #[test]
