@@ -105,8 +105,9 @@ pub trait Manager {
         backing_path: &str,
         cache_id: u8,
     ) -> Result<DeviceInfo, LcdError>;
-    /// Removes the block device, writes every dirty block of the device back
-    /// and detaches it; returns when all that is done.
+    /// Writes every dirty block of the device back (its block device still
+    /// served), then removes the block device and detaches it; returns when
+    /// all that is done.
     fn remove_device(&self, device_id: u8) -> Result<(), LcdError>;
     /// `RemoveDevice` that returns once the write-back has begun; the device
     /// object shows state `detaching` and goes away when it is done.

@@ -48,10 +48,12 @@ pub struct Cli {
 pub enum Command {
     /// Write a fresh lc superblock to a cache device.
     ///
-    /// Refused when the device holds a file system, an lc cache or other
-    /// data, unless --force is given. A resumed cache is never formatted.
+    /// Refused, unless --force is given, when the device holds an lc cache
+    /// or a format lc recognises (ext2/3/4, XFS, btrfs, LVM2, LUKS, swap,
+    /// bcache, GPT); other contents are not detected. A resumed cache or a
+    /// device in use is never formatted.
     Format {
-        /// The cache device (block device or file, at least 8 MiB).
+        /// The cache device (block device or file, at least 3 MiB).
         path: PathBuf,
         /// Format even when the device holds data (it is lost).
         #[arg(long)]

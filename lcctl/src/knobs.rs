@@ -47,7 +47,7 @@ pub const CACHE_KNOBS: [KnobDoc; 7] = [
     },
     KnobDoc {
         name: "allow_migrate",
-        help: "1: write dirty data back to the backing devices",
+        help: "1: write dirty data back to the backing devices; lcd's migration policy sets it every update_interval (migrate_threshold 0 stops write-back, force_migrate 1 forces it)",
         min: 0,
         max: 1,
         default: 0,

@@ -19,7 +19,8 @@ pub struct Cli {
     /// Serve on the bus at this D-Bus address (tests).
     #[arg(long, value_name = "ADDRESS")]
     pub address: Option<String>,
-    /// Where lcd records its caches and knobs, to bring them back at start.
+    /// Where lcd records its caches, devices and knobs, to bring them back
+    /// at start.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lcd")]
     pub state_dir: PathBuf,
     /// How devices are exposed: `ublk` (as /dev/ublkbN) or `none` (attached
