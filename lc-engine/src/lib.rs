@@ -75,5 +75,9 @@ pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, F
 pub use device::{AlignedBuf, BlockDevice, FileDevice};
 pub use error::{DeviceRole, Error, Result};
 pub use knobs::{Knob, KnobSpec};
-pub use recover::{format_cache_device, read_superblock, RecoveryReport, MIN_CACHE_BYTES};
+pub use format::MAX_CACHE_SEGMENTS;
+pub use migrator::MAX_WRITE_BACK_SEGMENTS;
+pub use recover::{
+    format_cache_device, read_superblock, RecoveryReport, MAX_CACHE_BYTES, MIN_CACHE_BYTES,
+};
 pub use stats::{Fault, Health, StatsSnapshot};

@@ -49,6 +49,11 @@ struct SegmentCopy {
     buf: AlignedBuf,
 }
 
+/// Most segments one write-back batch holds in RAM (1 MiB each at most),
+/// whatever `nr_max_batched_migration` says: a larger knob value writes back
+/// in batches of this many.
+pub const MAX_WRITE_BACK_SEGMENTS: u64 = 64;
+
 pub(crate) fn run(inner: Arc<Inner>) {
     while let Some((from, end_id)) = next_range(&inner) {
         let slots: Vec<u64> = (from + 1..=end_id)
