@@ -9,7 +9,9 @@
 //! of the run that nobody vouches for are checked against their full
 //! checksum, and the run ends before the first that fails (a torn segment is
 //! never replayed). Headers of this cache with ids beyond the run are zeroed
-//! before the cache accepts I/O, so a later crash cannot resurrect them.
+//! before the cache accepts I/O, so a later crash cannot resurrect them, and
+//! the cache device is flushed before the replayed log counts as durable
+//! (after a process crash it may still be in the device's volatile cache).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicU32;
@@ -325,9 +327,10 @@ fn replay_log(
             report.zeroed_headers += 1;
         }
     }
-    if report.zeroed_headers > 0 {
-        dev.flush().map_err(io_err("flushing the cache device"))?;
-    }
+    // The replayed segments may still sit in the device's volatile cache
+    // (the process that wrote them died before its flush): make them
+    // durable before the first new header vouches for them.
+    dev.flush().map_err(io_err("flushing the cache device"))?;
     report.last_replayed_segment_id = end;
     Ok(report)
 }
