@@ -171,7 +171,7 @@ pub(crate) fn line_offset(idx: u32) -> u64 {
 pub const DRAIN_GIVES_UP_AFTER: u64 = 8;
 
 /// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(10u64 << attempt.min(8)).min(Duration::from_secs(2))
 }
 

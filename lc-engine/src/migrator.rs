@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{line_index, lock, read_lock, retry_io, Backing, Inner};
+use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner};
 use crate::device::AlignedBuf;
 use crate::format::*;
 use crate::index::LineKey;
@@ -267,7 +267,10 @@ fn retry(
 const MAX_RUN_BYTES: usize = 1 << 20;
 
 /// Writes the items' dirty sectors to the backing devices, sorted and
-/// merged into runs, then flushes the devices written.
+/// merged into runs, then flushes the devices written. When a flush fails,
+/// the whole batch is written again before the next flush: the failed flush
+/// may have lost any of the writes before it, and a later successful flush
+/// says nothing about them.
 fn write_back(
     inner: &Inner,
     segs: &[SegmentCopy],
@@ -299,6 +302,41 @@ fn write_back(
     }
     runs.sort_by_key(|&(d, s, _)| (d, s));
     let _io = lock(&inner.migration_io);
+    let mut attempt = 0;
+    loop {
+        if !write_runs(inner, &runs, devices) {
+            return false;
+        }
+        let failed = devices.values().find_map(|b| match b.dev.flush() {
+            Ok(()) => None,
+            Err(e) => Some((b.id, e)),
+        });
+        let Some((id, e)) = failed else {
+            inner.stats.success(ErrorCounter::BackingWrite);
+            return true;
+        };
+        let what = format!("flushing the backing device of device {id}");
+        inner.stats.failure(ErrorCounter::BackingWrite, &what, &e);
+        inner.stats.error(ErrorCounter::MigrationRetry);
+        tracing::warn!(
+            cache = inner.cache_id,
+            "write-back: {what} failed: {e}; writing the batch again"
+        );
+        inner.progress_cv.notify_all();
+        if lock(&inner.state).stopping {
+            return false;
+        }
+        std::thread::sleep(backoff(attempt));
+        attempt += 1;
+    }
+}
+
+/// Writes the runs, merging contiguous ones up to [`MAX_RUN_BYTES`].
+fn write_runs(
+    inner: &Inner,
+    runs: &[(u8, u64, &[u8])],
+    devices: &BTreeMap<u8, Arc<Backing>>,
+) -> bool {
     let mut i = 0;
     while i < runs.len() {
         let (dev, start, _) = runs[i];
@@ -331,16 +369,6 @@ fn write_back(
         b.migrated_sectors
             .fetch_add((bytes / SECTOR_SIZE) as u64, Ordering::Relaxed);
         i = j;
-    }
-    for b in devices.values() {
-        if !retry(
-            inner,
-            ErrorCounter::BackingWrite,
-            &format!("flushing the backing device of device {}", b.id),
-            || b.dev.flush(),
-        ) {
-            return false;
-        }
     }
     true
 }
