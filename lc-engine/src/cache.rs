@@ -106,6 +106,8 @@ pub(crate) struct State {
     pub last_segment_of_device: Vec<u64>,
     pub last_commit: Instant,
     pub stopping: bool,
+    /// Write-back is stopped by dirty data beyond a backing device's end.
+    pub write_back_blocked: Option<crate::migrator::BlockedWriteBack>,
 }
 
 /// What the cache shares with its background threads.
@@ -895,6 +897,9 @@ impl Cache {
             }
             if st.stopping {
                 return Err(Error::Stopped);
+            }
+            if let Some(blocked) = st.write_back_blocked {
+                return Err(blocked.error());
             }
             if let Some(e) = self.write_back_failing(errors_before) {
                 return Err(e);

@@ -172,7 +172,7 @@ impl SuperBlockHeader {
         if h.segment_size as usize != SEGMENT_SIZE
             || h.lines_per_segment as usize != LINES_PER_SEGMENT
             || h.nr_segments < MIN_SEGMENTS
-            || h.nr_segments > u32::MAX as u64 / LINES_PER_SEGMENT as u64
+            || h.nr_segments > MAX_CACHE_SEGMENTS
         {
             return Err(corrupt("superblock geometry is not valid for format v1"));
         }

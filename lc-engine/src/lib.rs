@@ -74,8 +74,8 @@ mod ticker;
 pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
 pub use device::{AlignedBuf, BlockDevice, FileDevice};
 pub use error::{DeviceRole, Error, Result};
-pub use knobs::{Knob, KnobSpec};
 pub use format::MAX_CACHE_SEGMENTS;
+pub use knobs::{Knob, KnobSpec};
 pub use migrator::MAX_WRITE_BACK_SEGMENTS;
 pub use recover::{
     format_cache_device, read_superblock, RecoveryReport, MAX_CACHE_BYTES, MIN_CACHE_BYTES,

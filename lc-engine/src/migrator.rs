@@ -2,7 +2,8 @@
 //! order, a batch of segments at a time.
 //!
 //! A batch is the next `nr_max_batched_migration` durable segments after
-//! `last_migrated_segment_id`. The segments are read from the cache device;
+//! `last_migrated_segment_id`, at most [`MAX_WRITE_BACK_SEGMENTS`] (their
+//! data is held in RAM while the batch is written). The segments are read from the cache device;
 //! their lines that are still the newest copy (or whose newer copy is not yet
 //! durable) have their dirty sectors written to each backing device sorted
 //! by address (contiguous runs merged); the backing devices are flushed, and
@@ -12,6 +13,12 @@
 //! waiting writers and detaches, which give up after
 //! [`DRAIN_GIVES_UP_AFTER`](crate::cache::DRAIN_GIVES_UP_AFTER) failures in
 //! a row; the next success ends the fault.
+//!
+//! Dirty data beyond the end of its backing device (a crafted cache, or the
+//! wrong disk attached under the id) stops write-back in log order: it is
+//! reported as a backing-write fault naming [`Error::DirtyBeyondEnd`],
+//! drains fail with that error, writers that need room get an I/O error,
+//! and nothing is written or dropped until the right disk is attached.
 //!
 //! Write-back runs while `allow_migrate` or `force_migrate` is set, while a
 //! writer waits for a slot that is not yet written back, and while a detach
@@ -24,6 +31,7 @@ use std::time::Duration;
 
 use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner};
 use crate::device::AlignedBuf;
+use crate::error::Error;
 use crate::format::*;
 use crate::index::LineKey;
 use crate::knobs::Knob;
@@ -71,6 +79,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
                         st.index.remove(it.idx);
                     }
                 }
+                st.write_back_blocked = None;
                 st.last_migrated_id = end_id;
                 st.migrate_urgent = false;
                 drop(st);
@@ -81,6 +90,24 @@ pub(crate) fn run(inner: Arc<Inner>) {
                     cache = inner.cache_id,
                     "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
                 );
+                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
+            }
+            Outcome::BeyondEnd(blocked) => {
+                // Writing would fail with ENOSPC (or land on the wrong
+                // disk's neighbour) for ever: report it as a named fault,
+                // keep the data, and look again now and then (the right
+                // disk may be attached).
+                let e = blocked.error();
+                if st.write_back_blocked != Some(blocked) {
+                    tracing::error!(cache = inner.cache_id, "write-back stops: {e}");
+                }
+                st.write_back_blocked = Some(blocked);
+                inner.stats.failure(
+                    ErrorCounter::BackingWrite,
+                    "writing dirty data back",
+                    &std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+                );
+                inner.progress_cv.notify_all();
                 let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
             }
             Outcome::Stopped => return,
@@ -102,7 +129,10 @@ fn next_range(inner: &Inner) -> Option<(u64, u64)> {
             || st.migrate_urgent
             || st.drain_target > from;
         if wanted && st.durable_id > from {
-            let batched = inner.knobs.get(Knob::NrMaxBatchedMigration).max(1);
+            let batched = inner
+                .knobs
+                .get(Knob::NrMaxBatchedMigration)
+                .clamp(1, MAX_WRITE_BACK_SEGMENTS);
             let end_id = (from + batched).min(st.durable_id);
             for id in from + 1..=end_id {
                 inner.pin(slot_of(id, inner.nr_segments));
@@ -120,7 +150,29 @@ fn next_range(inner: &Inner) -> Option<(u64, u64)> {
 enum Outcome {
     Done(Vec<Item>),
     MissingDevice(u8),
+    BeyondEnd(BlockedWriteBack),
     Stopped,
+}
+
+/// Dirty data write-back cannot write: it lies beyond the end of the
+/// backing device attached under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockedWriteBack {
+    pub device_id: u8,
+    /// First dirty sector beyond the end.
+    pub sector: u64,
+    /// The backing device's size in sectors.
+    pub size: u64,
+}
+
+impl BlockedWriteBack {
+    pub(crate) fn error(self) -> Error {
+        Error::DirtyBeyondEnd {
+            device_id: self.device_id,
+            sector: self.sector,
+            size: self.size,
+        }
+    }
 }
 
 /// Reads the segments (from, end], chooses the lines to write back, writes
@@ -202,6 +254,16 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
                 }
                 match attached.get(&m.device_id) {
                     Some(b) => {
+                        let first = key.line * SECTORS_PER_LINE as u64;
+                        if let Some(s) = (0..SECTORS_PER_LINE as u64)
+                            .find(|&s| bits & (1 << s) != 0 && first + s >= b.size_sectors)
+                        {
+                            return Outcome::BeyondEnd(BlockedWriteBack {
+                                device_id: m.device_id,
+                                sector: first + s,
+                                size: b.size_sectors,
+                            });
+                        }
                         devices.entry(m.device_id).or_insert_with(|| b.clone());
                     }
                     None => return Outcome::MissingDevice(m.device_id),

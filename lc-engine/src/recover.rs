@@ -45,7 +45,8 @@ pub const MIN_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MIN_SEGMENTS * SEGMENT_SIZE
 pub const MAX_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MAX_CACHE_SEGMENTS * SEGMENT_SIZE as u64;
 
 /// Writes a fresh lc superblock (format v1) to `dev`, dm-lc's
-/// `format_cache_device`. Refuses a device that is too small, and one that
+/// `format_cache_device`. Refuses a device that is too small or too large
+/// ([`MIN_CACHE_BYTES`], [`MAX_CACHE_BYTES`]), and one that
 /// holds an lc cache or another recognisable format unless `force` is set;
 /// a refusal writes nothing.
 pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBlockHeader> {
@@ -55,6 +56,12 @@ pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBl
         return Err(Error::TooSmall {
             size,
             min: MIN_CACHE_BYTES,
+        });
+    }
+    if size > MAX_CACHE_BYTES {
+        return Err(Error::TooLarge {
+            size,
+            max: MAX_CACHE_BYTES,
         });
     }
     if !force {
@@ -69,7 +76,7 @@ pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBl
         version: FORMAT_VERSION,
         segment_size: SEGMENT_SIZE as u32,
         lines_per_segment: LINES_PER_SEGMENT as u32,
-        nr_segments: nr_segments.min(u32::MAX as u64 / LINES_PER_SEGMENT as u64),
+        nr_segments,
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -182,6 +189,7 @@ impl Cache {
             last_segment_of_device: vec![0; 256],
             last_commit: Instant::now(),
             stopping: false,
+            write_back_blocked: None,
         };
         let report = replay_log(&*dev, &sb, &record, &mut st)?;
         let end = report.last_replayed_segment_id;
