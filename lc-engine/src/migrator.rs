@@ -378,18 +378,25 @@ fn write_back(
             return true;
         };
         let what = format!("flushing the backing device of device {id}");
-        inner.stats.failure(ErrorCounter::BackingWrite, &what, &e);
-        inner.stats.error(ErrorCounter::MigrationRetry);
-        tracing::warn!(
-            cache = inner.cache_id,
-            "write-back: {what} failed: {e}; writing the batch again"
-        );
-        inner.progress_cv.notify_all();
+        on_backing_error(inner, &what)(&e);
         if lock(&inner.state).stopping {
             return false;
         }
         std::thread::sleep(backoff(attempt));
         attempt += 1;
+    }
+}
+
+/// Counts a failed backing write and wakes those who decide on it.
+fn on_backing_error<'a>(inner: &'a Inner, what: &'a str) -> impl FnMut(&std::io::Error) + 'a {
+    move |e| {
+        inner.stats.failure(ErrorCounter::BackingWrite, what, e);
+        inner.stats.error(ErrorCounter::MigrationRetry);
+        tracing::warn!(
+            cache = inner.cache_id,
+            "write-back: {what} failed: {e}; retrying"
+        );
+        inner.progress_cv.notify_all();
     }
 }
 
@@ -420,12 +427,12 @@ fn write_runs(
         }
         let b = &devices[&dev];
         let off = start * SECTOR_SIZE as u64;
-        if !retry(
-            inner,
-            ErrorCounter::BackingWrite,
-            &format!("writing to the backing device of device {dev} at sector {start}"),
-            || b.dev.write_at(&buf, off),
-        ) {
+        let what = format!("writing to the backing device of device {dev} at sector {start}");
+        // no success is counted before the batch's flush succeeds: a fault
+        // of failing flushes goes on while the rewrites succeed
+        if !retry_io(inner, 0, on_backing_error(inner, &what), || {
+            b.dev.write_at(&buf, off)
+        }) {
             return false;
         }
         b.migrated_sectors
