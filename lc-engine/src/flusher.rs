@@ -45,6 +45,9 @@ pub(crate) struct SegmentWrite {
     data: Arc<AlignedBuf>,
     /// Valid lines.
     length: usize,
+    /// Failed flushes of the cache device counted when it was last handed
+    /// to a writer: if more have failed since, the write may be lost.
+    flush_era: u64,
 }
 
 impl SegmentWrite {
@@ -62,6 +65,7 @@ impl SegmentWrite {
             header,
             data,
             length,
+            flush_era: 0,
         }
     }
 }
@@ -121,9 +125,10 @@ pub(crate) fn spawn(
 struct UnflushedSegments {
     /// In id order; their RAM buffers are still held.
     segments: Vec<SegmentWrite>,
-    /// A flush of the cache device failed since they were (re)written:
-    /// they must be written again before a flush can make them durable.
-    flush_failed: bool,
+    /// Failed flushes of the cache device so far. A segment written (or
+    /// handed to a writer) before the latest failure must be written again
+    /// before a flush can make it durable.
+    failed_flushes: u64,
 }
 
 fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
@@ -168,6 +173,7 @@ fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
                 break;
             }
             in_flight += 1;
+            seg.flush_era = unflushed.failed_flushes;
             if io_tx.send(seg).is_err() {
                 return;
             }
@@ -325,16 +331,15 @@ fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
     let written = lock(&inner.state).last_flushed_id;
     if lock(&inner.state).durable_id < written {
         let flushed = retry(inner, "flushing the cache device", 0, || {
-            if unflushed.flush_failed {
-                for seg in &unflushed.segments {
-                    write_once(inner, seg)?;
-                }
-                unflushed.flush_failed = false;
+            let era = unflushed.failed_flushes;
+            for seg in unflushed.segments.iter_mut().filter(|s| s.flush_era != era) {
+                write_once(inner, seg)?;
+                seg.flush_era = era;
             }
             inner
                 .dev
                 .flush()
-                .inspect_err(|_| unflushed.flush_failed = true)
+                .inspect_err(|_| unflushed.failed_flushes += 1)
         });
         if !flushed {
             return;
@@ -408,7 +413,7 @@ fn commit(inner: &Inner, unflushed: &mut UnflushedSegments) -> Result<()> {
     inner
         .dev
         .flush()
-        .inspect_err(|_| unflushed.flush_failed = true)
+        .inspect_err(|_| unflushed.failed_flushes += 1)
         .map_err(io)?;
     inner.stats.success(ErrorCounter::CacheWrite);
     let slots: Vec<u64> = {
