@@ -326,10 +326,7 @@ pub fn superblock(data: &[u8]) {
         Ok(h) => {
             assert!(disk.size_bytes() >= MIN_CACHE_BYTES);
             assert!(force || detect_signature(&head).is_none());
-            assert_eq!(
-                h.nr_segments,
-                segments_for(disk.size_bytes())
-            );
+            assert_eq!(h.nr_segments, segments_for(disk.size_bytes()));
             assert_eq!(read_superblock(&*disk).ok(), Some(h));
             if h.nr_segments <= 8 {
                 // (inspection reads every segment: only small devices)
