@@ -484,4 +484,59 @@ mod tests {
         );
         assert_eq!(d.plan.injected.load(Ordering::SeqCst), 1);
     }
+
+    #[test]
+    fn counted_faults_hit_only_what_they_name() {
+        let d = FaultyDevice::new(SimDisk::new(PowerDomain::new(), 16384));
+        d.plan.fail_next_writes(4096..8192, 1);
+        d.plan.fail_next_flushes(2);
+        d.write_at(&[1; 512], 0).unwrap();
+        assert!(d.write_at(&[1; 512], 4096 + 512).is_err());
+        d.write_at(&[1; 512], 4096 + 512).unwrap();
+        assert!(d.flush().is_err() && d.flush().is_err());
+        d.flush().unwrap();
+        assert_eq!(d.plan.injected.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_failed_flush_over_a_sim_disk_loses_its_volatile_writes() {
+        let disk = SimDisk::new(PowerDomain::new(), 8192);
+        let d = FaultyDevice::over_sim(disk.clone());
+        d.write_at(&[1; 512], 0).unwrap();
+        d.flush().unwrap();
+        d.write_at(&[2; 512], 0).unwrap();
+        d.plan.fail_next_flushes(1);
+        assert!(d.flush().is_err());
+        let mut b = [0u8; 512];
+        d.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [1; 512], "the unflushed write is gone");
+    }
+
+    #[test]
+    fn random_faults_repeat_with_their_seed_and_a_fence_stops_everything() {
+        let run = |seed| {
+            let d = FaultyDevice::new(SimDisk::new(PowerDomain::new(), 4096));
+            // (offset 0 is in the first MiB: the superblock rate)
+            let rates = RandomFaultRates {
+                superblock_write_ppm: 300_000,
+                ..Default::default()
+            };
+            d.plan.set_random(seed, Some(rates));
+            (0..64)
+                .map(|_| d.write_at(&[1; 512], 0).is_err())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(5), run(5));
+        assert!(run(5).contains(&true) && run(5).contains(&false));
+        let disk = SimDisk::new(PowerDomain::new(), 4096);
+        let d = FaultyDevice::new(disk.clone());
+        d.fence();
+        d.write_at(&[7; 512], 0).unwrap();
+        assert!(d.read_at(&mut [0; 512], 0).is_err());
+        assert_eq!(
+            disk.snapshot()[..512],
+            [0; 512],
+            "a dead process writes nothing"
+        );
+    }
 }
