@@ -3,12 +3,13 @@
 //!
 //! A batch is the next `nr_max_batched_migration` durable segments after
 //! `last_migrated_segment_id`, at most [`MAX_WRITE_BACK_SEGMENTS`] (their
-//! data is held in RAM while the batch is written). The segments are read from the cache device;
-//! their lines that are still the newest copy (or whose newer copy is not yet
-//! durable) have their dirty sectors written to each backing device sorted
-//! by address (contiguous runs merged); the backing devices are flushed, and
-//! only then do the lines leave the index and `last_migrated_segment_id`
-//! advance. Errors are counted and retried with backoff; nothing is dropped.
+//! data is held in RAM while the batch is written). The segments are read
+//! from the cache device; their lines that are still the newest copy (or
+//! whose newer copy is not yet durable) have their dirty sectors written to
+//! each backing device sorted by address (contiguous runs merged); the
+//! backing devices are flushed (after a failed flush the batch is written
+//! again first), and only then do the lines leave the index and
+//! `last_migrated_segment_id` advance. Errors are counted and retried with backoff; nothing is dropped.
 //! A failure starts (or extends) a fault in the cache's health and wakes
 //! waiting writers and detaches, which give up after
 //! [`DRAIN_GIVES_UP_AFTER`](crate::cache::DRAIN_GIVES_UP_AFTER) failures in
