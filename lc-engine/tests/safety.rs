@@ -478,3 +478,65 @@ fn dirty_data_beyond_the_end_of_the_backing_device_is_reported_and_hangs_nothing
         "the dirty data stays in the cache"
     );
 }
+
+#[test]
+fn sub_line_discards_racing_writes_to_the_same_lines_lose_no_write() {
+    // The class of issue 15 defect 4: one thread writes sectors 4..8 of
+    // lines 0..16 (each write read back at once), another discards sectors
+    // 0..4 of the same lines, while segments are sealed and flushed so the
+    // discard must read lines from the cache device. The writer's sectors
+    // must always read its last write.
+    const LINES: u64 = 16;
+    let dom = PowerDomain::new();
+    let cache = resume(sim_cache_disk(&dom, 8), 2);
+    cache.set_knob(Knob::BarrierDeadlineMs, 1).unwrap();
+    cache.set_knob(Knob::AllowMigrate, 1).unwrap();
+    cache
+        .attach_device(1, SimDisk::from_image(dom, pattern(0, 0, LINES * 8)))
+        .unwrap();
+    for line in 0..LINES {
+        cache.write(1, line * 8, &pattern(1, line * 8, 8)).unwrap();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let last: Vec<std::sync::atomic::AtomicU64> = (0..LINES)
+        .map(|_| std::sync::atomic::AtomicU64::new(1))
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let line = i % LINES;
+                cache.discard(1, line * 8, 4).unwrap();
+                if i % 7 == 0 {
+                    cache.flush_current_buffer();
+                }
+                i += 1;
+            }
+        });
+        let writer = s.spawn(|| {
+            let mut rng = StdRng::seed_from_u64(4);
+            for tag in 2..3000u64 {
+                use rand::Rng;
+                let line = rng.gen_range(0..LINES);
+                let s4 = line * 8 + 4;
+                cache.write(1, s4, &pattern(tag, s4, 4)).unwrap();
+                last[line as usize].store(tag, Ordering::SeqCst);
+                if tag % 5 == 0 {
+                    cache.flush_sync().unwrap();
+                }
+                let l2 = rng.gen_range(0..LINES);
+                let want = last[l2 as usize].load(Ordering::SeqCst);
+                let got = read(&cache, 1, l2 * 8 + 4, 4);
+                assert!(
+                    got == pattern(want, l2 * 8 + 4, 4),
+                    "line {l2}: sectors 4..8 lost write {want} to a racing discard"
+                );
+            }
+        });
+        let res = writer.join();
+        stop.store(true, Ordering::SeqCst);
+        if let Err(panic) = res {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
