@@ -21,7 +21,7 @@ use lc_engine::format::{
 };
 use lc_engine::{
     format_cache_device, read_superblock, rescue, BlockDevice, Cache, CacheOptions, Error,
-    MIN_CACHE_BYTES,
+    MAX_CACHE_BYTES, MIN_CACHE_BYTES,
 };
 
 /// Uuid of every cache image the recovery target builds.
@@ -318,6 +318,7 @@ pub fn superblock(data: &[u8]) {
     let res = format_cache_device(&*disk, force);
     match res {
         Err(Error::TooSmall { .. }) => assert!(disk.size_bytes() < MIN_CACHE_BYTES),
+        Err(Error::TooLarge { .. }) => assert!(disk.size_bytes() > MAX_CACHE_BYTES),
         Err(Error::HasSignature(s)) => {
             assert!(!force);
             assert_eq!(detect_signature(&head), Some(s));
@@ -325,10 +326,7 @@ pub fn superblock(data: &[u8]) {
         Ok(h) => {
             assert!(disk.size_bytes() >= MIN_CACHE_BYTES);
             assert!(force || detect_signature(&head).is_none());
-            assert_eq!(
-                h.nr_segments,
-                segments_for(disk.size_bytes()).min(u32::MAX as u64 / LINES_PER_SEGMENT as u64)
-            );
+            assert_eq!(h.nr_segments, segments_for(disk.size_bytes()));
             assert_eq!(read_superblock(&*disk).ok(), Some(h));
             if h.nr_segments <= 8 {
                 // (inspection reads every segment: only small devices)

@@ -106,6 +106,8 @@ pub(crate) struct State {
     pub last_segment_of_device: Vec<u64>,
     pub last_commit: Instant,
     pub stopping: bool,
+    /// Write-back is stopped by dirty data beyond a backing device's end.
+    pub write_back_blocked: Option<crate::migrator::BlockedWriteBack>,
 }
 
 /// What the cache shares with its background threads.
@@ -171,7 +173,7 @@ pub(crate) fn line_offset(idx: u32) -> u64 {
 pub const DRAIN_GIVES_UP_AFTER: u64 = 8;
 
 /// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(10u64 << attempt.min(8)).min(Duration::from_secs(2))
 }
 
@@ -309,8 +311,16 @@ fn mask_of(s0: usize, n: usize) -> u8 {
 enum WriteMode {
     /// Keep the older copy's dirty sectors that this write does not cover.
     Merge,
-    /// The new line's dirty bits are exactly the written ones (used by discard).
-    Replace,
+    /// Discard the sectors in the mask from cache line `expect`, which had
+    /// dirty bits `bits` when the discard looked (`fetched`: the data passed
+    /// is that line as read from the cache device). If the index no longer
+    /// says so (a write got in while the lock was released), nothing is
+    /// changed and the discard looks again.
+    Discard {
+        expect: u32,
+        bits: u8,
+        fetched: bool,
+    },
 }
 
 /// A write-back cache over one cache device, serving up to 255 backing devices.
@@ -535,8 +545,9 @@ impl Inner {
     }
 
     /// Writes `data` (a whole line image; only sectors in `mask` matter) as
-    /// the newest copy of `key`.
-    fn write_line(&self, key: LineKey, mask: u8, data: &[u8], mode: WriteMode) -> Result<()> {
+    /// the newest copy of `key`; with [`WriteMode::Discard`], drops the
+    /// sectors in `mask` from it. False: a discard found the line changed.
+    fn write_line(&self, key: LineKey, mask: u8, data: &[u8], mode: WriteMode) -> Result<bool> {
         let full = mask == 0xFF;
         let mut st = lock(&self.state);
         // data of an older copy read from the device: (cache line, line image)
@@ -546,7 +557,57 @@ impl Inner {
                 return Err(Error::Stopped);
             }
             let existing = st.index.lookup(key);
-            if let (Some(idx), WriteMode::Merge) = (existing, mode) {
+            if let WriteMode::Discard {
+                expect,
+                bits: seen,
+                fetched,
+            } = mode
+            {
+                let still = existing == Some(expect)
+                    && st.index.info(expect).is_some_and(|i| i.dirty_bits == seen);
+                if !still {
+                    return Ok(false);
+                }
+                let keep = seen & !mask;
+                if keep == 0 {
+                    st.index.remove(expect);
+                    return Ok(true);
+                }
+                if st.in_current(expect) {
+                    // the open segment holds the newest data in place
+                    st.index.remove(expect);
+                    st.index.insert(key, expect, keep);
+                    return Ok(true);
+                }
+                // a line outside the open segment never changes: take it
+                // from RAM if it is there, else as the discard read it
+                let mut image = AlignedBuf::zeroed(LINE_SIZE);
+                match st.ram_line(expect) {
+                    Some(line) => image.copy_from_slice(line),
+                    None if fetched => image.copy_from_slice(&data[..LINE_SIZE]),
+                    None => return Ok(false),
+                }
+                if st
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| c.length == LINES_PER_SEGMENT)
+                {
+                    st = self.open_segment(st)?;
+                    continue;
+                }
+                st.index.remove(expect);
+                let cur = st.current.as_mut().expect("opened above");
+                let i = cur.length;
+                cur.length += 1;
+                let (id, slot) = (cur.id, cur.slot);
+                let line = &mut cur.buf[i * LINE_SIZE..(i + 1) * LINE_SIZE];
+                line.fill(0);
+                copy_sectors(line, &image, keep);
+                st.index.insert(key, line_index(slot, i), keep);
+                st.last_segment_of_device[key.device_id as usize] = id;
+                return Ok(true);
+            }
+            if let Some(idx) = existing {
                 if st.in_current(idx) {
                     let off = ram_offset(idx);
                     let cur = st.current.as_mut().expect("in_current");
@@ -554,7 +615,7 @@ impl Inner {
                     st.index.add_dirty(idx, mask);
                     drop(st);
                     self.stats.count(true, true, true, full);
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             if st
@@ -569,7 +630,7 @@ impl Inner {
             let mut old: Option<AlignedBuf> = None;
             if let Some(idx) = existing {
                 let old_bits = st.index.info(idx).expect("indexed").dirty_bits;
-                if mode == WriteMode::Merge && old_bits & !mask != 0 {
+                if old_bits & !mask != 0 {
                     if let Some(line) = st.ram_line(idx) {
                         let mut b = AlignedBuf::zeroed(LINE_SIZE);
                         b.copy_from_slice(line);
@@ -585,15 +646,6 @@ impl Inner {
                         continue; // the world may have changed while unlocked
                     }
                     bits |= old_bits;
-                }
-                if st.in_current(idx) {
-                    // Replace mode on a line of the open segment: rewrite in place.
-                    let off = ram_offset(idx);
-                    let cur = st.current.as_mut().expect("in_current");
-                    copy_sectors(&mut cur.buf[off..off + LINE_SIZE], data, mask);
-                    st.index.remove(idx);
-                    st.index.insert(key, idx, bits);
-                    return Ok(());
                 }
                 st.index.remove(idx);
             }
@@ -614,7 +666,7 @@ impl Inner {
             st.last_segment_of_device[key.device_id as usize] = id;
             drop(st);
             self.stats.count(true, existing.is_some(), false, full);
-            return Ok(());
+            return Ok(true);
         }
     }
 
@@ -819,7 +871,9 @@ impl Cache {
     }
 
     /// Forces write-back until `last_migrated_segment_id` reaches `target`,
-    /// reporting progress now and then.
+    /// reporting progress now and then. Seals the current segment if it is
+    /// the target (or older), so the drain never waits for a segment that
+    /// only a later write or FLUSH would close.
     fn drain_to(&self, target: u64, progress: &mut impl FnMut(DrainProgress)) -> Result<()> {
         // errors so far: a drain gives up only after a failure of its own
         // (a device fixed since the last failure gets its next retry)
@@ -829,6 +883,11 @@ impl Cache {
         st.drain_target = st.drain_target.max(target);
         self.inner.migrate_cv.notify_all();
         loop {
+            // A write may have opened the target segment after the caller's
+            // FLUSH; with the device idle nothing else would close it.
+            if st.current.as_ref().is_some_and(|c| c.id <= target) {
+                self.inner.close_current(&mut st);
+            }
             progress(DrainProgress {
                 done: st.last_migrated_id.min(target) - start,
                 total: target - start,
@@ -838,6 +897,9 @@ impl Cache {
             }
             if st.stopping {
                 return Err(Error::Stopped);
+            }
+            if let Some(blocked) = st.write_back_blocked {
+                return Err(blocked.error());
             }
             if let Some(e) = self.write_back_failing(errors_before) {
                 return Err(e);
@@ -1084,19 +1146,35 @@ impl Cache {
                 device_id,
                 line: ln,
             };
-            let mut st = lock(&inner.state);
-            let Some(idx) = st.index.lookup(key) else {
-                continue;
-            };
-            let keep = st.index.info(idx).expect("indexed").dirty_bits & !mask_of(s0, n);
-            if keep == 0 {
-                st.index.remove(idx);
-                continue;
+            let discarded = mask_of(s0, n);
+            // A write may change the line while the lock is released to
+            // read it from the device: then look again.
+            loop {
+                let mut st = lock(&inner.state);
+                let Some(idx) = st.index.lookup(key) else {
+                    break;
+                };
+                let bits = st.index.info(idx).expect("indexed").dirty_bits;
+                if bits & !discarded == 0 {
+                    st.index.remove(idx);
+                    break;
+                }
+                let fetched = st.ram_line(idx).is_none();
+                if fetched {
+                    let (g, res) = inner.fetch_line(st, idx, &mut line);
+                    st = g;
+                    res?;
+                }
+                drop(st);
+                let mode = WriteMode::Discard {
+                    expect: idx,
+                    bits,
+                    fetched,
+                };
+                if inner.write_line(key, discarded, &line, mode)? {
+                    break;
+                }
             }
-            let (st, res) = inner.fetch_line(st, idx, &mut line);
-            drop(st);
-            res?;
-            inner.write_line(key, keep, &line, WriteMode::Replace)?;
         }
         let _io = lock(&inner.migration_io);
         b.dev

@@ -67,6 +67,25 @@ pub enum Error {
         /// Minimum size in bytes.
         min: u64,
     },
+    /// The device is larger than the largest cache lc supports.
+    #[error("the device has {size} bytes, the largest cache lc supports has {max} bytes (an index line number must fit 32 bits); use a partition or volume of at most that size")]
+    TooLarge {
+        /// Device size in bytes.
+        size: u64,
+        /// Largest supported size in bytes ([`crate::MAX_CACHE_BYTES`]).
+        max: u64,
+    },
+    /// The cache holds dirty data of a device beyond the end of the backing
+    /// device attached under its id: the wrong (or a shrunk) disk.
+    #[error("the cache holds dirty data of device {device_id} at sector {sector}, beyond the end of its backing device ({size} sectors): is the right disk attached? write-back of this cache stops until the right disk is attached")]
+    DirtyBeyondEnd {
+        /// Device id.
+        device_id: u8,
+        /// First dirty sector beyond the end.
+        sector: u64,
+        /// Backing device size in sectors.
+        size: u64,
+    },
     /// An argument is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -11,6 +11,16 @@
 //! discards are written by the coordinator itself, between submissions, so a
 //! discard of an old segment can never overtake the write of the new one in
 //! the same slot.
+//!
+//! A segment's RAM buffer is kept until a flush of the cache device has
+//! succeeded after its write: when a flush fails (Linux reports a write-back
+//! error once, and a later successful flush proves nothing about the writes
+//! before it), every segment written since the last successful flush is
+//! written again before the device is flushed again. Until then the
+//! FLUSHes waiting on them fail and readers are served from RAM. Before a
+//! segment reuses a slot, the record must say that the slot's old segment
+//! is written back; that commit is retried like every cache write, and the
+//! segment is not written until it succeeds.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
@@ -35,6 +45,9 @@ pub(crate) struct SegmentWrite {
     data: Arc<AlignedBuf>,
     /// Valid lines.
     length: usize,
+    /// Failed flushes of the cache device counted when it was last handed
+    /// to a writer: if more have failed since, the write may be lost.
+    flush_era: u64,
 }
 
 impl SegmentWrite {
@@ -52,6 +65,7 @@ impl SegmentWrite {
             header,
             data,
             length,
+            flush_era: 0,
         }
     }
 }
@@ -105,10 +119,23 @@ pub(crate) fn spawn(
     Ok(threads)
 }
 
+/// Segments written to the cache device but not yet covered by a
+/// successful flush; the coordinator owns them.
+#[derive(Default)]
+struct UnflushedSegments {
+    /// In id order; their RAM buffers are still held.
+    segments: Vec<SegmentWrite>,
+    /// Failed flushes of the cache device so far. A segment written (or
+    /// handed to a writer) before the latest failure must be written again
+    /// before a flush can make it durable.
+    failed_flushes: u64,
+}
+
 fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
     let mut queued: VecDeque<SegmentWrite> = VecDeque::new();
     let mut in_flight = 0;
     let mut landed: BTreeMap<u64, SegmentWrite> = BTreeMap::new();
+    let mut unflushed = UnflushedSegments::default();
     let mut stop = false;
     while let Ok(job) = rx.recv() {
         match job {
@@ -119,11 +146,11 @@ fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
                     landed.insert(seg.id, seg);
                 }
                 let more = !queued.is_empty() || in_flight > 0;
-                segments_landed(inner, &mut landed, more);
+                segments_landed(inner, &mut landed, &mut unflushed, more);
             }
-            FlushJob::Barrier => make_durable(inner),
+            FlushJob::Barrier => make_durable(inner, &mut unflushed),
             FlushJob::Commit(reply) => {
-                let res = commit(inner);
+                let res = commit(inner, &mut unflushed);
                 if let Some(tx) = reply {
                     let _ = tx.send(res);
                 } else if let Err(e) = res {
@@ -139,8 +166,14 @@ fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
             let Some(mut seg) = queued.pop_front() else {
                 break;
             };
-            prepare(inner, &mut seg);
+            if !prepare(inner, &mut seg, &mut unflushed) {
+                // the cache stops while the record cannot be written: this
+                // segment and the ones after it are never written
+                queued.clear();
+                break;
+            }
             in_flight += 1;
+            seg.flush_era = unflushed.failed_flushes;
             if io_tx.send(seg).is_err() {
                 return;
             }
@@ -163,18 +196,19 @@ fn segment_writer(inner: &Inner, jobs: &Mutex<Receiver<SegmentWrite>>, done: &Se
 }
 
 /// Advances `last_flushed_segment_id` over the segments that landed in
-/// order, returns their buffers, and flushes the device when a FLUSH waits,
-/// when no more segments are coming, or every [`FLUSH_EVERY_SEGMENTS`].
-fn segments_landed(inner: &Inner, landed: &mut BTreeMap<u64, SegmentWrite>, more_coming: bool) {
+/// order, and flushes the device when a FLUSH waits, when no more segments
+/// are coming, or every [`FLUSH_EVERY_SEGMENTS`].
+fn segments_landed(
+    inner: &Inner,
+    landed: &mut BTreeMap<u64, SegmentWrite>,
+    unflushed: &mut UnflushedSegments,
+    more_coming: bool,
+) {
     let mut st = lock(&inner.state);
     let mut advanced = false;
     while let Some(seg) = landed.remove(&(st.last_flushed_id + 1)) {
         st.last_flushed_id = seg.id;
-        st.ram[seg.slot as usize] = None;
-        // readers copy under the lock and never keep the Arc: ours is the last
-        if let Ok(b) = Arc::try_unwrap(seg.data) {
-            st.free_bufs.push(b);
-        }
+        unflushed.segments.push(seg);
         advanced = true;
     }
     if !advanced {
@@ -186,7 +220,7 @@ fn segments_landed(inner: &Inner, landed: &mut BTreeMap<u64, SegmentWrite>, more
     drop(st);
     inner.progress_cv.notify_all();
     if someone_waits || !more_coming || lag >= FLUSH_EVERY_SEGMENTS {
-        make_durable(inner);
+        make_durable(inner, unflushed);
     }
 }
 
@@ -232,43 +266,94 @@ fn retry(
 }
 
 /// Gets a segment ready for its writer: commits the record first if the
-/// segment reuses a slot, seals it, and waits until no reader has the slot pinned.
-fn prepare(inner: &Inner, seg: &mut SegmentWrite) {
-    // Before slot reuse, the record must say the slot's old segment is
-    // written back, or a crash would make recovery stop at the overwritten id.
+/// segment reuses a slot, seals it, and waits until no reader has the slot
+/// pinned. False (the segment must not be written) only when the cache
+/// stops while the record cannot be committed.
+fn prepare(inner: &Inner, seg: &mut SegmentWrite, unflushed: &mut UnflushedSegments) -> bool {
+    // Before slot reuse, the durable record must say the slot's old segment
+    // is written back, or a crash would make recovery start at this slot,
+    // find the new id there and drop the whole log.
     let nr = inner.nr_segments;
-    if seg.id > nr && lock(&inner.state).persisted_migrated_id < seg.id - nr {
-        if let Err(e) = commit(inner) {
-            tracing::error!(
-                cache = inner.cache_id,
-                "superblock commit before slot reuse failed: {e}"
-            );
+    let record_allows =
+        |inner: &Inner| seg.id <= nr || lock(&inner.state).persisted_migrated_id >= seg.id - nr;
+    if !record_allows(inner) {
+        let what = "committing the superblock record before reusing a segment slot";
+        let on_error = |e: &std::io::Error| {
+            // commit() counted the failure
+            tracing::error!(cache = inner.cache_id, "{what} failed: {e}; retrying");
+            fail_waiters(inner, seg.id, what);
+            inner.progress_cv.notify_all();
+        };
+        let committed = retry_io(inner, 3, on_error, || {
+            commit(inner, unflushed).map_err(|e| match e {
+                Error::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            })?;
+            if record_allows(inner) {
+                Ok(())
+            } else {
+                // cannot happen: a slot is only opened once written back
+                Err(std::io::Error::other(format!(
+                    "the record still says slot {} holds a segment not written back",
+                    seg.slot
+                )))
+            }
+        });
+        if !committed {
+            return false;
         }
     }
     SegmentHeader::seal(&mut seg.header, &seg.data[..seg.length * LINE_SIZE]);
     inner.wait_unpinned(seg.slot);
+    true
 }
 
 /// Writes a prepared segment, header and data in one request; false only
 /// if the cache stopped while the device kept failing.
 fn write_segment(inner: &Inner, seg: &SegmentWrite) -> bool {
-    let data = &seg.data[..seg.length * LINE_SIZE];
-    let off = segment_offset(seg.slot);
     retry(inner, "writing a segment", seg.id, || {
-        inner.dev.write_vectored_at(&[&seg.header, data], off)
+        write_once(inner, seg)
     })
 }
 
-/// Flushes the cache device and completes the FLUSHes it satisfies.
-fn make_durable(inner: &Inner) {
+/// One attempt at writing a prepared segment.
+fn write_once(inner: &Inner, seg: &SegmentWrite) -> std::io::Result<()> {
+    let data = &seg.data[..seg.length * LINE_SIZE];
+    inner
+        .dev
+        .write_vectored_at(&[&seg.header, data], segment_offset(seg.slot))
+}
+
+/// Flushes the cache device (after writing the unflushed segments again
+/// if a flush failed since they were written), releases their RAM, and
+/// completes the FLUSHes it satisfies.
+fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
     let written = lock(&inner.state).last_flushed_id;
-    if lock(&inner.state).durable_id < written
-        && !retry(inner, "flushing the cache device", 0, || inner.dev.flush())
-    {
-        return;
+    if lock(&inner.state).durable_id < written {
+        let flushed = retry(inner, "flushing the cache device", 0, || {
+            let era = unflushed.failed_flushes;
+            for seg in unflushed.segments.iter_mut().filter(|s| s.flush_era != era) {
+                write_once(inner, seg)?;
+                seg.flush_era = era;
+            }
+            inner
+                .dev
+                .flush()
+                .inspect_err(|_| unflushed.failed_flushes += 1)
+        });
+        if !flushed {
+            return;
+        }
     }
     let done: Vec<Waiter> = {
         let mut st = lock(&inner.state);
+        for seg in unflushed.segments.drain(..) {
+            st.ram[seg.slot as usize] = None;
+            // readers copy under the lock and never keep the Arc: ours is the last
+            if let Ok(b) = Arc::try_unwrap(seg.data) {
+                st.free_bufs.push(b);
+            }
+        }
         st.durable_id = st.durable_id.max(written);
         let durable = st.durable_id;
         let (done, keep) = std::mem::take(&mut st.waiters)
@@ -286,8 +371,9 @@ fn make_durable(inner: &Inner) {
 
 /// Writes the record block with the current `last_migrated_segment_id`,
 /// flushes, then discards the segments that became written back. Fails,
-/// writing nothing, when the sequence has no successor lc may write.
-fn commit(inner: &Inner) -> Result<()> {
+/// writing nothing, when the sequence has no successor lc may write. A
+/// failed flush also marks the unflushed segments for rewriting.
+fn commit(inner: &Inner, unflushed: &mut UnflushedSegments) -> Result<()> {
     let (migrated, seq, old, durable) = {
         let st = lock(&inner.state);
         let seq = st
@@ -324,7 +410,11 @@ fn commit(inner: &Inner) -> Result<()> {
         .dev
         .write_at(&block, RECORD_OFFSETS[(seq % 2) as usize])
         .map_err(io)?;
-    inner.dev.flush().map_err(io)?;
+    inner
+        .dev
+        .flush()
+        .inspect_err(|_| unflushed.failed_flushes += 1)
+        .map_err(io)?;
     inner.stats.success(ErrorCounter::CacheWrite);
     let slots: Vec<u64> = {
         let mut st = lock(&inner.state);

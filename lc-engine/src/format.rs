@@ -28,6 +28,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const RECORD_OFFSETS: [u64; 2] = [LINE_SIZE as u64, 2 * LINE_SIZE as u64];
 /// Smallest number of segments a cache device may hold.
 pub const MIN_SEGMENTS: u64 = 2;
+/// Largest number of segments a cache device may hold (just under 16 TiB):
+/// every cache line index stays below `u32::MAX`, which the index uses as
+/// its empty marker. `format` refuses a larger device, resume a superblock
+/// that says more.
+pub const MAX_CACHE_SEGMENTS: u64 = u32::MAX as u64 / LINES_PER_SEGMENT as u64 - 1;
 
 /// Magic of the superblock header block.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"lcCACHE\0";
@@ -167,7 +172,7 @@ impl SuperBlockHeader {
         if h.segment_size as usize != SEGMENT_SIZE
             || h.lines_per_segment as usize != LINES_PER_SEGMENT
             || h.nr_segments < MIN_SEGMENTS
-            || h.nr_segments > u32::MAX as u64 / LINES_PER_SEGMENT as u64
+            || h.nr_segments > MAX_CACHE_SEGMENTS
         {
             return Err(corrupt("superblock geometry is not valid for format v1"));
         }

@@ -27,6 +27,11 @@ impl LineKey {
 const LINE_MASK: u64 = (1 << 48) - 1;
 const EMPTY: u32 = u32::MAX;
 
+// The largest cache's last line index must not be the empty marker.
+const _: () = assert!(
+    crate::format::MAX_CACHE_SEGMENTS * crate::format::LINES_PER_SEGMENT as u64 <= EMPTY as u64
+);
+
 /// Largest backing line number the index can address (48 bits: 1 EiB devices).
 pub const MAX_LINE: u64 = LINE_MASK;
 

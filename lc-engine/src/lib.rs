@@ -18,10 +18,21 @@
 //!   backing devices (besides pass-through discards).
 //! - Nothing acknowledged is dropped: I/O errors in the background are
 //!   counted and retried with backoff; a FLUSH that cannot be honoured fails.
+//! - A failed flush proves the writes before it may be lost (Linux reports a
+//!   write-back error once): segments stay in RAM until a flush of the cache
+//!   device succeeds after their (re)write, and a write-back batch is
+//!   rewritten before its backing devices are flushed again. Resume flushes
+//!   the cache device before the replayed log counts as durable.
+//! - Memory is bounded whatever a device holds or a knob says: write-back
+//!   holds at most [`MAX_WRITE_BACK_SEGMENTS`] segments, resume at most a
+//!   few dozen unverified headers, and caches are at most
+//!   [`MAX_CACHE_BYTES`] ([`Error::TooLarge`]).
 //!   While a kind of device I/O keeps failing, [`Cache::status`] reports it
 //!   ([`stats::Health`]); a writer that would wait for room only a failing
 //!   device can free, and a detach whose write-back keeps failing, get an
-//!   I/O error instead of waiting without a sign.
+//!   I/O error instead of waiting without a sign. Dirty data beyond the end
+//!   of its backing device stops write-back with [`Error::DirtyBeyondEnd`]
+//!   instead of retrying a write that cannot succeed.
 //!
 //! ## Modules, one per job
 //! [`format`](mod@format) (on-disk layout), [`device`] (I/O abstraction), [`index`]
@@ -35,7 +46,7 @@
 //!
 //! | offset | size | content |
 //! |---|---|---|
-//! | 0 | 4 KiB | superblock header: magic `lcCACHE\0`, version 1, segment size, lines per segment (255), number of segments, creation time, uuid, crc32c ([`format::SuperBlockHeader`]) |
+//! | 0 | 4 KiB | superblock header: magic `lcCACHE\0`, version 1, segment size, lines per segment (255), number of segments (2..=[`MAX_CACHE_SEGMENTS`]), creation time, uuid, crc32c ([`format::SuperBlockHeader`]) |
 //! | 4 KiB, 8 KiB | 4 KiB each | two record blocks, written alternately: sequence, `last_migrated_segment_id`, uuid, crc32c ([`format::SuperBlockRecord`]); the valid one with the highest sequence counts (of two with one sequence, the one in block `sequence % 2`), and if its sequence is `u64::MAX` or its `last_migrated_segment_id` is at least nr_segments × (2^32 − 1) ([`format::segment_id_limit`]) the device is corrupt |
 //! | (1 + k) MiB | 1 MiB | segment slot k: a 4 KiB header then 255 data lines |
 //!
@@ -74,6 +85,10 @@ mod ticker;
 pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
 pub use device::{AlignedBuf, BlockDevice, FileDevice};
 pub use error::{DeviceRole, Error, Result};
+pub use format::MAX_CACHE_SEGMENTS;
 pub use knobs::{Knob, KnobSpec};
-pub use recover::{format_cache_device, read_superblock, RecoveryReport, MIN_CACHE_BYTES};
+pub use migrator::MAX_WRITE_BACK_SEGMENTS;
+pub use recover::{
+    format_cache_device, read_superblock, RecoveryReport, MAX_CACHE_BYTES, MIN_CACHE_BYTES,
+};
 pub use stats::{Fault, Health, StatsSnapshot};

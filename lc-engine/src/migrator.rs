@@ -2,16 +2,24 @@
 //! order, a batch of segments at a time.
 //!
 //! A batch is the next `nr_max_batched_migration` durable segments after
-//! `last_migrated_segment_id`. The segments are read from the cache device;
-//! their lines that are still the newest copy (or whose newer copy is not yet
-//! durable) have their dirty sectors written to each backing device sorted
-//! by address (contiguous runs merged); the backing devices are flushed, and
-//! only then do the lines leave the index and `last_migrated_segment_id`
-//! advance. Errors are counted and retried with backoff; nothing is dropped.
+//! `last_migrated_segment_id`, at most [`MAX_WRITE_BACK_SEGMENTS`] (their
+//! data is held in RAM while the batch is written). The segments are read
+//! from the cache device; their lines that are still the newest copy (or
+//! whose newer copy is not yet durable) have their dirty sectors written to
+//! each backing device sorted by address (contiguous runs merged); the
+//! backing devices are flushed (after a failed flush the batch is written
+//! again first), and only then do the lines leave the index and
+//! `last_migrated_segment_id` advance. Errors are counted and retried with backoff; nothing is dropped.
 //! A failure starts (or extends) a fault in the cache's health and wakes
 //! waiting writers and detaches, which give up after
 //! [`DRAIN_GIVES_UP_AFTER`](crate::cache::DRAIN_GIVES_UP_AFTER) failures in
 //! a row; the next success ends the fault.
+//!
+//! Dirty data beyond the end of its backing device (a crafted cache, or the
+//! wrong disk attached under the id) stops write-back in log order: it is
+//! reported as a backing-write fault naming [`Error::DirtyBeyondEnd`],
+//! drains fail with that error, writers that need room get an I/O error,
+//! and nothing is written or dropped until the right disk is attached.
 //!
 //! Write-back runs while `allow_migrate` or `force_migrate` is set, while a
 //! writer waits for a slot that is not yet written back, and while a detach
@@ -22,8 +30,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{line_index, lock, read_lock, retry_io, Backing, Inner};
+use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner};
 use crate::device::AlignedBuf;
+use crate::error::Error;
 use crate::format::*;
 use crate::index::LineKey;
 use crate::knobs::Knob;
@@ -49,6 +58,11 @@ struct SegmentCopy {
     buf: AlignedBuf,
 }
 
+/// Most segments one write-back batch holds in RAM (1 MiB each at most),
+/// whatever `nr_max_batched_migration` says: a larger knob value writes back
+/// in batches of this many.
+pub const MAX_WRITE_BACK_SEGMENTS: u64 = 64;
+
 pub(crate) fn run(inner: Arc<Inner>) {
     while let Some((from, end_id)) = next_range(&inner) {
         let slots: Vec<u64> = (from + 1..=end_id)
@@ -66,6 +80,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
                         st.index.remove(it.idx);
                     }
                 }
+                st.write_back_blocked = None;
                 st.last_migrated_id = end_id;
                 st.migrate_urgent = false;
                 drop(st);
@@ -76,6 +91,24 @@ pub(crate) fn run(inner: Arc<Inner>) {
                     cache = inner.cache_id,
                     "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
                 );
+                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
+            }
+            Outcome::BeyondEnd(blocked) => {
+                // Writing would fail with ENOSPC (or land on the wrong
+                // disk's neighbour) for ever: report it as a named fault,
+                // keep the data, and look again now and then (the right
+                // disk may be attached).
+                let e = blocked.error();
+                if st.write_back_blocked != Some(blocked) {
+                    tracing::error!(cache = inner.cache_id, "write-back stops: {e}");
+                }
+                st.write_back_blocked = Some(blocked);
+                inner.stats.failure(
+                    ErrorCounter::BackingWrite,
+                    "writing dirty data back",
+                    &std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+                );
+                inner.progress_cv.notify_all();
                 let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
             }
             Outcome::Stopped => return,
@@ -97,7 +130,10 @@ fn next_range(inner: &Inner) -> Option<(u64, u64)> {
             || st.migrate_urgent
             || st.drain_target > from;
         if wanted && st.durable_id > from {
-            let batched = inner.knobs.get(Knob::NrMaxBatchedMigration).max(1);
+            let batched = inner
+                .knobs
+                .get(Knob::NrMaxBatchedMigration)
+                .clamp(1, MAX_WRITE_BACK_SEGMENTS);
             let end_id = (from + batched).min(st.durable_id);
             for id in from + 1..=end_id {
                 inner.pin(slot_of(id, inner.nr_segments));
@@ -115,7 +151,29 @@ fn next_range(inner: &Inner) -> Option<(u64, u64)> {
 enum Outcome {
     Done(Vec<Item>),
     MissingDevice(u8),
+    BeyondEnd(BlockedWriteBack),
     Stopped,
+}
+
+/// Dirty data write-back cannot write: it lies beyond the end of the
+/// backing device attached under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockedWriteBack {
+    pub device_id: u8,
+    /// First dirty sector beyond the end.
+    pub sector: u64,
+    /// The backing device's size in sectors.
+    pub size: u64,
+}
+
+impl BlockedWriteBack {
+    pub(crate) fn error(self) -> Error {
+        Error::DirtyBeyondEnd {
+            device_id: self.device_id,
+            sector: self.sector,
+            size: self.size,
+        }
+    }
 }
 
 /// Reads the segments (from, end], chooses the lines to write back, writes
@@ -197,6 +255,16 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
                 }
                 match attached.get(&m.device_id) {
                     Some(b) => {
+                        let first = key.line * SECTORS_PER_LINE as u64;
+                        if let Some(s) = (0..SECTORS_PER_LINE as u64)
+                            .find(|&s| bits & (1 << s) != 0 && first + s >= b.size_sectors)
+                        {
+                            return Outcome::BeyondEnd(BlockedWriteBack {
+                                device_id: m.device_id,
+                                sector: first + s,
+                                size: b.size_sectors,
+                            });
+                        }
                         devices.entry(m.device_id).or_insert_with(|| b.clone());
                     }
                     None => return Outcome::MissingDevice(m.device_id),
@@ -262,7 +330,10 @@ fn retry(
 const MAX_RUN_BYTES: usize = 1 << 20;
 
 /// Writes the items' dirty sectors to the backing devices, sorted and
-/// merged into runs, then flushes the devices written.
+/// merged into runs, then flushes the devices written. When a flush fails,
+/// the whole batch is written again before the next flush: the failed flush
+/// may have lost any of the writes before it, and a later successful flush
+/// says nothing about them.
 fn write_back(
     inner: &Inner,
     segs: &[SegmentCopy],
@@ -294,6 +365,48 @@ fn write_back(
     }
     runs.sort_by_key(|&(d, s, _)| (d, s));
     let _io = lock(&inner.migration_io);
+    let mut attempt = 0;
+    loop {
+        if !write_runs(inner, &runs, devices) {
+            return false;
+        }
+        let failed = devices.values().find_map(|b| match b.dev.flush() {
+            Ok(()) => None,
+            Err(e) => Some((b.id, e)),
+        });
+        let Some((id, e)) = failed else {
+            inner.stats.success(ErrorCounter::BackingWrite);
+            return true;
+        };
+        let what = format!("flushing the backing device of device {id}");
+        on_backing_error(inner, &what)(&e);
+        if lock(&inner.state).stopping {
+            return false;
+        }
+        std::thread::sleep(backoff(attempt));
+        attempt += 1;
+    }
+}
+
+/// Counts a failed backing write and wakes those who decide on it.
+fn on_backing_error<'a>(inner: &'a Inner, what: &'a str) -> impl FnMut(&std::io::Error) + 'a {
+    move |e| {
+        inner.stats.failure(ErrorCounter::BackingWrite, what, e);
+        inner.stats.error(ErrorCounter::MigrationRetry);
+        tracing::warn!(
+            cache = inner.cache_id,
+            "write-back: {what} failed: {e}; retrying"
+        );
+        inner.progress_cv.notify_all();
+    }
+}
+
+/// Writes the runs, merging contiguous ones up to [`MAX_RUN_BYTES`].
+fn write_runs(
+    inner: &Inner,
+    runs: &[(u8, u64, &[u8])],
+    devices: &BTreeMap<u8, Arc<Backing>>,
+) -> bool {
     let mut i = 0;
     while i < runs.len() {
         let (dev, start, _) = runs[i];
@@ -315,27 +428,17 @@ fn write_back(
         }
         let b = &devices[&dev];
         let off = start * SECTOR_SIZE as u64;
-        if !retry(
-            inner,
-            ErrorCounter::BackingWrite,
-            &format!("writing to the backing device of device {dev} at sector {start}"),
-            || b.dev.write_at(&buf, off),
-        ) {
+        let what = format!("writing to the backing device of device {dev} at sector {start}");
+        // no success is counted before the batch's flush succeeds: a fault
+        // of failing flushes goes on while the rewrites succeed
+        if !retry_io(inner, 0, on_backing_error(inner, &what), || {
+            b.dev.write_at(&buf, off)
+        }) {
             return false;
         }
         b.migrated_sectors
             .fetch_add((bytes / SECTOR_SIZE) as u64, Ordering::Relaxed);
         i = j;
-    }
-    for b in devices.values() {
-        if !retry(
-            inner,
-            ErrorCounter::BackingWrite,
-            &format!("flushing the backing device of device {}", b.id),
-            || b.dev.flush(),
-        ) {
-            return false;
-        }
     }
     true
 }

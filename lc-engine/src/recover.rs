@@ -8,8 +8,13 @@
 //! it was flushed before that header was sealed; the few segments at the end
 //! of the run that nobody vouches for are checked against their full
 //! checksum, and the run ends before the first that fails (a torn segment is
-//! never replayed). Headers of this cache with ids beyond the run are zeroed
-//! before the cache accepts I/O, so a later crash cannot resurrect them.
+//! never replayed). Memory stays bounded for any device content: at most
+//! `MAX_UNVOUCHED_SEGMENTS` headers wait for a voucher (crafted headers that
+//! never vouch are verified as they come, which at worst reads the device
+//! once), besides the index and 16 bytes per header outside the log. Headers of this cache with ids beyond the run are zeroed
+//! before the cache accepts I/O, so a later crash cannot resurrect them, and
+//! the cache device is flushed before the replayed log counts as durable
+//! (after a process crash it may still be in the device's volatile cache).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicU32;
@@ -37,8 +42,14 @@ fn read_block(dev: &dyn BlockDevice, offset: u64, context: &'static str) -> Resu
 /// Smallest cache device accepted by [`format_cache_device`].
 pub const MIN_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MIN_SEGMENTS * SEGMENT_SIZE as u64;
 
+/// Largest cache device accepted by [`format_cache_device`]: the superblock
+/// region and [`MAX_CACHE_SEGMENTS`] segments (16 TiB + 1 GiB − 1 MiB,
+/// whose index needs about 56 GiB of RAM).
+pub const MAX_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MAX_CACHE_SEGMENTS * SEGMENT_SIZE as u64;
+
 /// Writes a fresh lc superblock (format v1) to `dev`, dm-lc's
-/// `format_cache_device`. Refuses a device that is too small, and one that
+/// `format_cache_device`. Refuses a device that is too small or too large
+/// ([`MIN_CACHE_BYTES`], [`MAX_CACHE_BYTES`]), and one that
 /// holds an lc cache or another recognisable format unless `force` is set;
 /// a refusal writes nothing.
 pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBlockHeader> {
@@ -48,6 +59,12 @@ pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBl
         return Err(Error::TooSmall {
             size,
             min: MIN_CACHE_BYTES,
+        });
+    }
+    if size > MAX_CACHE_BYTES {
+        return Err(Error::TooLarge {
+            size,
+            max: MAX_CACHE_BYTES,
         });
     }
     if !force {
@@ -62,7 +79,7 @@ pub fn format_cache_device(dev: &dyn BlockDevice, force: bool) -> Result<SuperBl
         version: FORMAT_VERSION,
         segment_size: SEGMENT_SIZE as u32,
         lines_per_segment: LINES_PER_SEGMENT as u32,
-        nr_segments: nr_segments.min(u32::MAX as u64 / LINES_PER_SEGMENT as u64),
+        nr_segments,
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -175,6 +192,7 @@ impl Cache {
             last_segment_of_device: vec![0; 256],
             last_commit: Instant::now(),
             stopping: false,
+            write_back_blocked: None,
         };
         let report = replay_log(&*dev, &sb, &record, &mut st)?;
         let end = report.last_replayed_segment_id;
@@ -220,6 +238,43 @@ fn replay(st: &mut State, slot: u64, h: &SegmentHeader) {
     }
 }
 
+/// Most segments of the log resume keeps in RAM (header block and parsed
+/// metablocks, about 8 KiB each) waiting for a later header to vouch for
+/// them; beyond this, the oldest is verified against its full checksum at once.
+const MAX_UNVOUCHED_SEGMENTS: usize = 64;
+
+/// A segment of the log that no later header has vouched for yet.
+type Unvouched = (u64, SegmentHeader, AlignedBuf);
+
+/// Verifies the oldest unvouched segment against its full checksum and
+/// replays it. If it fails (torn), the log ends before it: it and every
+/// later pending segment go to `others`, and false is returned.
+fn verify_oldest(
+    dev: &dyn BlockDevice,
+    pending: &mut VecDeque<Unvouched>,
+    st: &mut State,
+    report: &mut RecoveryReport,
+    others: &mut Vec<(u64, u64)>,
+) -> Result<bool> {
+    let Some((slot, h, block)) = pending.pop_front() else {
+        return Ok(true);
+    };
+    let mut data = AlignedBuf::zeroed(LINE_SIZE * (h.length as usize).max(1));
+    let data = &mut data[..LINE_SIZE * h.length as usize];
+    dev.read_at(data, segment_offset(slot) + LINE_SIZE as u64)
+        .map_err(io_err("reading a segment"))?;
+    if !SegmentHeader::verify(&block, data) {
+        report.rejected_segments += 1 + pending.len() as u64;
+        others.push((slot, h.global_id));
+        others.extend(pending.drain(..).map(|(s, h, _)| (s, h.global_id)));
+        return Ok(false);
+    }
+    replay(st, slot, &h);
+    report.replayed_segments += 1;
+    report.verified_segments += 1;
+    Ok(true)
+}
+
 /// Reads every header, replays the valid log after the record's
 /// `last_migrated_segment_id` into `st`,
 /// and zeroes stale headers beyond it.
@@ -240,7 +295,7 @@ fn replay_log(
     let mut in_run = true;
     // highest id known durable: from the record, then from each header read
     let mut vouched = migrated.max(record.durable_segment_id);
-    let mut pending: VecDeque<(u64, SegmentHeader, AlignedBuf)> = VecDeque::new();
+    let mut pending: VecDeque<Unvouched> = VecDeque::new();
     // (slot, id) of valid headers outside the run
     let mut others: Vec<(u64, u64)> = Vec::new();
     // A reader thread streams the headers in log order while this thread
@@ -282,6 +337,14 @@ fn replay_log(
                             replay(st, slot, &h);
                             report.replayed_segments += 1;
                         }
+                        // A real log has at most a pool's worth of segments
+                        // nobody vouches for; crafted headers may have any
+                        // number: check the oldest now rather than keep them.
+                        while pending.len() > MAX_UNVOUCHED_SEGMENTS {
+                            if !verify_oldest(dev, &mut pending, st, &mut report, &mut others)? {
+                                in_run = false;
+                            }
+                        }
                     }
                     other => {
                         in_run = false;
@@ -295,23 +358,10 @@ fn replay_log(
         Ok(())
     })?;
     // the unvouched tail: verify full checksums, stop at the first failure
-    let mut end = migrated + report.replayed_segments;
-    while let Some((slot, h, block)) = pending.pop_front() {
-        let mut data = AlignedBuf::zeroed(LINE_SIZE * (h.length as usize).max(1));
-        let data = &mut data[..LINE_SIZE * h.length as usize];
-        dev.read_at(data, segment_offset(slot) + LINE_SIZE as u64)
-            .map_err(io_err("reading a segment"))?;
-        if !SegmentHeader::verify(&block, data) {
-            report.rejected_segments = 1 + pending.len() as u64;
-            others.push((slot, h.global_id));
-            others.extend(pending.drain(..).map(|(s, h, _)| (s, h.global_id)));
-            break;
-        }
-        replay(st, slot, &h);
-        report.replayed_segments += 1;
-        report.verified_segments += 1;
-        end = h.global_id;
+    while !pending.is_empty() {
+        verify_oldest(dev, &mut pending, st, &mut report, &mut others)?;
     }
+    let end = migrated + report.replayed_segments;
     let zero = AlignedBuf::zeroed(LINE_SIZE);
     for (slot, id) in others {
         if id > end {
@@ -320,9 +370,10 @@ fn replay_log(
             report.zeroed_headers += 1;
         }
     }
-    if report.zeroed_headers > 0 {
-        dev.flush().map_err(io_err("flushing the cache device"))?;
-    }
+    // The replayed segments may still sit in the device's volatile cache
+    // (the process that wrote them died before its flush): make them
+    // durable before the first new header vouches for them.
+    dev.flush().map_err(io_err("flushing the cache device"))?;
     report.last_replayed_segment_id = end;
     Ok(report)
 }

@@ -4,15 +4,18 @@
 //! [`inspect`] reads the superblock, both record blocks and every segment
 //! header, verifies the full checksum of every segment of the log (not only
 //! the few a resume must verify), and replays the log's metablocks into a
-//! plain map to count dirty lines per device. Offline write-back needs no
+//! line index like resume's to count dirty lines per device. Memory is the
+//! index (14 bytes per cache line) and about 48 bytes per segment header
+//! found, whatever the device holds. Offline write-back needs no
 //! code of its own: resume the cache, attach the backing devices and call
 //! [`crate::Cache::migrate_all`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
+use crate::index::{Index, LineKey};
 
 /// One segment header found on the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +86,10 @@ pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
     let records = records_newest_first([&blocks[0], &blocks[1]], &superblock);
     let migrated = newest_record(&records, nr)?.last_migrated_segment_id;
 
-    let mut headers: BTreeMap<u64, (u64, SegmentHeader, bool)> = BTreeMap::new(); // id -> (slot, header, checksum ok)
+    // First pass: what each slot holds, kept compact (the metablocks are
+    // read again for the log below), so memory does not grow by a header
+    // per segment whatever the device holds.
+    let mut headers: BTreeMap<u64, SegmentInfo> = BTreeMap::new();
     let mut empty_slots = 0;
     let mut data = AlignedBuf::zeroed(SEGMENT_SIZE);
     for slot in 0..nr {
@@ -94,7 +100,18 @@ pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
             Some(h) => {
                 let end = LINE_SIZE * (1 + h.length as usize);
                 let ok = SegmentHeader::verify(&data[..LINE_SIZE], &data[LINE_SIZE..end]);
-                headers.insert(h.global_id, (slot, h, ok));
+                headers.insert(
+                    h.global_id,
+                    SegmentInfo {
+                        slot,
+                        global_id: h.global_id,
+                        lap: h.lap,
+                        length: h.length,
+                        durable_id: h.durable_id,
+                        checksum_ok: ok,
+                        in_log: false,
+                    },
+                );
             }
             None => empty_slots += 1,
         }
@@ -104,43 +121,57 @@ pub fn inspect(dev: &dyn BlockDevice) -> Result<Inspection> {
     let first = migrated + 1;
     let mut last = migrated;
     let mut bad_segment = None;
-    while let Some((_, _, ok)) = headers.get(&(last + 1)) {
-        if !ok {
+    while let Some(info) = headers.get_mut(&(last + 1)) {
+        if !info.checksum_ok {
             bad_segment = Some(last + 1);
             break;
         }
+        info.in_log = true;
         last += 1;
     }
-    let mut newest: HashMap<(u8, u64), u8> = HashMap::new();
+    // Second pass: replay the log's metablocks into an index like resume's
+    // (newest copy wins), 14 bytes per cache line.
+    let mut index = Index::new(nr as usize * LINES_PER_SEGMENT);
+    let mut block = AlignedBuf::zeroed(LINE_SIZE);
     for id in first..=last {
-        let (_, h, _) = &headers[&id];
-        for m in h.metablocks.iter().filter(|m| m.device_id != 0) {
-            newest.insert(
-                (m.device_id, m.sector / SECTORS_PER_LINE as u64),
-                m.dirty_bits,
-            );
+        let slot = headers[&id].slot;
+        dev.read_at(&mut block, segment_offset(slot))
+            .map_err(io("reading a segment header"))?;
+        let h = SegmentHeader::parse(&block, slot, nr, &superblock.uuid).ok_or_else(|| {
+            Error::io(
+                DeviceRole::Cache,
+                "reading a segment header",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("segment {id} changed while it was inspected"),
+                ),
+            )
+        })?;
+        for (i, m) in h.metablocks.iter().enumerate() {
+            if m.device_id != 0 {
+                let key = LineKey {
+                    device_id: m.device_id,
+                    line: m.sector / SECTORS_PER_LINE as u64,
+                };
+                index.insert(
+                    key,
+                    (slot as usize * LINES_PER_SEGMENT + i) as u32,
+                    m.dirty_bits,
+                );
+            }
         }
     }
     let mut dirty_lines: BTreeMap<u8, u64> = BTreeMap::new();
     let mut dirty_extent: BTreeMap<u8, u64> = BTreeMap::new();
-    for (dev_id, line) in newest.keys() {
-        *dirty_lines.entry(*dev_id).or_default() += 1;
-        let end = (line + 1) * LINE_SIZE as u64;
-        let e = dirty_extent.entry(*dev_id).or_default();
-        *e = (*e).max(end);
+    for idx in 0..index.nr_lines() {
+        if let Some(info) = index.info(idx as u32) {
+            *dirty_lines.entry(info.key.device_id).or_default() += 1;
+            let end = (info.key.line + 1) * LINE_SIZE as u64;
+            let e = dirty_extent.entry(info.key.device_id).or_default();
+            *e = (*e).max(end);
+        }
     }
-    let mut segments: Vec<SegmentInfo> = headers
-        .into_iter()
-        .map(|(id, (slot, h, ok))| SegmentInfo {
-            slot,
-            global_id: id,
-            lap: h.lap,
-            length: h.length,
-            durable_id: h.durable_id,
-            checksum_ok: ok,
-            in_log: (first..=last).contains(&id),
-        })
-        .collect();
+    let mut segments: Vec<SegmentInfo> = headers.into_values().collect();
     segments.sort_by_key(|s| s.slot);
     Ok(Inspection {
         superblock,

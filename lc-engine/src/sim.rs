@@ -1,6 +1,6 @@
 //! Devices for tests: an in-memory disk with a volatile write cache that can
 //! lose power ([`SimDisk`], [`PowerDomain`]) and a fault-injecting wrapper
-//! ([`FaultyDevice`]).
+//! that also models a process crash ([`FaultyDevice`]).
 //!
 //! They implement [`BlockDevice`] exactly as the engine uses real devices, so
 //! every engine path runs unchanged over them.
@@ -85,6 +85,15 @@ impl SimDisk {
     /// A copy of what reads return now.
     pub fn snapshot(&self) -> Vec<u8> {
         self.state.lock().expect("disk").current.clone()
+    }
+
+    /// The disk's volatile write cache fails to reach the media (what a
+    /// failed flush may mean): every write since the last flush is lost,
+    /// and reads return the durable content again.
+    pub fn lose_volatile_writes(&self) {
+        let mut st = self.state.lock().expect("disk");
+        st.pending.clear();
+        st.current = st.durable.clone();
     }
 
     fn image_after_cut(&self, rng: &mut impl rand::Rng) -> Vec<u8> {
@@ -181,6 +190,11 @@ impl BlockDevice for SimDisk {
 }
 
 /// Which operations a [`FaultyDevice`] fails with EIO.
+///
+/// Three kinds of faults, all transient: the `fail_*` switches fail every
+/// operation of a kind while set; [`FaultPlan::fail_next_writes`] and
+/// [`FaultPlan::fail_next_flushes`] fail a counted number of operations;
+/// [`FaultPlan::set_random`] fails operations at random, with a seeded RNG.
 #[derive(Default)]
 pub struct FaultPlan {
     /// Fail every read while set.
@@ -191,13 +205,140 @@ pub struct FaultPlan {
     pub fail_flushes: AtomicBool,
     /// Number of operations failed so far.
     pub injected: AtomicU64,
+    counted: Mutex<CountedFaults>,
+    random: Mutex<Option<RandomFaults>>,
+}
+
+#[derive(Default)]
+struct CountedFaults {
+    /// (byte range, writes left to fail in it)
+    writes: Vec<(std::ops::Range<u64>, u64)>,
+    flushes: u64,
+}
+
+/// Random transient faults: each operation fails with the chance given in
+/// parts per million.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomFaultRates {
+    /// Chance of a read failing.
+    pub read_ppm: u32,
+    /// Chance of a write or discard failing.
+    pub write_ppm: u32,
+    /// Chance of a write to the first MiB (on a cache device: the
+    /// superblock header and the record blocks) failing.
+    pub superblock_write_ppm: u32,
+    /// Chance of a flush failing.
+    pub flush_ppm: u32,
+}
+
+struct RandomFaults {
+    rng: rand::rngs::StdRng,
+    rates: RandomFaultRates,
+}
+
+/// Kinds of operations a plan decides on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write(u64, u64),
+    Flush,
+}
+
+impl FaultPlan {
+    /// Fails the next `n` writes (or discards) that overlap bytes `range`.
+    pub fn fail_next_writes(&self, range: std::ops::Range<u64>, n: u64) {
+        self.counted.lock().expect("plan").writes.push((range, n));
+    }
+
+    /// Fails the next `n` flushes.
+    pub fn fail_next_flushes(&self, n: u64) {
+        self.counted.lock().expect("plan").flushes += n;
+    }
+
+    /// Fails operations at random with `rates` from now on (a seeded RNG, so
+    /// a run repeats as far as thread timing allows); `None` stops it.
+    pub fn set_random(&self, seed: u64, rates: Option<RandomFaultRates>) {
+        use rand::SeedableRng;
+        *self.random.lock().expect("plan") = rates.map(|rates| RandomFaults {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            rates,
+        });
+    }
+
+    /// Stops every kind of fault.
+    pub fn heal(&self) {
+        self.fail_reads.store(false, Ordering::SeqCst);
+        self.fail_writes.store(false, Ordering::SeqCst);
+        self.fail_flushes.store(false, Ordering::SeqCst);
+        *self.counted.lock().expect("plan") = CountedFaults::default();
+        *self.random.lock().expect("plan") = None;
+    }
+
+    fn decide(&self, op: Op) -> io::Result<()> {
+        let flag = match op {
+            Op::Read => &self.fail_reads,
+            Op::Write(..) => &self.fail_writes,
+            Op::Flush => &self.fail_flushes,
+        };
+        let mut fail = flag.load(Ordering::SeqCst);
+        if !fail {
+            let mut c = self.counted.lock().expect("plan");
+            match op {
+                Op::Write(off, len) => {
+                    if let Some(w) = c
+                        .writes
+                        .iter_mut()
+                        .find(|(r, n)| *n > 0 && off < r.end && r.start < off + len)
+                    {
+                        w.1 -= 1;
+                        fail = true;
+                    }
+                    c.writes.retain(|(_, n)| *n > 0);
+                }
+                Op::Flush if c.flushes > 0 => {
+                    c.flushes -= 1;
+                    fail = true;
+                }
+                _ => {}
+            }
+        }
+        if !fail {
+            if let Some(r) = self.random.lock().expect("plan").as_mut() {
+                use rand::Rng;
+                let ppm = match op {
+                    Op::Read => r.rates.read_ppm,
+                    Op::Write(off, _) if off < 1 << 20 => r.rates.superblock_write_ppm,
+                    Op::Write(..) => r.rates.write_ppm,
+                    Op::Flush => r.rates.flush_ppm,
+                };
+                fail = ppm > 0 && r.rng.gen_range(0..1_000_000) < ppm;
+            }
+        }
+        if fail {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
 }
 
 /// Wraps a device and fails operations with EIO as its [`FaultPlan`] says.
+///
+/// It also stands for one process's handle on the device:
+/// [`FaultyDevice::fence`] models the process dying. From then on nothing
+/// it does reaches the device (writes, discards and flushes are dropped,
+/// reads fail), while the device itself, with its volatile write cache,
+/// lives on for the next process, which opens it through a new wrapper.
 pub struct FaultyDevice {
     inner: Arc<dyn BlockDevice>,
     /// The switchable plan.
     pub plan: Arc<FaultPlan>,
+    /// Set once the process owning this handle died; held for reading
+    /// across every operation, so the fence waits for those in flight.
+    fenced: RwLock<bool>,
+    /// The simulated disk underneath, if any: a failed flush loses its
+    /// volatile writes.
+    sim: Option<Arc<SimDisk>>,
 }
 
 impl FaultyDevice {
@@ -206,16 +347,47 @@ impl FaultyDevice {
         Arc::new(FaultyDevice {
             inner,
             plan: Arc::new(FaultPlan::default()),
+            fenced: RwLock::new(false),
+            sim: None,
         })
     }
 
-    fn maybe_fail(&self, flag: &AtomicBool) -> io::Result<()> {
-        if flag.load(Ordering::SeqCst) {
-            self.plan.injected.fetch_add(1, Ordering::SeqCst);
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(())
+    /// Wraps a simulated disk; a flush the plan fails also loses the disk's
+    /// volatile writes ([`SimDisk::lose_volatile_writes`]), as a real
+    /// write-back error may: a later successful flush does not bring them back.
+    pub fn over_sim(disk: Arc<SimDisk>) -> Arc<Self> {
+        Arc::new(FaultyDevice {
+            inner: disk.clone(),
+            plan: Arc::new(FaultPlan::default()),
+            fenced: RwLock::new(false),
+            sim: Some(disk),
+        })
     }
+
+    /// The process using this handle dies: waits for operations in flight,
+    /// then drops everything that follows.
+    pub fn fence(&self) {
+        *self.fenced.write().expect("fence") = true;
+    }
+
+    /// Runs `op` unless fenced (then `dead` is the result) or the plan fails it.
+    fn run<T>(
+        &self,
+        kind: Op,
+        dead: io::Result<T>,
+        op: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let fenced = self.fenced.read().expect("fence");
+        if *fenced {
+            return dead;
+        }
+        self.plan.decide(kind)?;
+        op()
+    }
+}
+
+fn fenced_read() -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::EIO))
 }
 
 impl BlockDevice for FaultyDevice {
@@ -223,24 +395,35 @@ impl BlockDevice for FaultyDevice {
         self.inner.size_bytes()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.maybe_fail(&self.plan.fail_reads)?;
-        self.inner.read_at(buf, offset)
+        self.run(Op::Read, fenced_read(), || self.inner.read_at(buf, offset))
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.maybe_fail(&self.plan.fail_writes)?;
-        self.inner.write_at(buf, offset)
+        let op = Op::Write(offset, buf.len() as u64);
+        self.run(op, Ok(()), || self.inner.write_at(buf, offset))
     }
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        self.maybe_fail(&self.plan.fail_writes)?;
-        self.inner.write_vectored_at(bufs, offset)
+        let len = bufs.iter().map(|b| b.len() as u64).sum();
+        self.run(Op::Write(offset, len), Ok(()), || {
+            self.inner.write_vectored_at(bufs, offset)
+        })
     }
     fn flush(&self) -> io::Result<()> {
-        self.maybe_fail(&self.plan.fail_flushes)?;
+        let fenced = self.fenced.read().expect("fence");
+        if *fenced {
+            return Ok(());
+        }
+        if let Err(e) = self.plan.decide(Op::Flush) {
+            if let Some(disk) = &self.sim {
+                disk.lose_volatile_writes();
+            }
+            return Err(e);
+        }
         self.inner.flush()
     }
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.maybe_fail(&self.plan.fail_writes)?;
-        self.inner.discard(offset, len)
+        self.run(Op::Write(offset, len), Ok(()), || {
+            self.inner.discard(offset, len)
+        })
     }
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
@@ -300,5 +483,60 @@ mod tests {
             Some(libc::EIO)
         );
         assert_eq!(d.plan.injected.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn counted_faults_hit_only_what_they_name() {
+        let d = FaultyDevice::new(SimDisk::new(PowerDomain::new(), 16384));
+        d.plan.fail_next_writes(4096..8192, 1);
+        d.plan.fail_next_flushes(2);
+        d.write_at(&[1; 512], 0).unwrap();
+        assert!(d.write_at(&[1; 512], 4096 + 512).is_err());
+        d.write_at(&[1; 512], 4096 + 512).unwrap();
+        assert!(d.flush().is_err() && d.flush().is_err());
+        d.flush().unwrap();
+        assert_eq!(d.plan.injected.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_failed_flush_over_a_sim_disk_loses_its_volatile_writes() {
+        let disk = SimDisk::new(PowerDomain::new(), 8192);
+        let d = FaultyDevice::over_sim(disk.clone());
+        d.write_at(&[1; 512], 0).unwrap();
+        d.flush().unwrap();
+        d.write_at(&[2; 512], 0).unwrap();
+        d.plan.fail_next_flushes(1);
+        assert!(d.flush().is_err());
+        let mut b = [0u8; 512];
+        d.read_at(&mut b, 0).unwrap();
+        assert_eq!(b, [1; 512], "the unflushed write is gone");
+    }
+
+    #[test]
+    fn random_faults_repeat_with_their_seed_and_a_fence_stops_everything() {
+        let run = |seed| {
+            let d = FaultyDevice::new(SimDisk::new(PowerDomain::new(), 4096));
+            // (offset 0 is in the first MiB: the superblock rate)
+            let rates = RandomFaultRates {
+                superblock_write_ppm: 300_000,
+                ..Default::default()
+            };
+            d.plan.set_random(seed, Some(rates));
+            (0..64)
+                .map(|_| d.write_at(&[1; 512], 0).is_err())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(5), run(5));
+        assert!(run(5).contains(&true) && run(5).contains(&false));
+        let disk = SimDisk::new(PowerDomain::new(), 4096);
+        let d = FaultyDevice::new(disk.clone());
+        d.fence();
+        d.write_at(&[7; 512], 0).unwrap();
+        assert!(d.read_at(&mut [0; 512], 0).is_err());
+        assert_eq!(
+            disk.snapshot()[..512],
+            [0; 512],
+            "a dead process writes nothing"
+        );
     }
 }

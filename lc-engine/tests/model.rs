@@ -1,6 +1,8 @@
 //! Model-based property test: random sequences of write, read, FLUSH, FUA,
-//! discard, write-back, clean restart and power cut (after a FLUSH) on 1–3
-//! backing devices, checked against a plain in-memory reference.
+//! discard, write-back, clean restart, process crash and power cut (both
+//! after a FLUSH), and transient I/O errors on the next cache or backing
+//! write or flush, on 1–3 backing devices, checked against a plain
+//! in-memory reference.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use lc_engine::sim::{PowerDomain, SimDisk};
+use lc_engine::sim::{FaultyDevice, PowerDomain, SimDisk};
 use lc_engine::{BlockDevice, Cache, CacheOptions, Knob};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -18,15 +20,38 @@ const SECTORS: u64 = 256;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { dev: u8, sector: u64, n: u64 },
-    Fua { dev: u8, sector: u64, n: u64 },
-    Read { dev: u8, sector: u64, n: u64 },
-    Discard { dev: u8, sector: u64, n: u64 },
+    Write {
+        dev: u8,
+        sector: u64,
+        n: u64,
+    },
+    Fua {
+        dev: u8,
+        sector: u64,
+        n: u64,
+    },
+    Read {
+        dev: u8,
+        sector: u64,
+        n: u64,
+    },
+    Discard {
+        dev: u8,
+        sector: u64,
+        n: u64,
+    },
     Flush,
     Migrate,
     AllowMigrate(bool),
     Restart,
     PowerCutAfterFlush,
+    ProcessCrashAfterFlush,
+    /// The next write (or flush) of the cache device (or of every backing
+    /// device) fails once.
+    Fault {
+        cache: bool,
+        flush: bool,
+    },
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -45,6 +70,8 @@ fn op(devices: u8) -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::AllowMigrate),
         1 => Just(Op::Restart),
         1 => Just(Op::PowerCutAfterFlush),
+        1 => Just(Op::ProcessCrashAfterFlush),
+        2 => (any::<bool>(), any::<bool>()).prop_map(|(cache, flush)| Op::Fault { cache, flush }),
     ]
 }
 
@@ -54,23 +81,39 @@ struct Rig {
     dom: Arc<PowerDomain>,
     cache: Option<Cache>,
     pool: usize,
+    /// This process's handles on the disks (cache device first).
+    handles: Vec<Arc<FaultyDevice>>,
 }
 
 impl Rig {
     fn boot(&mut self) {
+        self.handles = std::iter::once(&self.cache_disk)
+            .chain(&self.backing)
+            .map(|d| FaultyDevice::over_sim(d.clone()))
+            .collect();
         let c = Cache::resume(
             1,
-            self.cache_disk.clone(),
+            self.handles[0].clone(),
             CacheOptions {
                 pool_segments: self.pool,
             },
         )
         .unwrap();
         c.set_knob(Knob::BarrierDeadlineMs, 1).unwrap();
-        for (i, b) in self.backing.iter().enumerate() {
+        for (i, b) in self.handles[1..].iter().enumerate() {
             c.attach_device(i as u8 + 1, b.clone()).unwrap();
         }
         self.cache = Some(c);
+    }
+
+    /// A FLUSH, repeated while an injected fault fails it.
+    fn flush(&self) {
+        for _ in 0..20 {
+            if self.cache().flush_sync().is_ok() {
+                return;
+            }
+        }
+        panic!("FLUSH keeps failing after one injected fault");
     }
 
     fn cache(&self) -> &Cache {
@@ -101,6 +144,7 @@ fn run(ops: Vec<Op>, devices: u8, segments: u64, pool: usize) -> Result<(), Test
         dom,
         cache: None,
         pool,
+        handles: Vec::new(),
     };
     rig.boot();
     // None: discarded, content undefined
@@ -113,14 +157,30 @@ fn run(ops: Vec<Op>, devices: u8, segments: u64, pool: usize) -> Result<(), Test
             Op::Write { dev, sector, n } | Op::Fua { dev, sector, n } => {
                 tag += 1;
                 let data = pattern(tag, sector, n);
-                if matches!(op, Op::Fua { .. }) {
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    rig.cache()
-                        .write_fua(dev, sector, &data, Box::new(move |r| tx.send(r).unwrap()))
-                        .unwrap();
-                    rx.recv().unwrap().unwrap();
-                } else {
-                    rig.cache().write(dev, sector, &data).unwrap();
+                // A writer that needs room only a failing device can free
+                // gets EIO at once; the fault is transient: write again.
+                let mut tries = 0;
+                let write = |rig: &Rig| {
+                    if matches!(op, Op::Fua { .. }) {
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        rig.cache().write_fua(
+                            dev,
+                            sector,
+                            &data,
+                            Box::new(move |r| tx.send(r).unwrap()),
+                        )?;
+                        if rx.recv().unwrap().is_err() {
+                            rig.flush(); // an injected fault failed the FUA's flush
+                        }
+                        Ok(())
+                    } else {
+                        rig.cache().write(dev, sector, &data)
+                    }
+                };
+                while let Err(e) = write(&rig) {
+                    tries += 1;
+                    assert!(tries < 500, "a write keeps failing after one fault: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 for s in 0..n {
                     model[dev as usize - 1][(sector + s) as usize] =
@@ -133,25 +193,59 @@ fn run(ops: Vec<Op>, devices: u8, segments: u64, pool: usize) -> Result<(), Test
                 check_read(&model[dev as usize - 1], &buf, sector)?;
             }
             Op::Discard { dev, sector, n } => {
-                rig.cache().discard(dev, sector, n).unwrap();
+                // an injected fault may fail the pass-through to the backing device
+                let _ = rig.cache().discard(dev, sector, n);
                 for s in sector..sector + n {
                     model[dev as usize - 1][s as usize] = None;
                 }
             }
-            Op::Flush => rig.cache().flush_sync().unwrap(),
+            Op::Flush => rig.flush(),
             Op::Migrate => {
-                rig.cache().migrate_all().unwrap();
+                // its FLUSH may meet an injected fault: once more
+                let mut res = rig.cache().migrate_all();
+                for _ in 0..5 {
+                    if res.is_ok() {
+                        break;
+                    }
+                    res = rig.cache().migrate_all();
+                }
+                res.unwrap();
                 for d in 1..=devices {
                     prop_assert_eq!(rig.cache().nr_dirty_caches(d), 0);
                 }
             }
             Op::AllowMigrate(on) => rig.cache().set_knob(Knob::AllowMigrate, on as u64).unwrap(),
             Op::Restart => {
-                rig.cache.take().unwrap().shutdown().unwrap();
+                rig.flush();
+                // the record commit may meet an injected fault: nothing is lost
+                let _ = rig.cache.take().unwrap().shutdown();
                 rig.boot();
             }
+            Op::ProcessCrashAfterFlush => {
+                rig.flush();
+                for h in &rig.handles {
+                    h.fence();
+                }
+                drop(rig.cache.take());
+                rig.boot();
+            }
+            Op::Fault { cache, flush } => {
+                let handles = if cache {
+                    &rig.handles[..1]
+                } else {
+                    &rig.handles[1..]
+                };
+                for h in handles {
+                    h.plan.heal(); // one fault at a time
+                    if flush {
+                        h.plan.fail_next_flushes(1);
+                    } else {
+                        h.plan.fail_next_writes(0..u64::MAX, 1);
+                    }
+                }
+            }
             Op::PowerCutAfterFlush => {
-                rig.cache().flush_sync().unwrap();
+                rig.flush();
                 let mut disks: Vec<&SimDisk> = vec![&rig.cache_disk];
                 disks.extend(rig.backing.iter().map(|b| &**b));
                 let mut images = rig.dom.cut(&disks, &mut rng);
@@ -166,6 +260,9 @@ fn run(ops: Vec<Op>, devices: u8, segments: u64, pool: usize) -> Result<(), Test
                 rig.boot();
             }
         }
+    }
+    for h in &rig.handles {
+        h.plan.heal();
     }
     // everything still reads back, through the cache and after a full write-back
     for d in 1..=devices {

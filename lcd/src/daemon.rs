@@ -149,9 +149,12 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
         )),
         E::Io { .. } | E::Open { .. } => LcdError::Io(msg),
         E::NotFormatted | E::Corrupt(_) | E::UnsupportedVersion(_) => LcdError::NotFormatted(msg),
-        E::HasSignature(_) | E::TooSmall { .. } | E::InvalidArgument(_) | E::OutOfRange { .. } => {
-            LcdError::InvalidArgument(msg)
-        }
+        E::HasSignature(_)
+        | E::TooSmall { .. }
+        | E::TooLarge { .. }
+        | E::InvalidArgument(_)
+        | E::OutOfRange { .. } => LcdError::InvalidArgument(msg),
+        E::DirtyBeyondEnd { .. } => LcdError::Io(msg),
         E::UnknownDevice(_) => LcdError::NotFound(msg),
         E::DeviceExists(_) | E::Detaching(_) => LcdError::Busy(msg),
         E::Stopped => LcdError::Failed(msg),
