@@ -759,11 +759,22 @@ impl Cache {
                 dev.size_bytes()
             )));
         }
+        // the lines this id already holds (from an earlier life) must fit
+        let st = lock(&self.inner.state);
+        let dirty_end = st.index.dirty_end_sector(device_id);
+        if dirty_end > size_sectors {
+            return Err(Error::DirtyBeyondEnd {
+                device_id,
+                dirty_end_sector: dirty_end,
+                size_sectors,
+            });
+        }
         let mut devices = self
             .inner
             .devices
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        drop(st);
         if devices.contains_key(&device_id) {
             return Err(Error::DeviceExists(device_id));
         }
@@ -816,6 +827,46 @@ impl Cache {
             .unwrap_or_else(|e| e.into_inner());
         devices.remove(&device_id);
         Ok(())
+    }
+
+    /// One past the highest dirty sector device id `device_id` holds in
+    /// this cache (0: none): the smallest backing device it can be attached
+    /// to.
+    pub fn dirty_end_sector(&self, device_id: u8) -> u64 {
+        lock(&self.inner.state).index.dirty_end_sector(device_id)
+    }
+
+    /// Drops every dirty line of `device_id`, which must not be attached,
+    /// for good: the lines leave the index at once (write-back skips them
+    /// and stops waiting for the device), then write-back runs past the
+    /// last segment that held one and the record is committed, so a later
+    /// resume does not bring them back. The data is lost; this is for an
+    /// administrator who forgets a device that is gone. Returns how many
+    /// lines were dropped.
+    pub fn discard_device_lines(
+        &self,
+        device_id: u8,
+        mut progress: impl FnMut(DrainProgress),
+    ) -> Result<u64> {
+        if device_id == 0 {
+            return Err(Error::InvalidArgument("device ids are 1..=255".into()));
+        }
+        let (dropped, target) = {
+            let mut st = lock(&self.inner.state);
+            if read_lock(&self.inner.devices).contains_key(&device_id) {
+                return Err(Error::InvalidArgument(format!(
+                    "device {device_id} is attached; detach it (which writes its data back) \
+                     instead of discarding its data"
+                )));
+            }
+            let dropped = st.index.remove_device(device_id);
+            (dropped, st.last_segment_of_device[device_id as usize])
+        };
+        self.inner.migrate_cv.notify_all();
+        self.inner.flush_sync()?;
+        self.drain_to(target, &mut progress)?;
+        self.commit_super_block()?;
+        Ok(dropped)
     }
 
     /// Forces write-back until `last_migrated_segment_id` reaches `target`,

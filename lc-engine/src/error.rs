@@ -93,6 +93,20 @@ pub enum Error {
         "device {0} is being detached and takes no more writes; wait for the detach to finish"
     )]
     Detaching(u8),
+    /// The backing device is smaller than the dirty data its id holds.
+    #[error(
+        "the backing device has {size_sectors} sectors but the cache holds dirty data of device \
+         {device_id} up to sector {dirty_end_sector}: it is not the device that data belongs to \
+         (or it shrank); attach the right device, or discard that device's dirty data"
+    )]
+    DirtyBeyondEnd {
+        /// Device id.
+        device_id: u8,
+        /// One past the highest dirty sector of the id.
+        dirty_end_sector: u64,
+        /// Size of the device offered, in sectors.
+        size_sectors: u64,
+    },
     /// The cache is shutting down or has stopped.
     #[error("the cache is stopped; resume it again")]
     Stopped,
@@ -115,6 +129,7 @@ impl Error {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
             Error::OutOfRange { .. } | Error::InvalidArgument(_) => libc::EINVAL,
+            Error::DirtyBeyondEnd { .. } => libc::ENOSPC,
             Error::UnknownDevice(_) | Error::Detaching(_) => libc::ENODEV,
             Error::Stopped => libc::ESHUTDOWN,
             _ => libc::EIO,

@@ -72,7 +72,7 @@ pub mod stats;
 mod ticker;
 
 pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
-pub use device::{AlignedBuf, BlockDevice, FileDevice};
+pub use device::{AlignedBuf, BlockDevice, FileDevice, FileIdentity};
 pub use error::{DeviceRole, Error, Result};
 pub use knobs::{Knob, KnobSpec};
 pub use recover::{format_cache_device, read_superblock, RecoveryReport, MIN_CACHE_BYTES};

@@ -145,13 +145,16 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
             ref source,
         } if source.raw_os_error() == Some(libc::EBUSY) => LcdError::Busy(format!(
             "{path} is in use by the kernel or another program (mounted, swap, part of a RAID, \
-             LVM volume or another cache): unmount or release it first"
+             LVM volume, a cache or device of this or another lcd, `lcd writeback` or \
+             `lcd check`): unmount or release it first"
         )),
         E::Io { .. } | E::Open { .. } => LcdError::Io(msg),
         E::NotFormatted | E::Corrupt(_) | E::UnsupportedVersion(_) => LcdError::NotFormatted(msg),
-        E::HasSignature(_) | E::TooSmall { .. } | E::InvalidArgument(_) | E::OutOfRange { .. } => {
-            LcdError::InvalidArgument(msg)
-        }
+        E::HasSignature(_)
+        | E::TooSmall { .. }
+        | E::InvalidArgument(_)
+        | E::OutOfRange { .. }
+        | E::DirtyBeyondEnd { .. } => LcdError::InvalidArgument(msg),
         E::UnknownDevice(_) => LcdError::NotFound(msg),
         E::DeviceExists(_) | E::Detaching(_) => LcdError::Busy(msg),
         E::Stopped => LcdError::Failed(msg),
