@@ -614,10 +614,15 @@ impl Manager {
         };
         self.resume(server, cache_id, path.clone()).await?;
         self.apply_knobs(cache_id, &rec.knobs);
-        let cache = lock(&self.daemon)
-            .caches
-            .get(&cache_id)
-            .map(|e| e.cache.uuid());
+        let cache = {
+            let mut d = lock(&self.daemon);
+            let cache = d.caches.get(&cache_id).map(|e| e.cache.clone());
+            // its failed devices count their dirty lines there from now on
+            for e in d.devices.values_mut().filter(|e| e.cache_id == cache_id) {
+                e.resumed_cache = cache.clone();
+            }
+            cache.map(|c| c.uuid())
+        };
         tracing::warn!(
             id = cache_id,
             %path,

@@ -79,6 +79,9 @@ pub struct DeviceEntry {
     pub identity: Option<DeviceIdentity>,
     /// The cache, while the device is attached to it.
     pub cache: Option<Arc<Cache>>,
+    /// Its cache while that runs, attached or not (a failed device's dirty
+    /// lines are counted there).
+    pub resumed_cache: Option<Arc<Cache>>,
     /// The block device, while there is one.
     pub ublk: Option<UblkDevice>,
     /// Size of the backing device in bytes (0 if never opened).
@@ -113,7 +116,14 @@ impl DeviceEntry {
                 .ublk
                 .as_ref()
                 .map_or_else(String::new, |u| u.node.clone()),
-            nr_dirty_caches: engine.as_ref().map_or(0, |d| d.nr_dirty_caches),
+            nr_dirty_caches: engine.as_ref().map_or_else(
+                || {
+                    self.resumed_cache
+                        .as_ref()
+                        .map_or(0, |c| c.nr_dirty_caches(id))
+                },
+                |d| d.nr_dirty_caches,
+            ),
             migrate_threshold: engine
                 .as_ref()
                 .map_or(self.migrate_threshold, |d| d.migrate_threshold),
@@ -286,6 +296,7 @@ pub async fn create(
                 backing: backing.clone(),
                 identity: None,
                 cache: None,
+                resumed_cache: Some(cache.clone()),
                 ublk: None,
                 size_bytes: 0,
                 migrate_threshold: 70,
@@ -715,6 +726,7 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
             backing: rec.backing.clone(),
             identity: rec.identity.clone(),
             cache: None,
+            resumed_cache: cache.clone(),
             ublk: None,
             size_bytes: 0,
             migrate_threshold: rec.migrate_threshold,
