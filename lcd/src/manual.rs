@@ -10,7 +10,7 @@ use lc_manpage::{preamble, section, wrap};
 use crate::cli::Cli;
 
 /// Date on the page's title line; change it when the page changes.
-const DATE: &str = "2026-11-26";
+const DATE: &str = "2026-12-03";
 
 /// The man page, roff source.
 pub fn man_page() -> String {
