@@ -968,6 +968,20 @@ impl Cache {
             .collect()
     }
 
+    /// One attached device (what [`Cache::devices`] lists for it), without
+    /// building the whole list.
+    pub fn device_status(&self, device_id: u8) -> Option<DeviceStatus> {
+        let b = self.backing(device_id).ok()?;
+        let nr_dirty_caches = lock(&self.inner.state).index.nr_dirty(b.id);
+        Some(DeviceStatus {
+            device_id: b.id,
+            dev: b.dev.describe(),
+            size_sectors: b.size_sectors,
+            nr_dirty_caches,
+            migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+        })
+    }
+
     /// Sets a device's `migrate_threshold` (percent, 0..=100).
     pub fn set_migrate_threshold(&self, device_id: u8, percent: u8) -> Result<()> {
         if percent > 100 {

@@ -176,22 +176,34 @@ impl FileDevice {
                 .custom_flags(flags)
                 .open(path)
         };
+        let neither = || {
+            Error::InvalidArgument(format!(
+                "{} is neither a block device nor a regular file",
+                path.display()
+            ))
+        };
+        // a directory or socket cannot even be opened; say what it is (the
+        // stat only words the error, it decides nothing that is opened)
+        let failed = |e: io::Error| {
+            let usable = |m: &std::fs::Metadata| m.is_file() || m.file_type().is_block_device();
+            match std::fs::metadata(path) {
+                Ok(m) if !usable(&m) => neither(),
+                _ => open_err(e),
+            }
+        };
         let (file, direct) = match try_open(flags) {
             Ok(f) => (f, true),
             // tmpfs and some FUSE file systems refuse O_DIRECT.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                (try_open(flags & !libc::O_DIRECT).map_err(open_err)?, false)
+                (try_open(flags & !libc::O_DIRECT).map_err(failed)?, false)
             }
-            Err(e) => return Err(open_err(e)),
+            Err(e) => return Err(failed(e)),
         };
         let meta = file.metadata().map_err(open_err)?;
         let ft = meta.file_type();
         let is_block = ft.is_block_device();
         if !is_block && !ft.is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is neither a block device nor a regular file",
-                path.display()
-            )));
+            return Err(neither());
         }
         // the I/O paths block; only the open had to not
         nix::fcntl::fcntl(

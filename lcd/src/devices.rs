@@ -102,10 +102,7 @@ impl DeviceEntry {
 
     /// What ListDevices and `Info()` report.
     pub fn info(&self, id: u8) -> DeviceInfo {
-        let engine = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.devices().into_iter().find(|d| d.device_id == id));
+        let engine = self.cache.as_ref().and_then(|c| c.device_status(id));
         DeviceInfo {
             id,
             cache_id: self.cache_id,
