@@ -494,29 +494,42 @@ impl Manager {
     }
 
     async fn list_caches(&self) -> Result<Vec<CacheInfo>, LcdError> {
-        let d = lock(&self.daemon);
-        Ok(d.caches
-            .iter()
-            .map(|(&id, e)| {
-                let st = e.cache.status();
-                let u = e.cache.uuid();
+        // copied under the daemon's lock; the engines are asked outside it
+        type Running = Vec<(u8, String, Arc<Cache>)>;
+        let (running, failed): (Running, Vec<CacheInfo>) = {
+            let d = lock(&self.daemon);
+            (
+                d.caches
+                    .iter()
+                    .map(|(&id, e)| (id, e.path.clone(), e.cache.clone()))
+                    .collect(),
+                d.failed
+                    .iter()
+                    .map(|(&id, (rec, why))| CacheInfo {
+                        id,
+                        path: rec.path.clone(),
+                        uuid: rec.uuid.clone().unwrap_or_default(),
+                        nr_segments: 0,
+                        nr_dirty_caches: 0,
+                        state: format!("failed: {why}"),
+                    })
+                    .collect(),
+            )
+        };
+        Ok(running
+            .into_iter()
+            .map(|(id, path, cache)| {
+                let st = cache.status();
                 CacheInfo {
                     id,
-                    path: e.path.clone(),
-                    uuid: uuid_hex(&u),
+                    path,
+                    uuid: uuid_hex(&cache.uuid()),
                     nr_segments: st.nr_segments,
                     nr_dirty_caches: st.nr_dirty_caches,
                     state: "running".into(),
                 }
             })
-            .chain(d.failed.iter().map(|(&id, (rec, why))| CacheInfo {
-                id,
-                path: rec.path.clone(),
-                uuid: rec.uuid.clone().unwrap_or_default(),
-                nr_segments: 0,
-                nr_dirty_caches: 0,
-                state: format!("failed: {why}"),
-            }))
+            .chain(failed)
             .collect())
     }
 
@@ -633,8 +646,11 @@ impl Manager {
     }
 
     async fn list_devices(&self) -> Result<Vec<DeviceInfo>, LcdError> {
-        let d = lock(&self.daemon);
-        Ok(d.devices.iter().map(|(&id, e)| e.info(id)).collect())
+        let views: Vec<_> = {
+            let d = lock(&self.daemon);
+            d.devices.iter().map(|(&id, e)| e.view(id)).collect()
+        };
+        Ok(views.into_iter().map(|v| v.info()).collect())
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

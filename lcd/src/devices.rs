@@ -102,29 +102,26 @@ impl DeviceEntry {
 
     /// What ListDevices and `Info()` report.
     pub fn info(&self, id: u8) -> DeviceInfo {
-        let engine = self.cache.as_ref().and_then(|c| c.device_status(id));
-        DeviceInfo {
+        self.view(id).info()
+    }
+
+    /// A copy of what [`DeviceEntry::info`] needs, taken under the daemon's
+    /// lock so that the engine is asked outside it (read-only calls never
+    /// hold the daemon's lock while they wait for a cache's lock).
+    pub fn view(&self, id: u8) -> DeviceView {
+        DeviceView {
             id,
             cache_id: self.cache_id,
             backing: self.backing.clone(),
-            dev: engine.as_ref().map_or_else(String::new, |d| d.dev.clone()),
             size_bytes: self.size_bytes,
             node: self
                 .ublk
                 .as_ref()
                 .map_or_else(String::new, |u| u.node.clone()),
-            nr_dirty_caches: engine.as_ref().map_or_else(
-                || {
-                    self.resumed_cache
-                        .as_ref()
-                        .map_or(0, |c| c.nr_dirty_caches(id))
-                },
-                |d| d.nr_dirty_caches,
-            ),
-            migrate_threshold: engine
-                .as_ref()
-                .map_or(self.migrate_threshold, |d| d.migrate_threshold),
+            migrate_threshold: self.migrate_threshold,
             state: self.state.describe(),
+            cache: self.cache.clone(),
+            resumed_cache: self.resumed_cache.clone(),
         }
     }
 
@@ -137,6 +134,48 @@ impl DeviceEntry {
             backing: self.backing.clone(),
             migrate_threshold: info.migrate_threshold,
             identity: self.identity.clone(),
+        }
+    }
+}
+
+/// A device as [`DeviceEntry::view`] copied it.
+pub struct DeviceView {
+    id: u8,
+    cache_id: u8,
+    backing: String,
+    size_bytes: u64,
+    node: String,
+    migrate_threshold: u8,
+    state: String,
+    cache: Option<Arc<Cache>>,
+    resumed_cache: Option<Arc<Cache>>,
+}
+
+impl DeviceView {
+    /// The device's info, its live figures (dirty lines, threshold) asked
+    /// of the engine for this device alone.
+    pub fn info(self) -> DeviceInfo {
+        let id = self.id;
+        let engine = self.cache.as_ref().and_then(|c| c.device_status(id));
+        DeviceInfo {
+            id,
+            cache_id: self.cache_id,
+            backing: self.backing,
+            dev: engine.as_ref().map_or_else(String::new, |d| d.dev.clone()),
+            size_bytes: self.size_bytes,
+            node: self.node,
+            nr_dirty_caches: engine.as_ref().map_or_else(
+                || {
+                    self.resumed_cache
+                        .as_ref()
+                        .map_or(0, |c| c.nr_dirty_caches(id))
+                },
+                |d| d.nr_dirty_caches,
+            ),
+            migrate_threshold: engine
+                .as_ref()
+                .map_or(self.migrate_threshold, |d| d.migrate_threshold),
+            state: self.state,
         }
     }
 }
