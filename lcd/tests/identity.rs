@@ -448,3 +448,102 @@ async fn attach_refuses_a_backing_device_smaller_than_its_ids_dirty_data() {
         "nothing written"
     );
 }
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    /// `losetup DEV FILE` when `dev` is given, else the first free device.
+    fn attach(dev: Option<&str>, file: &str) -> Option<Loop> {
+        let mut c = Command::new("losetup");
+        match dev {
+            Some(d) => c.args([d, file]),
+            None => c.args(["-f", "--show", file]),
+        };
+        let o = c.output().ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        let name = match dev {
+            Some(d) => d.to_string(),
+            None => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        };
+        Some(Loop(name))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_disks_whose_kernel_names_swapped_are_failed_untouched_then_re_pointed() {
+    // the host's stand-in for disks that enumerate in another order at
+    // boot: two loop devices of one size whose kernel names swap
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let keep = tempfile::tempdir().unwrap();
+    let fa = file(&keep.path().join("disk-a.img"), 4 << 20);
+    let fb = file(&keep.path().join("disk-b.img"), 4 << 20);
+    let (Some(la), Some(lb)) = (
+        root.then(|| Loop::attach(None, &fa)).flatten(),
+        root.then(|| Loop::attach(None, &fb)).flatten(),
+    ) else {
+        eprintln!("skipped: needs root and two free loop devices (losetup)");
+        return;
+    };
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    {
+        let rig = start(&state);
+        let (_c, m) = client(&rig).await;
+        m.format_cache_device(&cache, false).await.unwrap();
+        m.resume_cache_as(1, &cache).await.unwrap();
+        m.create_device(3, &la.0, 1).await.unwrap();
+        m.create_device(5, &lb.0, 1).await.unwrap();
+        drop(m);
+        rig.stop();
+    }
+    let saved = std::fs::read_to_string(state.join("state.json")).unwrap();
+    assert!(
+        saved.contains("loop:") && saved.contains("disk-a.img"),
+        "{saved}"
+    );
+    leave_dirty_data(&cache, &la.0, 3, &[(2, 0x33)]);
+    // the next boot: the kernel names now lead to each other's disk
+    let (na, nb) = (la.0.clone(), lb.0.clone());
+    drop((la, lb));
+    let (Some(la), Some(lb)) = (Loop::attach(Some(&na), &fb), Loop::attach(Some(&nb), &fa)) else {
+        panic!("could not re-attach the loop devices");
+    };
+    let before = (std::fs::read(&fa).unwrap(), std::fs::read(&fb).unwrap());
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    for d in m.list_devices().await.unwrap() {
+        assert!(
+            d.state.starts_with("failed: ") && d.state.contains("the disk is another one"),
+            "{d:?}"
+        );
+    }
+    assert!(
+        (std::fs::read(&fa).unwrap(), std::fs::read(&fb).unwrap()) == before,
+        "neither disk written"
+    );
+    // device 3's disk (disk-a) is now the other kernel name
+    let info = m.repoint_device(3, &lb.0).await.unwrap();
+    assert_eq!(info.nr_dirty_caches, 1, "{info:?}");
+    m.remove_device(3).await.unwrap();
+    let a = std::fs::read(&fa).unwrap();
+    assert!(
+        a[2 * 4096..3 * 4096].iter().all(|&x| x == 0x33),
+        "written back to disk-a"
+    );
+    assert!(std::fs::read(&fb).unwrap() == before.1, "disk-b untouched");
+    drop(m);
+    drop(rig);
+    drop(la);
+}
