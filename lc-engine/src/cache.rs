@@ -864,9 +864,39 @@ impl Cache {
         };
         self.inner.migrate_cv.notify_all();
         self.inner.flush_sync()?;
+        // write-back stops at the first line of another device that is not
+        // attached: say so rather than wait for it (the lines stay dropped;
+        // calling this again once it is attached or dropped finishes)
+        if let Some(other) = self.first_missing_device_before(target) {
+            return Err(Error::MissingDevice(other));
+        }
         self.drain_to(target, &mut progress)?;
         self.commit_super_block()?;
         Ok(dropped)
+    }
+
+    /// A device that is not attached whose dirty lines lie in a segment up
+    /// to `target` (write-back cannot pass it), if any.
+    fn first_missing_device_before(&self, target: u64) -> Option<u8> {
+        let st = lock(&self.inner.state);
+        let attached = read_lock(&self.inner.devices);
+        (0..st.index.nr_lines() as u32)
+            .filter_map(|i| st.index.info(i).map(|info| (i, info)))
+            .filter(|(_, info)| !attached.contains_key(&info.key.device_id))
+            .filter(|(i, _)| {
+                let seg = st.slot_ids[*i as usize / LINES_PER_SEGMENT];
+                seg > st.last_migrated_id && seg <= target
+            })
+            .map(|(_, info)| info.key.device_id)
+            .next()
+    }
+
+    /// Whether nothing of `device_id` can come back at the next resume:
+    /// write-back has passed the last segment that held a line of it.
+    pub fn device_lines_gone_for_good(&self, device_id: u8) -> bool {
+        let st = lock(&self.inner.state);
+        st.index.nr_dirty(device_id) == 0
+            && st.last_migrated_id >= st.last_segment_of_device[device_id as usize]
     }
 
     /// Forces write-back until `last_migrated_segment_id` reaches `target`,

@@ -107,6 +107,13 @@ pub enum Error {
         /// Size of the device offered, in sectors.
         size_sectors: u64,
     },
+    /// Write-back cannot go on: it reached dirty data of a device that is
+    /// not attached.
+    #[error(
+        "write-back waits for device {0}, which is not attached but has dirty data in the \
+         cache: attach it again, or discard its dirty data too, then try again"
+    )]
+    MissingDevice(u8),
     /// The cache is shutting down or has stopped.
     #[error("the cache is stopped; resume it again")]
     Stopped,
@@ -130,7 +137,7 @@ impl Error {
             }
             Error::OutOfRange { .. } | Error::InvalidArgument(_) => libc::EINVAL,
             Error::DirtyBeyondEnd { .. } => libc::ENOSPC,
-            Error::UnknownDevice(_) | Error::Detaching(_) => libc::ENODEV,
+            Error::UnknownDevice(_) | Error::Detaching(_) | Error::MissingDevice(_) => libc::ENODEV,
             Error::Stopped => libc::ESHUTDOWN,
             _ => libc::EIO,
         }

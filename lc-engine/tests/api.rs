@@ -587,3 +587,37 @@ fn discarding_a_missing_devices_lines_unblocks_write_back_for_good() {
         "nothing written to the missing device"
     );
 }
+
+#[test]
+fn discarding_one_of_two_missing_devices_says_which_blocks_and_never_hangs() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 4);
+    let x = SimDisk::new(dom.clone(), 4 * MIB);
+    let y = SimDisk::new(dom.clone(), 4 * MIB);
+    let cache = resume(cdev.clone(), 2);
+    cache.set_knob(Knob::AllowMigrate, 0).unwrap();
+    cache.attach_device(3, x.clone()).unwrap();
+    cache.attach_device(4, y.clone()).unwrap();
+    cache.write(4, 0, &pattern(1, 0, 8)).unwrap(); // y's line first in the log
+    cache.write(3, 8, &pattern(2, 8, 8)).unwrap();
+    cache.flush_sync().unwrap();
+    cache.shutdown().unwrap();
+    drop(cache);
+    // both disks are gone
+    let cache = resume(cdev.clone(), 2);
+    match cache.discard_device_lines(3, |_| {}) {
+        Err(Error::MissingDevice(4)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache.nr_dirty_caches(3), 0, "dropped at once");
+    assert!(!cache.device_lines_gone_for_good(3), "but not for good yet");
+    assert_eq!(cache.discard_device_lines(4, |_| {}).unwrap(), 1);
+    assert!(cache.device_lines_gone_for_good(4));
+    assert_eq!(cache.discard_device_lines(3, |_| {}).unwrap(), 0);
+    assert!(cache.device_lines_gone_for_good(3));
+    cache.shutdown().unwrap();
+    drop(cache);
+    let cache = resume(cdev.clone(), 2);
+    assert_eq!((cache.nr_dirty_caches(3), cache.nr_dirty_caches(4)), (0, 0));
+    assert!(x.snapshot().iter().all(|&b| b == 0) && y.snapshot().iter().all(|&b| b == 0));
+}

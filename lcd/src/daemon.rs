@@ -162,7 +162,7 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
         | E::OutOfRange { .. }
         | E::DirtyBeyondEnd { .. } => LcdError::InvalidArgument(msg),
         E::UnknownDevice(_) => LcdError::NotFound(msg),
-        E::DeviceExists(_) | E::Detaching(_) => LcdError::Busy(msg),
+        E::DeviceExists(_) | E::Detaching(_) | E::MissingDevice(_) => LcdError::Busy(msg),
         E::Stopped => LcdError::Failed(msg),
     }
 }

@@ -495,12 +495,18 @@ fn unattached_dirty_data(d: &crate::daemon::Daemon, id: u8, cache_id: u8) -> Opt
     match d.caches.get(&cache_id) {
         Some(c) => {
             let n = c.cache.nr_dirty_caches(id);
-            (n > 0).then(|| {
-                format!(
+            if n > 0 {
+                return Some(format!(
                     "device {id} is not attached but cache {cache_id} still holds {n} dirty 4 KiB \
                      lines of it that were never written back: bring its disk back \
                      (lcctl repoint {id} [PATH]) and detach it then, or give them up with \
                      lcctl detach {id} --discard-dirty (that data is lost)"
+                ));
+            }
+            (!c.cache.device_lines_gone_for_good(id)).then(|| {
+                format!(
+                    "device {id}'s dirty data was discarded, but that is final only once \
+                     write-back has passed it: run lcctl detach {id} --discard-dirty again"
                 )
             })
         }
