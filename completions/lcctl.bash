@@ -46,6 +46,12 @@ _lcctl() {
             lcctl,list)
                 cmd="lcctl__subcmd__list"
                 ;;
+            lcctl,repoint)
+                cmd="lcctl__subcmd__repoint"
+                ;;
+            lcctl,repoint-cache)
+                cmd="lcctl__subcmd__repoint__subcmd__cache"
+                ;;
             lcctl,resume)
                 cmd="lcctl__subcmd__resume"
                 ;;
@@ -88,6 +94,12 @@ _lcctl() {
             lcctl__subcmd__help,list)
                 cmd="lcctl__subcmd__help__subcmd__list"
                 ;;
+            lcctl__subcmd__help,repoint)
+                cmd="lcctl__subcmd__help__subcmd__repoint"
+                ;;
+            lcctl__subcmd__help,repoint-cache)
+                cmd="lcctl__subcmd__help__subcmd__repoint__subcmd__cache"
+                ;;
             lcctl__subcmd__help,resume)
                 cmd="lcctl__subcmd__help__subcmd__resume"
                 ;;
@@ -107,7 +119,7 @@ _lcctl() {
 
     case "${cmd}" in
         lcctl)
-            opts="-h -V --json --bus --help --version format switch-to resume free clear-stat attach detach status list get set flush commit-super-block help"
+            opts="-h -V --json --bus --help --version format switch-to resume free clear-stat attach detach repoint repoint-cache status list get set flush commit-super-block help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -187,7 +199,7 @@ _lcctl() {
             return 0
             ;;
         lcctl__subcmd__detach)
-            opts="-h --no-wait --json --bus --help"
+            opts="-h --no-wait --discard-dirty --json --bus --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -285,7 +297,7 @@ _lcctl() {
             return 0
             ;;
         lcctl__subcmd__help)
-            opts="format switch-to resume free clear-stat attach detach status list get set flush commit-super-block help"
+            opts="format switch-to resume free clear-stat attach detach repoint repoint-cache status list get set flush commit-super-block help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -438,6 +450,34 @@ _lcctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        lcctl__subcmd__help__subcmd__repoint)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lcctl__subcmd__help__subcmd__repoint__subcmd__cache)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         lcctl__subcmd__help__subcmd__resume)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -495,6 +535,42 @@ _lcctl() {
             return 0
             ;;
         lcctl__subcmd__list)
+            opts="-h --json --bus --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lcctl__subcmd__repoint)
+            opts="-h --json --bus --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lcctl__subcmd__repoint__subcmd__cache)
             opts="-h --json --bus --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

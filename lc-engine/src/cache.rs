@@ -811,11 +811,22 @@ impl Cache {
                 dev.size_bytes()
             )));
         }
+        // the lines this id already holds (from an earlier life) must fit
+        let st = lock(&self.inner.state);
+        let dirty_end = st.index.dirty_end_sector(device_id);
+        if dirty_end > size_sectors {
+            return Err(Error::BackingTooSmall {
+                device_id,
+                dirty_end_sector: dirty_end,
+                size_sectors,
+            });
+        }
         let mut devices = self
             .inner
             .devices
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        drop(st);
         if devices.contains_key(&device_id) {
             return Err(Error::DeviceExists(device_id));
         }
@@ -868,6 +879,76 @@ impl Cache {
             .unwrap_or_else(|e| e.into_inner());
         devices.remove(&device_id);
         Ok(())
+    }
+
+    /// One past the highest dirty sector device id `device_id` holds in
+    /// this cache (0: none): the smallest backing device it can be attached
+    /// to.
+    pub fn dirty_end_sector(&self, device_id: u8) -> u64 {
+        lock(&self.inner.state).index.dirty_end_sector(device_id)
+    }
+
+    /// Drops every dirty line of `device_id`, which must not be attached,
+    /// for good: the lines leave the index at once (write-back skips them
+    /// and stops waiting for the device), then write-back runs past the
+    /// last segment that held one and the record is committed, so a later
+    /// resume does not bring them back. The data is lost; this is for an
+    /// administrator who forgets a device that is gone. Returns how many
+    /// lines were dropped.
+    pub fn discard_device_lines(
+        &self,
+        device_id: u8,
+        mut progress: impl FnMut(DrainProgress),
+    ) -> Result<u64> {
+        if device_id == 0 {
+            return Err(Error::InvalidArgument("device ids are 1..=255".into()));
+        }
+        let (dropped, target) = {
+            let mut st = lock(&self.inner.state);
+            if read_lock(&self.inner.devices).contains_key(&device_id) {
+                return Err(Error::InvalidArgument(format!(
+                    "device {device_id} is attached; detach it (which writes its data back) \
+                     instead of discarding its data"
+                )));
+            }
+            let dropped = st.index.remove_device(device_id);
+            (dropped, st.last_segment_of_device[device_id as usize])
+        };
+        self.inner.migrate_cv.notify_all();
+        self.inner.flush_sync()?;
+        // write-back stops at the first line of another device that is not
+        // attached: say so rather than wait for it (the lines stay dropped;
+        // calling this again once it is attached or dropped finishes)
+        if let Some(other) = self.first_missing_device_before(target) {
+            return Err(Error::MissingDevice(other));
+        }
+        self.drain_to(target, &mut progress)?;
+        self.commit_super_block()?;
+        Ok(dropped)
+    }
+
+    /// A device that is not attached whose dirty lines lie in a segment up
+    /// to `target` (write-back cannot pass it), if any.
+    fn first_missing_device_before(&self, target: u64) -> Option<u8> {
+        let st = lock(&self.inner.state);
+        let attached = read_lock(&self.inner.devices);
+        (0..st.index.nr_lines() as u32)
+            .filter_map(|i| st.index.info(i).map(|info| (i, info)))
+            .filter(|(_, info)| !attached.contains_key(&info.key.device_id))
+            .filter(|(i, _)| {
+                let seg = st.slot_ids[*i as usize / LINES_PER_SEGMENT];
+                seg > st.last_migrated_id && seg <= target
+            })
+            .map(|(_, info)| info.key.device_id)
+            .next()
+    }
+
+    /// Whether nothing of `device_id` can come back at the next resume:
+    /// write-back has passed the last segment that held a line of it.
+    pub fn device_lines_gone_for_good(&self, device_id: u8) -> bool {
+        let st = lock(&self.inner.state);
+        st.index.nr_dirty(device_id) == 0
+            && st.last_migrated_id >= st.last_segment_of_device[device_id as usize]
     }
 
     /// Forces write-back until `last_migrated_segment_id` reaches `target`,
@@ -977,6 +1058,20 @@ impl Cache {
                 migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// One attached device (what [`Cache::devices`] lists for it), without
+    /// building the whole list.
+    pub fn device_status(&self, device_id: u8) -> Option<DeviceStatus> {
+        let b = self.backing(device_id).ok()?;
+        let nr_dirty_caches = lock(&self.inner.state).index.nr_dirty(b.id);
+        Some(DeviceStatus {
+            device_id: b.id,
+            dev: b.dev.describe(),
+            size_sectors: b.size_sectors,
+            nr_dirty_caches,
+            migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+        })
     }
 
     /// Sets a device's `migrate_threshold` (percent, 0..=100).

@@ -113,6 +113,14 @@ use ioctl::{blk_discard, blk_getsize64};
 
 /// A regular file or a block device, opened with `O_DIRECT` where the file
 /// system allows it.
+///
+/// The path is opened once and everything else is learnt from the open
+/// file descriptor (`fstat`, `BLKGETSIZE64`), so a path swapped after the
+/// open cannot change what is used. Every open is exclusive: `O_EXCL` (a
+/// block device the kernel or another opener holds is refused) and an
+/// advisory `flock` on the file (a second cache, `lcd writeback`, `lcd check`
+/// or another lcd on the same file or block device is refused, whatever name
+/// it is opened by). Both are released when the device is dropped.
 pub struct FileDevice {
     file: File,
     path: PathBuf,
@@ -120,28 +128,47 @@ pub struct FileDevice {
     is_block: bool,
     direct: bool,
     rdev: Option<(u32, u32)>,
+    identity: FileIdentity,
+}
+
+/// What the open file descriptor is, from `fstat`: stable while it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Device of the file system holding the inode (`st_dev`).
+    pub dev: u64,
+    /// Inode number (`st_ino`).
+    pub ino: u64,
+    /// For a block device, its device number (`st_rdev`); `None` for a file.
+    pub rdev: Option<u64>,
+}
+
+/// The flock taken on every [`FileDevice`].
+fn lock_exclusively(file: &File) -> io::Result<()> {
+    // SAFETY: flock takes the descriptor of a file we own and plain flags.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        // named like the kernel's refusal of a held block device
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    Err(e)
 }
 
 impl FileDevice {
-    /// Opens `path` for reading and writing (exclusively, for a block device).
+    /// Opens `path` for reading and writing, exclusively (see the type's
+    /// documentation): a device already in use fails with `EBUSY`.
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
         let open_err = |source: io::Error| Error::Open {
             path: path.display().to_string(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(open_err)?;
-        let ft = meta.file_type();
-        let is_block = ft.is_block_device();
-        if !is_block && !ft.is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is neither a block device nor a regular file",
-                path.display()
-            )));
-        }
-        let mut flags = libc::O_DIRECT;
-        if is_block {
-            flags |= libc::O_EXCL;
-        }
+        // O_EXCL without O_CREAT claims a block device and is ignored for
+        // other files; O_NONBLOCK keeps a FIFO or a terminal from blocking
+        // the open (they are refused below).
+        let flags = libc::O_DIRECT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NONBLOCK;
         let try_open = |flags| {
             OpenOptions::new()
                 .read(true)
@@ -149,14 +176,46 @@ impl FileDevice {
                 .custom_flags(flags)
                 .open(path)
         };
+        let neither = || {
+            Error::InvalidArgument(format!(
+                "{} is neither a block device nor a regular file",
+                path.display()
+            ))
+        };
+        // a directory or socket cannot even be opened; say what it is (the
+        // stat only words the error, it decides nothing that is opened)
+        let failed = |e: io::Error| {
+            let usable = |m: &std::fs::Metadata| m.is_file() || m.file_type().is_block_device();
+            match std::fs::metadata(path) {
+                Ok(m) if !usable(&m) => neither(),
+                _ => open_err(e),
+            }
+        };
         let (file, direct) = match try_open(flags) {
             Ok(f) => (f, true),
             // tmpfs and some FUSE file systems refuse O_DIRECT.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                (try_open(flags & !libc::O_DIRECT).map_err(open_err)?, false)
+                (try_open(flags & !libc::O_DIRECT).map_err(failed)?, false)
             }
-            Err(e) => return Err(open_err(e)),
+            Err(e) => return Err(failed(e)),
         };
+        let meta = file.metadata().map_err(open_err)?;
+        let ft = meta.file_type();
+        let is_block = ft.is_block_device();
+        if !is_block && !ft.is_file() {
+            return Err(neither());
+        }
+        // the I/O paths block; only the open had to not
+        nix::fcntl::fcntl(
+            file.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(if direct {
+                nix::fcntl::OFlag::O_DIRECT
+            } else {
+                nix::fcntl::OFlag::empty()
+            }),
+        )
+        .map_err(|e| open_err(io::Error::from(e)))?;
+        lock_exclusively(&file).map_err(open_err)?;
         let size = if is_block {
             let mut sz = 0u64;
             // SAFETY: BLKGETSIZE64 writes one u64 into the pointer we pass.
@@ -167,7 +226,6 @@ impl FileDevice {
             meta.len()
         };
         let rdev = is_block.then(|| {
-            use std::os::unix::fs::MetadataExt;
             let r = meta.rdev();
             (libc::major(r), libc::minor(r))
         });
@@ -178,7 +236,22 @@ impl FileDevice {
             is_block,
             direct,
             rdev,
+            identity: FileIdentity {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                rdev: is_block.then(|| meta.rdev()),
+            },
         })
+    }
+
+    /// What the open descriptor is (`fstat` at open).
+    pub fn identity(&self) -> FileIdentity {
+        self.identity
+    }
+
+    /// True for a block device, false for a regular file.
+    pub fn is_block_device(&self) -> bool {
+        self.is_block
     }
 
     /// True when the device was opened with `O_DIRECT`.

@@ -112,6 +112,27 @@ pub enum Error {
         "device {0} is being detached and takes no more writes; wait for the detach to finish"
     )]
     Detaching(u8),
+    /// The backing device is smaller than the dirty data its id holds.
+    #[error(
+        "the backing device has {size_sectors} sectors but the cache holds dirty data of device \
+         {device_id} up to sector {dirty_end_sector}: it is not the device that data belongs to \
+         (or it shrank); attach the right device, or discard that device's dirty data"
+    )]
+    BackingTooSmall {
+        /// Device id.
+        device_id: u8,
+        /// One past the highest dirty sector of the id.
+        dirty_end_sector: u64,
+        /// Size of the device offered, in sectors.
+        size_sectors: u64,
+    },
+    /// Write-back cannot go on: it reached dirty data of a device that is
+    /// not attached.
+    #[error(
+        "write-back waits for device {0}, which is not attached but has dirty data in the \
+         cache: attach it again, or discard its dirty data too, then try again"
+    )]
+    MissingDevice(u8),
     /// The cache is shutting down or has stopped.
     #[error("the cache is stopped; resume it again")]
     Stopped,
@@ -134,7 +155,8 @@ impl Error {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
             Error::OutOfRange { .. } | Error::InvalidArgument(_) => libc::EINVAL,
-            Error::UnknownDevice(_) | Error::Detaching(_) => libc::ENODEV,
+            Error::BackingTooSmall { .. } | Error::DirtyBeyondEnd { .. } => libc::ENOSPC,
+            Error::UnknownDevice(_) | Error::Detaching(_) | Error::MissingDevice(_) => libc::ENODEV,
             Error::Stopped => libc::ESHUTDOWN,
             _ => libc::EIO,
         }

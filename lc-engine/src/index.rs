@@ -172,6 +172,37 @@ impl Index {
     pub fn nr_dirty(&self, device_id: u8) -> u64 {
         self.dirty_per_device[device_id as usize]
     }
+
+    /// The cache lines holding lines of `device_id` (a scan of every cache
+    /// line; for the rare administrative calls, not the I/O paths).
+    fn lines_of(&self, device_id: u8) -> impl Iterator<Item = (u32, LineInfo)> + '_ {
+        let none = device_id == 0 || self.nr_dirty(device_id) == 0;
+        (0..if none { 0 } else { self.lines.len() as u32 })
+            .filter_map(|i| self.info(i).map(|info| (i, info)))
+            .filter(move |(_, info)| info.key.device_id == device_id)
+    }
+
+    /// One past the highest dirty sector of `device_id` (0 when it has no
+    /// dirty line): the size its backing device must at least have.
+    pub fn dirty_end_sector(&self, device_id: u8) -> u64 {
+        self.lines_of(device_id)
+            .map(|(_, info)| {
+                let top = 8 - info.dirty_bits.leading_zeros() as u64;
+                // a line without dirty bits still reaches into its line
+                info.key.line * 8 + top.max(1)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Forgets every line of `device_id`; returns how many there were.
+    pub fn remove_device(&mut self, device_id: u8) -> u64 {
+        let idxs: Vec<u32> = self.lines_of(device_id).map(|(i, _)| i).collect();
+        for &i in &idxs {
+            self.remove(i);
+        }
+        idxs.len() as u64
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +238,43 @@ mod tests {
             }
             for d in 1..4u8 {
                 prop_assert_eq!(idx.nr_dirty(d), model.keys().filter(|k| k.device_id == d).count() as u64);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn per_device_extent_and_removal_match_a_model(
+            ops in proptest::collection::vec((1u8..4, 0u64..5000, 1u8..=255, 0u32..300), 1..300),
+            gone in 1u8..4,
+        ) {
+            let mut idx = Index::new(300);
+            let mut model: HashMap<LineKey, (u32, u8)> = HashMap::new();
+            for (dev, line, bits, slot) in ops {
+                let key = LineKey { device_id: dev, line };
+                if idx.info(slot).is_some() {
+                    continue;
+                }
+                idx.insert(key, slot, bits);
+                model.retain(|_, v| v.0 != slot);
+                model.insert(key, (slot, bits));
+            }
+            for d in 1..4u8 {
+                let end = model
+                    .iter()
+                    .filter(|(k, _)| k.device_id == d)
+                    .map(|(k, v)| k.line * 8 + (8 - v.1.leading_zeros() as u64))
+                    .max()
+                    .unwrap_or(0);
+                prop_assert_eq!(idx.dirty_end_sector(d), end);
+            }
+            let n = model.keys().filter(|k| k.device_id == gone).count() as u64;
+            prop_assert_eq!(idx.remove_device(gone), n);
+            model.retain(|k, _| k.device_id != gone);
+            prop_assert_eq!(idx.nr_dirty(gone), 0);
+            prop_assert_eq!(idx.dirty_end_sector(gone), 0);
+            for (k, v) in &model {
+                prop_assert_eq!(idx.lookup(*k), Some(v.0));
             }
         }
     }

@@ -83,7 +83,7 @@ pub mod stats;
 mod ticker;
 
 pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
-pub use device::{AlignedBuf, BlockDevice, FileDevice};
+pub use device::{AlignedBuf, BlockDevice, FileDevice, FileIdentity};
 pub use error::{DeviceRole, Error, Result};
 pub use format::MAX_CACHE_SEGMENTS;
 pub use knobs::{Knob, KnobSpec};

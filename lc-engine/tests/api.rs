@@ -335,7 +335,8 @@ fn works_on_real_files_with_direct_io() {
         .unwrap();
     let cdev = Arc::new(FileDevice::open(&cpath).unwrap());
     format_cache_device(&*cdev, false).unwrap();
-    let cache = Cache::resume(3, cdev.clone(), opts()).unwrap();
+    // the cache holds the only handle: a file is opened by one owner at a time
+    let cache = Cache::resume(3, cdev, opts()).unwrap();
     cache
         .attach_device(1, Arc::new(FileDevice::open(&bpath).unwrap()))
         .unwrap();
@@ -394,4 +395,229 @@ fn resume_replays_a_log_of_many_segments() {
         cache.read(1, l * 8, &mut buf).unwrap();
         assert!(buf == pattern(l + 1, l * 8, 8), "line {l}");
     }
+}
+
+#[test]
+fn a_file_is_opened_by_one_owner_at_a_time_whatever_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache.img");
+    std::fs::File::create(&p).unwrap().set_len(4 * MIB).unwrap();
+    let link = dir.path().join("link.img");
+    std::os::unix::fs::symlink(&p, &link).unwrap();
+    let hard = dir.path().join("hard.img");
+    std::fs::hard_link(&p, &hard).unwrap();
+    let first = FileDevice::open(&p).unwrap();
+    for other in [&p, &link, &hard] {
+        match FileDevice::open(other) {
+            Err(Error::Open { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EBUSY), "{other:?}")
+            }
+            Err(e) => panic!("{other:?}: {e}"),
+            Ok(_) => panic!("{other:?} opened twice"),
+        }
+    }
+    // another process (lcd writeback, a second lcd) is refused the same way
+    let status = std::process::Command::new("flock")
+        .args(["--nonblock", "--exclusive"])
+        .arg(&p)
+        .arg("true")
+        .status();
+    if let Ok(status) = status {
+        assert!(!status.success(), "another process took the lock");
+    }
+    drop(first);
+    let again = FileDevice::open(&link).unwrap();
+    let meta = std::fs::metadata(&p).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (
+            again.identity().dev,
+            again.identity().ino,
+            again.identity().rdev
+        ),
+        (meta.dev(), meta.ino(), None)
+    );
+}
+
+#[test]
+fn what_is_opened_is_what_the_identity_says_while_the_path_is_swapped() {
+    // a writer keeps swapping a symlink between two files; every open
+    // reports the identity of the file it actually writes to
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    let b = dir.path().join("b.img");
+    for (p, fill) in [(&a, 0xaau8), (&b, 0xbb)] {
+        std::fs::write(p, vec![fill; 1 << 16]).unwrap();
+    }
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    let (ino_a, ino_b) = (ino(&a), ino(&b));
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, dir, a, b) = (stop.clone(), dir.path().to_path_buf(), a.clone(), b.clone());
+        std::thread::spawn(move || {
+            let tmp = dir.join("link.tmp");
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(if n % 2 == 0 { &b } else { &a }, &tmp).unwrap();
+                std::fs::rename(&tmp, dir.join("link")).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let mut seen = [0u32; 2];
+    for _ in 0..2000 {
+        let d = FileDevice::open(&link).unwrap();
+        let mut buf = vec![0u8; 512];
+        d.read_at(&mut buf, 0).unwrap();
+        let id = d.identity().ino;
+        match buf[0] {
+            0xaa => {
+                assert_eq!(id, ino_a);
+                seen[0] += 1
+            }
+            0xbb => {
+                assert_eq!(id, ino_b);
+                seen[1] += 1
+            }
+            x => panic!("read {x:#x}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(seen[0] > 0 || seen[1] > 0);
+}
+
+#[test]
+fn attach_refuses_a_device_smaller_than_the_dirty_data_of_its_id() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 4);
+    let big = SimDisk::new(dom.clone(), 4 * MIB);
+    let cache = resume(cdev.clone(), 2);
+    cache.set_knob(Knob::AllowMigrate, 0).unwrap();
+    cache.attach_device(5, big.clone()).unwrap();
+    // dirty sectors up to 3 MiB - 512 B + 512 B
+    let last = 3 * MIB / 512 - 1;
+    cache.write(5, last, &[7u8; 512]).unwrap();
+    cache.write(5, 0, &[8u8; 4096]).unwrap();
+    cache.flush_sync().unwrap();
+    assert_eq!(cache.dirty_end_sector(5), last + 1);
+    cache.shutdown().unwrap();
+    drop(cache);
+    // after a restart, the id's data is bound to no device yet
+    let cache = resume(cdev.clone(), 2);
+    assert_eq!(cache.dirty_end_sector(5), last + 1);
+    let small = SimDisk::new(dom.clone(), 2 * MIB);
+    match cache.attach_device(5, small.clone()) {
+        Err(Error::BackingTooSmall {
+            device_id: 5,
+            dirty_end_sector,
+            size_sectors,
+        }) => assert_eq!((dirty_end_sector, size_sectors), (last + 1, 2 * MIB / 512)),
+        other => panic!("attached a too small device: {other:?}"),
+    }
+    assert!(cache.devices().is_empty(), "nothing attached");
+    assert!(small.snapshot().iter().all(|&b| b == 0), "nothing written");
+    // exactly large enough is fine
+    let exact = SimDisk::new(dom.clone(), 3 * MIB);
+    cache.attach_device(5, exact).unwrap();
+}
+
+#[test]
+fn discarding_a_missing_devices_lines_unblocks_write_back_for_good() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 4);
+    let gone = SimDisk::new(dom.clone(), 4 * MIB);
+    let kept = SimDisk::new(dom.clone(), 4 * MIB);
+    let cache = resume(cdev.clone(), 2);
+    cache.set_knob(Knob::AllowMigrate, 0).unwrap();
+    cache.attach_device(3, gone.clone()).unwrap();
+    cache.attach_device(4, kept.clone()).unwrap();
+    cache.write(3, 0, &pattern(1, 0, 8)).unwrap();
+    cache.write(4, 8, &pattern(2, 8, 8)).unwrap();
+    cache.write(3, 64, &pattern(3, 64, 8)).unwrap();
+    cache.flush_sync().unwrap();
+    cache.shutdown().unwrap();
+    drop(cache);
+    // device 3 is gone at the next start
+    let cache = resume(cdev.clone(), 2);
+    cache.attach_device(4, kept.clone()).unwrap();
+    assert_eq!(cache.nr_dirty_caches(3), 2);
+    assert!(matches!(
+        cache.discard_device_lines(4, |_| {}),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        cache.nr_dirty_caches(4),
+        1,
+        "an attached device keeps its data"
+    );
+    assert_eq!(cache.discard_device_lines(3, |_| {}).unwrap(), 2);
+    assert_eq!(cache.nr_dirty_caches(3), 0);
+    // write-back no longer waits for device 3: device 4's data goes back
+    cache.migrate_all().unwrap();
+    let mut got = vec![0u8; 8 * 512];
+    kept.read_at(&mut got, 8 * 512).unwrap();
+    assert!(got == pattern(2, 8, 8));
+    // a crash after the call does not bring the lines back
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2);
+    let mut images = dom.cut(&[&cdev], &mut rng);
+    drop(cache);
+    let cache = Cache::resume(
+        1,
+        SimDisk::from_image(PowerDomain::new(), images.remove(0)),
+        opts(),
+    )
+    .unwrap();
+    assert_eq!(cache.nr_dirty_caches(3), 0);
+    assert_eq!(cache.dirty_end_sector(3), 0);
+    let fresh = SimDisk::new(PowerDomain::new(), MIB);
+    cache.attach_device(3, fresh.clone()).unwrap();
+    let mut got = vec![0u8; 8 * 512];
+    cache.read(3, 0, &mut got).unwrap();
+    assert!(
+        got.iter().all(|&b| b == 0),
+        "the discarded data is not served"
+    );
+    assert!(
+        gone.snapshot().iter().all(|&b| b == 0),
+        "nothing written to the missing device"
+    );
+}
+
+#[test]
+fn discarding_one_of_two_missing_devices_says_which_blocks_and_never_hangs() {
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 4);
+    let x = SimDisk::new(dom.clone(), 4 * MIB);
+    let y = SimDisk::new(dom.clone(), 4 * MIB);
+    let cache = resume(cdev.clone(), 2);
+    cache.set_knob(Knob::AllowMigrate, 0).unwrap();
+    cache.attach_device(3, x.clone()).unwrap();
+    cache.attach_device(4, y.clone()).unwrap();
+    cache.write(4, 0, &pattern(1, 0, 8)).unwrap(); // y's line first in the log
+    cache.write(3, 8, &pattern(2, 8, 8)).unwrap();
+    cache.flush_sync().unwrap();
+    cache.shutdown().unwrap();
+    drop(cache);
+    // both disks are gone
+    let cache = resume(cdev.clone(), 2);
+    match cache.discard_device_lines(3, |_| {}) {
+        Err(Error::MissingDevice(4)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache.nr_dirty_caches(3), 0, "dropped at once");
+    assert!(!cache.device_lines_gone_for_good(3), "but not for good yet");
+    assert_eq!(cache.discard_device_lines(4, |_| {}).unwrap(), 1);
+    assert!(cache.device_lines_gone_for_good(4));
+    assert_eq!(cache.discard_device_lines(3, |_| {}).unwrap(), 0);
+    assert!(cache.device_lines_gone_for_good(3));
+    cache.shutdown().unwrap();
+    drop(cache);
+    let cache = resume(cdev.clone(), 2);
+    assert_eq!((cache.nr_dirty_caches(3), cache.nr_dirty_caches(4)), (0, 0));
+    assert!(x.snapshot().iter().all(|&b| b == 0) && y.snapshot().iter().all(|&b| b == 0));
 }

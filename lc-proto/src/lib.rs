@@ -114,6 +114,19 @@ pub trait Manager {
     fn begin_remove_device(&self, device_id: u8) -> Result<(), LcdError>;
     /// The devices.
     fn list_devices(&self) -> Result<Vec<DeviceInfo>, LcdError>;
+    /// Forgets a device that is not attached (its disk is gone). Refused
+    /// (`Busy`) while its cache holds dirty data of it, unless
+    /// `discard_dirty`: then that data is dropped from the cache for good
+    /// first.
+    fn forget_device(&self, device_id: u8, discard_dirty: bool) -> Result<(), LcdError>;
+    /// Brings back a failed device: with `backing_path` empty, from its
+    /// recorded path, which must still lead to the recorded disk; with a
+    /// path, from that path, whose disk is recorded as the device's from now
+    /// on (on purpose: the administrator says it is the right one).
+    fn repoint_device(&self, device_id: u8, backing_path: &str) -> Result<DeviceInfo, LcdError>;
+    /// Brings back a cache that failed at start from `path`, recording that
+    /// path and the uuid found there as the cache's.
+    fn repoint_cache(&self, cache_id: u8, path: &str) -> Result<(), LcdError>;
     /// `ublk`, or why devices cannot be exposed as block devices here
     /// (e.g. `none: /dev/ublk-control is missing; ...`).
     #[zbus(property)]

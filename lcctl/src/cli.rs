@@ -121,6 +121,45 @@ pub enum Command {
         /// state "detaching" until it is done, then goes away.
         #[arg(long)]
         no_wait: bool,
+        /// Forget a failed device (its disk is gone) although its cache
+        /// still holds dirty data of it: that data is dropped from the cache
+        /// and lost. Without it, such a detach is refused (exit 4), so the
+        /// data is never written to another disk that later gets the id.
+        #[arg(long, conflicts_with = "no_wait")]
+        discard_dirty: bool,
+    },
+    /// Bring back a failed device: from its recorded path (its disk is
+    /// back, or its cache was re-pointed), checking that the disk there is
+    /// the one recorded; or from BACKING, which is then recorded as the
+    /// device's disk from now on.
+    ///
+    /// lcd records an identity for every backing device (a file's inode; a
+    /// disk's size and stable names such as its WWN and serial) and at start
+    /// leaves a device whose path leads to another disk "failed", writing
+    /// nothing to it. Give BACKING when the disk moved (use its
+    /// /dev/disk/by-id name) or when this is on purpose another disk; the
+    /// cache's dirty data of the device must fit on it.
+    Repoint {
+        /// Device id.
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: u8,
+        /// The backing device to use from now on (default: the recorded one,
+        /// identity checked).
+        backing: Option<PathBuf>,
+    },
+    /// Bring back a cache that failed at start from PATH, recording PATH
+    /// and the cache uuid found there as the cache's from now on.
+    ///
+    /// lcd records each cache's uuid and at start leaves a cache whose path
+    /// leads to another cache (or to no cache) "failed", writing nothing to
+    /// it. `lcd check PATH` shows the uuid a disk holds. Then bring its
+    /// failed devices back with lcctl repoint.
+    RepointCache {
+        /// Cache id.
+        #[arg(value_name = "ID", value_parser = id_parser())]
+        id: u8,
+        /// The cache device to use from now on.
+        path: PathBuf,
     },
     /// Show caches as lc-mgr status did: segment ids, cursor, RAM, knobs,
     /// the 16 I/O counters with hit ratios, and their devices; also the

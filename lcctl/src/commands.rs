@@ -35,7 +35,14 @@ pub async fn run(cli: &Cli) -> Result<Output> {
         Command::Free { id } => free(&c, *id).await,
         Command::ClearStat { id } => clear_stat(&c, *id).await,
         Command::Attach { backing, cache, id } => attach(&c, backing, *cache, *id).await,
-        Command::Detach { id, no_wait } => detach(&c, *id, *no_wait, cli.json).await,
+        Command::Detach {
+            id,
+            discard_dirty: true,
+            ..
+        } => forget(&c, *id).await,
+        Command::Detach { id, no_wait, .. } => detach(&c, *id, *no_wait, cli.json).await,
+        Command::Repoint { id, backing } => repoint(&c, *id, backing.as_deref()).await,
+        Command::RepointCache { id, path } => repoint_cache(&c, *id, path).await,
         Command::Status { id } => status(&c, *id).await,
         Command::List => list(&c).await,
         Command::Get { knob, target } => get(&c, knob.as_deref(), target).await,
@@ -216,6 +223,70 @@ async fn attach(c: &Client, backing: &Path, cache: u8, id: Option<u8>) -> Result
     };
     Ok(Output {
         text,
+        json: to_value(&info),
+    })
+}
+
+/// `detach --discard-dirty`: forgets a failed device, dropping its dirty data.
+async fn forget(c: &Client, id: u8) -> Result<Output> {
+    let what = format!("device {id}");
+    let dirty = c
+        .device(id)
+        .await?
+        .nr_dirty_caches()
+        .await
+        .map_err(c.zbus_err(&what))?;
+    c.manager
+        .forget_device(id, true)
+        .await
+        .map_err(c.lcd_err(&what))?;
+    Ok(Output {
+        text: format!("device {id} forgotten; its dirty data in the cache was discarded"),
+        json: json!({ "device": id, "forgotten": true, "dirty_blocks_discarded": dirty }),
+    })
+}
+
+async fn repoint(c: &Client, id: u8, backing: Option<&Path>) -> Result<Output> {
+    let backing = backing.map(absolute).transpose()?;
+    let info = c
+        .manager
+        .repoint_device(id, backing.as_deref().unwrap_or(""))
+        .await
+        .map_err(c.lcd_err(&format!("device {id}")))?;
+    Ok(Output {
+        text: format!(
+            "device {} on {}: {}; {} dirty blocks",
+            info.id, info.backing, info.state, info.nr_dirty_caches
+        ),
+        json: to_value(&info),
+    })
+}
+
+async fn repoint_cache(c: &Client, id: u8, path: &Path) -> Result<Output> {
+    let path = absolute(path)?;
+    c.manager
+        .repoint_cache(id, &path)
+        .await
+        .map_err(c.lcd_err(&format!("cache {id}")))?;
+    let info = c
+        .manager
+        .list_caches()
+        .await
+        .map_err(c.lcd_err("the caches"))?
+        .into_iter()
+        .find(|i| i.id == id)
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Failure,
+                format!("cache {id} was re-pointed but is no longer listed (freed meanwhile?)"),
+            )
+        })?;
+    Ok(Output {
+        text: format!(
+            "cache {id} is {} (uuid {}): {} dirty blocks; bring its failed devices back with \
+             lcctl repoint ID",
+            info.path, info.uuid, info.nr_dirty_caches
+        ),
         json: to_value(&info),
     })
 }

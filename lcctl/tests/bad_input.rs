@@ -959,7 +959,7 @@ fn a_block_device_holding_a_file_system_mounted_or_not() {
     assert!(mounted.success(), "mount {} failed", lo.dev);
     lo.mount = Some(mnt.clone());
     std::fs::write(mnt.join("data"), b"kept").unwrap();
-    let busy = "is in use by the kernel or another program (mounted, swap, part of a RAID, LVM volume or another cache): unmount or release it first";
+    let busy = "is in use by the kernel or another program (mounted, swap, part of a RAID, LVM volume, a cache or device of this or another lcd, `lcd writeback` or `lcd check`): unmount or release it first";
     for args in [
         vec!["format", &lo.dev, "--force"],
         vec!["resume", &lo.dev, "--id", "3"],

@@ -345,3 +345,84 @@ fn detach_draws_a_progress_bar_on_a_terminal() {
     assert!(text.contains("device 2: writing back ["), "{text}");
     assert!(text.contains("device 2 detached"), "{text}");
 }
+
+#[test]
+fn a_failed_device_with_dirty_data_is_repointed_or_discarded_on_purpose() {
+    let files = tempfile::tempdir().unwrap();
+    let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
+    let disk = sparse(files.path(), "disk.img", 32 << 20);
+    write_dirty_data_offline(&cache, &disk);
+    // lcd knew device 7 on disk.img, which answers under another name now
+    let moved = files.path().join("moved.img").display().to_string();
+    std::fs::rename(&disk, &moved).unwrap();
+    let mut rig = Rig::bus_only();
+    let state = rig.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let saved = json!({
+        "version": 1,
+        "caches": [{"id": 1, "path": cache, "knobs": {"allow_migrate": 0}}],
+        "devices": [{"id": DEVICE, "cache_id": 1, "backing": disk, "migrate_threshold": 0}],
+    });
+    std::fs::write(state.join("state.json"), saved.to_string()).unwrap();
+    rig.start_lcd();
+    let dev = |rig: &Rig| rig.lcctl(&["--json", "list"]).json()["devices"][0].clone();
+    assert!(
+        dev(&rig)["state"].as_str().unwrap().starts_with("failed:"),
+        "{}",
+        dev(&rig)
+    );
+    // forgetting it would strand its data: refused, with the choices named
+    let out = rig.lcctl(&["detach", "7"]);
+    out.fails(4, "--discard-dirty");
+    assert!(out.stderr.contains("lcctl repoint 7"), "{out:?}");
+    let out = rig.lcctl(&["detach", "7", "--discard-dirty", "--no-wait"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    // re-pointed to where the disk is now, then detached with its data
+    let j = rig.lcctl(&["--json", "repoint", "7", &moved]).json();
+    assert_eq!(
+        (j["backing"].as_str(), j["nr_dirty_caches"].as_u64()),
+        (Some(moved.as_str()), Some(BLOCKS))
+    );
+    rig.lcctl(&["repoint", "7"])
+        .fails(4, "only a failed device");
+    rig.lcctl(&["detach", "7"]).ok();
+    let data = std::fs::read(&moved).unwrap();
+    assert!(data[..4096] == block(0)[..], "the data went to its disk");
+
+    // a device whose disk is gone for good: its data is given up on purpose
+    rig.stop_lcd();
+    dirty_again(&cache, &moved);
+    let mut saved: Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    saved["devices"] =
+        json!([{"id": DEVICE, "cache_id": 1, "backing": moved, "migrate_threshold": 0}]);
+    std::fs::write(state.join("state.json"), saved.to_string()).unwrap();
+    std::fs::remove_file(&moved).unwrap();
+    rig.start_lcd();
+    assert!(dev(&rig)["state"].as_str().unwrap().starts_with("failed:"));
+    let j = rig
+        .lcctl(&["--json", "detach", "7", "--discard-dirty"])
+        .json();
+    assert_eq!(
+        j,
+        json!({"device": 7, "forgotten": true, "dirty_blocks_discarded": 1})
+    );
+    assert!(device_ids(&rig).is_empty());
+    let j = rig.lcctl(&["--json", "list"]).json();
+    assert_eq!(j["caches"][0]["nr_dirty_caches"], 0, "{j}");
+}
+
+/// One more dirty block of device DEVICE in the (formatted) cache on
+/// `cache`, written offline.
+fn dirty_again(cache: &str, backing: &str) {
+    use lc_engine::{Cache, CacheOptions, FileDevice};
+    let dev = FileDevice::open(cache.as_ref()).unwrap();
+    let c = Cache::resume(1, Arc::new(dev), CacheOptions::default()).unwrap();
+    c.attach_device(
+        DEVICE,
+        Arc::new(FileDevice::open(backing.as_ref()).unwrap()),
+    )
+    .unwrap();
+    c.write(DEVICE, 0, &block(9)).unwrap();
+    c.shutdown().unwrap();
+}

@@ -41,7 +41,7 @@ pub enum Bus {
 
 /// One resumed cache.
 pub(crate) struct Entry {
-    /// Canonical path of the cache device.
+    /// Path of the cache device, as the administrator gave it.
     pub(crate) path: String,
     pub(crate) cache: Arc<Cache>,
 }
@@ -65,7 +65,12 @@ pub(crate) struct Daemon {
 pub(crate) type Shared = Arc<Mutex<Daemon>>;
 
 impl Daemon {
-    /// The resumed cache whose cache device `path` (canonical) is.
+    /// Whether cache `id` is named by the saved state but failed to come back.
+    pub(crate) fn failed_cache(&self, id: u8) -> bool {
+        self.failed.contains_key(&id)
+    }
+
+    /// The resumed cache whose cache device `path` is.
     pub(crate) fn cache_on(&self, path: &str) -> Option<u8> {
         self.caches
             .iter()
@@ -73,7 +78,7 @@ impl Daemon {
             .map(|(&id, _)| id)
     }
 
-    /// The device whose backing device `path` (canonical) is.
+    /// The device whose backing device `path` is.
     pub(crate) fn device_on(&self, path: &str) -> Option<u8> {
         self.devices
             .iter()
@@ -93,6 +98,7 @@ impl Daemon {
                     .iter()
                     .map(|k| (k.name.to_string(), e.cache.knob(k.knob)))
                     .collect(),
+                uuid: Some(uuid_hex(&e.cache.uuid())),
             })
             .collect();
         records.extend(self.failed.values().map(|(r, _)| r.clone()));
@@ -145,7 +151,8 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
             ref source,
         } if source.raw_os_error() == Some(libc::EBUSY) => LcdError::Busy(format!(
             "{path} is in use by the kernel or another program (mounted, swap, part of a RAID, \
-             LVM volume or another cache): unmount or release it first"
+             LVM volume, a cache or device of this or another lcd, `lcd writeback` or \
+             `lcd check`): unmount or release it first"
         )),
         E::Io { .. } | E::Open { .. } => LcdError::Io(msg),
         E::NotFormatted | E::Corrupt(_) | E::UnsupportedVersion(_) => LcdError::NotFormatted(msg),
@@ -153,18 +160,42 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
         | E::TooSmall { .. }
         | E::TooLarge { .. }
         | E::InvalidArgument(_)
-        | E::OutOfRange { .. } => LcdError::InvalidArgument(msg),
+        | E::OutOfRange { .. }
+        | E::BackingTooSmall { .. } => LcdError::InvalidArgument(msg),
         E::DirtyBeyondEnd { .. } => LcdError::Io(msg),
         E::UnknownDevice(_) => LcdError::NotFound(msg),
-        E::DeviceExists(_) | E::Detaching(_) => LcdError::Busy(msg),
+        E::DeviceExists(_) | E::Detaching(_) | E::MissingDevice(_) => LcdError::Busy(msg),
         E::Stopped => LcdError::Failed(msg),
     }
 }
 
-/// The path with symlinks and `..` resolved, so one device has one name
-/// (as given when it does not exist: opening it will say so).
-pub(crate) fn canonical(path: &str) -> String {
-    std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+/// A cache uuid as ListCaches and the state file show it.
+pub(crate) fn uuid_hex(u: &[u8; 16]) -> String {
+    u.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens the cache device on `path` and resumes it as cache `id`; with
+/// `expected_uuid`, only if its superblock has that uuid (nothing is
+/// written to another cache or disk found at the path).
+fn open_and_resume(id: u8, path: &str, expected_uuid: Option<&str>) -> Result<Cache, LcdError> {
+    let dev = FileDevice::open(path.as_ref()).map_err(to_dbus)?;
+    if let Some(want) = expected_uuid {
+        let found = lc_engine::read_superblock(&dev).map(|sb| uuid_hex(&sb.uuid));
+        if found.as_deref().ok() != Some(want) {
+            let found = match found {
+                Ok(u) => format!("the lc cache with uuid {u}"),
+                Err(e) => format!("no lc cache ({e})"),
+            };
+            return Err(LcdError::Failed(format!(
+                "{path} is not the cache device recorded for cache {id}: it holds {found}, \
+                 cache {id} has uuid {want}. Nothing was written to it. If the disk moved, \
+                 re-point the cache to its new path (lcctl repoint-cache {id} PATH; `lcd check \
+                 PATH` shows a disk's uuid); to take the cache at this path as cache {id} on \
+                 purpose, re-point it here (lcctl repoint-cache {id} {path})"
+            )));
+        }
+    }
+    Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
 }
 
 /// Refuses a path that is not absolute: lcd does not run in the caller's
@@ -179,7 +210,7 @@ fn absolute(path: &str) -> Result<(), LcdError> {
     )))
 }
 
-/// Whether two canonical paths name the same device: the same path, or
+/// Whether two paths name the same device: the same path, or
 /// another name of it (a hard link of a file; another node of a block
 /// device).
 pub(crate) fn same_device(a: &str, b: &str) -> bool {
@@ -274,7 +305,6 @@ impl Manager {
     /// Resumes the cache on `path` as cache `id`.
     async fn resume(&self, server: &ObjectServer, id: u8, path: String) -> Result<(), LcdError> {
         absolute(&path)?;
-        let path = canonical(&path);
         {
             let d = lock(&self.daemon);
             if d.caches.contains_key(&id) {
@@ -292,11 +322,7 @@ impl Manager {
             }
         }
         let p = path.clone();
-        let cache = blocking(move || {
-            let dev = FileDevice::open(p.as_ref()).map_err(to_dbus)?;
-            Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
-        })
-        .await?;
+        let cache = blocking(move || open_and_resume(id, &p, None)).await?;
         let cache = Arc::new(cache);
         let lost_race = {
             let mut d = lock(&self.daemon);
@@ -334,6 +360,18 @@ impl Manager {
         d.failed.remove(&id);
         d.persist()
     }
+
+    /// Puts the knobs `rec` saved back on cache `id`.
+    fn apply_knobs(&self, id: u8, knobs: &BTreeMap<String, u64>) {
+        let Some(cache) = lock(&self.daemon).caches.get(&id).map(|e| e.cache.clone()) else {
+            return;
+        };
+        for (name, &v) in knobs {
+            if let Err(e) = Knob::from_name(name).and_then(|k| cache.set_knob(k, v)) {
+                tracing::warn!(id, "saved knob {name}={v} not applied: {e}");
+            }
+        }
+    }
 }
 
 #[interface(name = "org.lc.Lcd1.Manager")]
@@ -347,8 +385,10 @@ impl Manager {
     ) -> Result<(), LcdError> {
         require_root(conn, &hdr).await?;
         absolute(&path)?;
-        let key = canonical(&path);
+        let key = path.clone();
         {
+            // for a clear message; the exclusive open below is what refuses
+            // a device in use (by whatever name it was opened)
             let d = lock(&self.daemon);
             if let Some(id) = d.cache_on(&key) {
                 return Err(LcdError::Busy(format!(
@@ -456,29 +496,42 @@ impl Manager {
     }
 
     async fn list_caches(&self) -> Result<Vec<CacheInfo>, LcdError> {
-        let d = lock(&self.daemon);
-        Ok(d.caches
-            .iter()
-            .map(|(&id, e)| {
-                let st = e.cache.status();
-                let u = e.cache.uuid();
+        // copied under the daemon's lock; the engines are asked outside it
+        type Running = Vec<(u8, String, Arc<Cache>)>;
+        let (running, failed): (Running, Vec<CacheInfo>) = {
+            let d = lock(&self.daemon);
+            (
+                d.caches
+                    .iter()
+                    .map(|(&id, e)| (id, e.path.clone(), e.cache.clone()))
+                    .collect(),
+                d.failed
+                    .iter()
+                    .map(|(&id, (rec, why))| CacheInfo {
+                        id,
+                        path: rec.path.clone(),
+                        uuid: rec.uuid.clone().unwrap_or_default(),
+                        nr_segments: 0,
+                        nr_dirty_caches: 0,
+                        state: format!("failed: {why}"),
+                    })
+                    .collect(),
+            )
+        };
+        Ok(running
+            .into_iter()
+            .map(|(id, path, cache)| {
+                let st = cache.status();
                 CacheInfo {
                     id,
-                    path: e.path.clone(),
-                    uuid: u.iter().map(|b| format!("{b:02x}")).collect(),
+                    path,
+                    uuid: uuid_hex(&cache.uuid()),
                     nr_segments: st.nr_segments,
                     nr_dirty_caches: st.nr_dirty_caches,
                     state: "running".into(),
                 }
             })
-            .chain(d.failed.iter().map(|(&id, (rec, why))| CacheInfo {
-                id,
-                path: rec.path.clone(),
-                uuid: String::new(),
-                nr_segments: 0,
-                nr_dirty_caches: 0,
-                state: format!("failed: {why}"),
-            }))
+            .chain(failed)
             .collect())
     }
 
@@ -516,9 +569,90 @@ impl Manager {
         devices::remove(&self.daemon, conn, device_id, false).await
     }
 
+    /// Forgets a device that is not attached; `discard_dirty` drops the
+    /// dirty data its cache still holds of it (lost for good).
+    async fn forget_device(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        device_id: u8,
+        discard_dirty: bool,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        devices::forget(&self.daemon, conn, device_id, discard_dirty).await
+    }
+
+    /// Brings back a failed device: from its recorded path and identity
+    /// (`backing_path` empty), or from `backing_path`, recorded on purpose.
+    async fn repoint_device(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        device_id: u8,
+        backing_path: String,
+    ) -> Result<DeviceInfo, LcdError> {
+        require_root(conn, &hdr).await?;
+        if !backing_path.is_empty() {
+            absolute(&backing_path)?;
+        }
+        devices::repoint(&self.daemon, conn, device_id, backing_path).await
+    }
+
+    /// Brings back a cache that failed at start from `path`, recording that
+    /// path and the uuid found there as the cache's, on purpose.
+    async fn repoint_cache(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+        cache_id: u8,
+        path: String,
+    ) -> Result<(), LcdError> {
+        require_root(conn, &hdr).await?;
+        let rec = {
+            let d = lock(&self.daemon);
+            match d.failed.get(&cache_id) {
+                Some((rec, _)) => rec.clone(),
+                None if d.caches.contains_key(&cache_id) => {
+                    return Err(LcdError::Busy(format!(
+                        "cache {cache_id} is running; only a cache that failed to come back can \
+                         be re-pointed (free it first: lcctl free {cache_id})"
+                    )))
+                }
+                None => {
+                    return Err(LcdError::NotFound(format!(
+                        "there is no cache {cache_id} to re-point (lcctl list shows them); \
+                         resume a cache with lcctl resume PATH --id {cache_id}"
+                    )))
+                }
+            }
+        };
+        self.resume(server, cache_id, path.clone()).await?;
+        self.apply_knobs(cache_id, &rec.knobs);
+        let cache = {
+            let mut d = lock(&self.daemon);
+            let cache = d.caches.get(&cache_id).map(|e| e.cache.clone());
+            // its failed devices count their dirty lines there from now on
+            for e in d.devices.values_mut().filter(|e| e.cache_id == cache_id) {
+                e.resumed_cache = cache.clone();
+            }
+            cache.map(|c| c.uuid())
+        };
+        tracing::warn!(
+            id = cache_id,
+            %path,
+            uuid = %cache.map(|u| uuid_hex(&u)).unwrap_or_default(),
+            "re-pointed cache"
+        );
+        lock(&self.daemon).persist()
+    }
+
     async fn list_devices(&self) -> Result<Vec<DeviceInfo>, LcdError> {
-        let d = lock(&self.daemon);
-        Ok(d.devices.iter().map(|(&id, e)| e.info(id)).collect())
+        let views: Vec<_> = {
+            let d = lock(&self.daemon);
+            d.devices.iter().map(|(&id, e)| e.view(id)).collect()
+        };
+        Ok(views.into_iter().map(|v| v.info()).collect())
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -837,13 +971,10 @@ async fn forget_departed_clients(daemon: Shared, mut changes: zbus::fdo::NameOwn
 /// Resumes every cache the state names; one that fails is kept, reported
 /// as failed by ListCaches, and never stops the others.
 async fn restore(daemon: &Shared, records: Vec<CacheRecord>) {
+    let mut learnt = false;
     for rec in records {
-        let (id, path) = (rec.id, rec.path.clone());
-        let resumed = blocking(move || {
-            let dev = FileDevice::open(path.as_ref()).map_err(to_dbus)?;
-            Cache::resume(id, Arc::new(dev), CacheOptions::default()).map_err(to_dbus)
-        })
-        .await;
+        let (id, path, uuid) = (rec.id, rec.path.clone(), rec.uuid.clone());
+        let resumed = blocking(move || open_and_resume(id, &path, uuid.as_deref())).await;
         match resumed {
             Ok(cache) => {
                 for (name, &v) in &rec.knobs {
@@ -852,6 +983,16 @@ async fn restore(daemon: &Shared, records: Vec<CacheRecord>) {
                     }
                 }
                 let cache = Arc::new(cache);
+                if rec.uuid.is_none() {
+                    tracing::info!(
+                        id,
+                        path = %rec.path,
+                        uuid = %uuid_hex(&cache.uuid()),
+                        "the saved state had no uuid for this cache (written by an older lcd): \
+                         recorded the one found now"
+                    );
+                    learnt = true;
+                }
                 tracing::info!(id, path = %rec.path, "resumed cache from the saved state");
                 lock(daemon).caches.insert(
                     id,
@@ -866,6 +1007,11 @@ async fn restore(daemon: &Shared, records: Vec<CacheRecord>) {
                 tracing::error!(id, path = %rec.path, "cannot resume cache: {why}");
                 lock(daemon).failed.insert(id, (rec, why));
             }
+        }
+    }
+    if learnt {
+        if let Err(e) = lock(daemon).persist() {
+            tracing::warn!("{}", error_text(e));
         }
     }
 }

@@ -20,10 +20,11 @@ pub struct DeviceObject {
 
 impl DeviceObject {
     fn current(&self) -> Result<DeviceInfo, LcdError> {
-        lock(&self.daemon)
+        let view = lock(&self.daemon)
             .devices
             .get(&self.id)
-            .map(|e| e.info(self.id))
+            .map(|e| e.view(self.id));
+        view.map(|v| v.info())
             .ok_or_else(|| LcdError::NotFound(format!("device {} was removed", self.id)))
     }
 }

@@ -7,6 +7,16 @@
 //! the cache) → `detaching` → gone. A device whose backing path or cache is
 //! missing at start, or whose write-back failed, is `failed: …` and stays
 //! listed (and saved) until removed; the daemon keeps serving the rest.
+//!
+//! Each device keeps the backing path the administrator gave and the
+//! backing device's identity (`identity.rs`). A device brought back at start
+//! whose path now leads to another disk is `failed` and nothing is written
+//! to it; `RepointDevice` brings a failed device back, checking the recorded
+//! identity or, given a path, recording that path and its identity on
+//! purpose. A device that is not attached but whose cache still holds dirty
+//! lines of it is never forgotten silently: `RemoveDevice` refuses, and
+//! `ForgetDevice` with `discard_dirty` drops those lines from the cache
+//! first (so they can never be written to a disk that takes the id later).
 
 use std::sync::Arc;
 
@@ -14,8 +24,9 @@ use lc_engine::{BlockDevice, Cache, FileDevice};
 use lc_proto::{DeviceInfo, LcdError};
 use zbus::{Connection, ObjectServer};
 
-use crate::daemon::{blocking, canonical, error_text, lock, to_dbus, Shared};
+use crate::daemon::{blocking, error_text, lock, to_dbus, Shared};
 use crate::device_object::DeviceObject;
+use crate::identity::DeviceIdentity;
 use crate::state::DeviceRecord;
 use crate::ublk::{self, UblkDevice};
 
@@ -60,10 +71,16 @@ impl DeviceState {
 pub struct DeviceEntry {
     /// Cache it is served through.
     pub cache_id: u8,
-    /// Canonical backing path.
+    /// Backing path, as the administrator gave it.
     pub backing: String,
+    /// Who the backing device is (`None`: not known yet, an old state file
+    /// whose device was never opened since).
+    pub identity: Option<DeviceIdentity>,
     /// The cache, while the device is attached to it.
     pub cache: Option<Arc<Cache>>,
+    /// Its cache while that runs, attached or not (a failed device's dirty
+    /// lines are counted there).
+    pub resumed_cache: Option<Arc<Cache>>,
     /// The block device, while there is one.
     pub ublk: Option<UblkDevice>,
     /// Size of the backing device in bytes (0 if never opened).
@@ -75,27 +92,35 @@ pub struct DeviceEntry {
 }
 
 impl DeviceEntry {
+    fn set_up(&mut self, up: BroughtUp) {
+        self.ublk = up.ublk;
+        self.size_bytes = up.size;
+        self.state = up.state;
+        self.identity = Some(up.identity);
+    }
+
     /// What ListDevices and `Info()` report.
     pub fn info(&self, id: u8) -> DeviceInfo {
-        let engine = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.devices().into_iter().find(|d| d.device_id == id));
-        DeviceInfo {
+        self.view(id).info()
+    }
+
+    /// A copy of what [`DeviceEntry::info`] needs, taken under the daemon's
+    /// lock so that the engine is asked outside it (read-only calls never
+    /// hold the daemon's lock while they wait for a cache's lock).
+    pub fn view(&self, id: u8) -> DeviceView {
+        DeviceView {
             id,
             cache_id: self.cache_id,
             backing: self.backing.clone(),
-            dev: engine.as_ref().map_or_else(String::new, |d| d.dev.clone()),
             size_bytes: self.size_bytes,
             node: self
                 .ublk
                 .as_ref()
                 .map_or_else(String::new, |u| u.node.clone()),
-            nr_dirty_caches: engine.as_ref().map_or(0, |d| d.nr_dirty_caches),
-            migrate_threshold: engine
-                .as_ref()
-                .map_or(self.migrate_threshold, |d| d.migrate_threshold),
+            migrate_threshold: self.migrate_threshold,
             state: self.state.describe(),
+            cache: self.cache.clone(),
+            resumed_cache: self.resumed_cache.clone(),
         }
     }
 
@@ -107,24 +132,94 @@ impl DeviceEntry {
             cache_id: self.cache_id,
             backing: self.backing.clone(),
             migrate_threshold: info.migrate_threshold,
+            identity: self.identity.clone(),
         }
     }
 }
 
-/// Opens the backing device, attaches it to `cache` and exposes it.
-/// Returns the block device (if any) and the state to show. On error the
-/// device is attached to nothing.
+/// A device as [`DeviceEntry::view`] copied it.
+pub struct DeviceView {
+    id: u8,
+    cache_id: u8,
+    backing: String,
+    size_bytes: u64,
+    node: String,
+    migrate_threshold: u8,
+    state: String,
+    cache: Option<Arc<Cache>>,
+    resumed_cache: Option<Arc<Cache>>,
+}
+
+impl DeviceView {
+    /// The device's info, its live figures (dirty lines, threshold) asked
+    /// of the engine for this device alone.
+    pub fn info(self) -> DeviceInfo {
+        let id = self.id;
+        let engine = self.cache.as_ref().and_then(|c| c.device_status(id));
+        DeviceInfo {
+            id,
+            cache_id: self.cache_id,
+            backing: self.backing,
+            dev: engine.as_ref().map_or_else(String::new, |d| d.dev.clone()),
+            size_bytes: self.size_bytes,
+            node: self.node,
+            nr_dirty_caches: engine.as_ref().map_or_else(
+                || {
+                    self.resumed_cache
+                        .as_ref()
+                        .map_or(0, |c| c.nr_dirty_caches(id))
+                },
+                |d| d.nr_dirty_caches,
+            ),
+            migrate_threshold: engine
+                .as_ref()
+                .map_or(self.migrate_threshold, |d| d.migrate_threshold),
+            state: self.state,
+        }
+    }
+}
+
+/// What [`bring_up`] brought up.
+struct BroughtUp {
+    size: u64,
+    ublk: Option<UblkDevice>,
+    state: DeviceState,
+    identity: DeviceIdentity,
+}
+
+/// Opens the backing device, checks it is the device `expected` records
+/// (when given), attaches it to `cache` and exposes it. On error the
+/// device is attached to nothing and nothing was written to it.
+#[allow(clippy::too_many_arguments)]
 fn bring_up(
     frontend: Frontend,
     run_dir: &std::path::Path,
     cache: &Arc<Cache>,
     id: u8,
     backing: &str,
+    expected: Option<&DeviceIdentity>,
     threshold: Option<u8>,
     from_restore: bool,
-) -> Result<(u64, Option<UblkDevice>, DeviceState), LcdError> {
+) -> Result<BroughtUp, LcdError> {
     let dev = FileDevice::open(backing.as_ref()).map_err(to_dbus)?;
     let size = dev.size_bytes();
+    let identity = DeviceIdentity::of(&dev);
+    if let Some(why) = expected.and_then(|e| e.mismatch(&identity)) {
+        return Err(LcdError::Failed(format!(
+            "{backing} is not the backing device recorded for device {id}: {why}. Nothing was \
+             written to it. If the disk moved, re-point the device to its new path \
+             (lcctl repoint {id} PATH); if this is the disk you want now, re-point it here \
+             on purpose (lcctl repoint {id} {backing})"
+        )));
+    }
+    let up = |ublk, state| {
+        Ok(BroughtUp {
+            size,
+            ublk,
+            state,
+            identity: identity.clone(),
+        })
+    };
     if frontend == Frontend::Ublk && !from_restore {
         if let Some(state) = ublk::existing_state(id) {
             return Err(LcdError::Busy(format!(
@@ -138,23 +233,22 @@ fn bring_up(
         let _ = cache.set_migrate_threshold(id, t);
     }
     match frontend {
-        Frontend::None => Ok((
-            size,
+        Frontend::None => up(
             None,
             DeviceState::NoBlockDevice("lcd runs with --frontend none".into()),
-        )),
+        ),
         Frontend::Ublk => {
             if let Some(why) = ublk::unavailable_reason() {
-                return Ok((size, None, DeviceState::NoBlockDevice(why)));
+                return up(None, DeviceState::NoBlockDevice(why));
             }
             // a restarted lcd takes back a device the kernel kept for it
             // (if lcd's record in run_dir says it is lc's)
             match UblkDevice::start(cache.clone(), id, size, run_dir) {
-                Ok(u) => Ok((size, Some(u), DeviceState::Running)),
+                Ok(u) => up(Some(u), DeviceState::Running),
                 Err(why) => {
                     if from_restore {
                         // data stays reachable through the cache; say why
-                        return Ok((size, None, DeviceState::NoBlockDevice(why)));
+                        return up(None, DeviceState::NoBlockDevice(why));
                     }
                     let _ = cache.detach_device(id, |_| {});
                     Err(LcdError::Failed(why))
@@ -175,7 +269,7 @@ pub async fn create(
     if cache_id == 0 {
         return Err(LcdError::InvalidArgument("cache ids are 1..=255".into()));
     }
-    let backing = canonical(&backing_path);
+    let backing = backing_path;
     let (id, cache, frontend, run_dir) = {
         let mut d = lock(daemon);
         if d.frontend == Frontend::Ublk {
@@ -222,7 +316,9 @@ pub async fn create(
             DeviceEntry {
                 cache_id,
                 backing: backing.clone(),
+                identity: None,
                 cache: None,
+                resumed_cache: Some(cache.clone()),
                 ublk: None,
                 size_bytes: 0,
                 migrate_threshold: 70,
@@ -232,8 +328,8 @@ pub async fn create(
         (id, cache, d.frontend, d.run_dir.clone())
     };
     let (c, b) = (cache.clone(), backing.clone());
-    let up = blocking(move || bring_up(frontend, &run_dir, &c, id, &b, None, false)).await;
-    let (size, ublk, state) = match up {
+    let up = blocking(move || bring_up(frontend, &run_dir, &c, id, &b, None, None, false)).await;
+    let up = match up {
         Ok(x) => x,
         Err(e) => {
             lock(daemon).devices.remove(&id);
@@ -244,9 +340,7 @@ pub async fn create(
         let mut d = lock(daemon);
         let e = d.devices.get_mut(&id).expect("reserved above");
         e.cache = Some(cache);
-        e.ublk = ublk;
-        e.size_bytes = size;
-        e.state = state;
+        e.set_up(up);
         e.info(id)
     };
     server
@@ -294,7 +388,11 @@ pub async fn remove(
                 Some((cache, e.ublk.take(), before))
             }
             None => {
-                // never attached (failed at start): nothing to write back
+                // not attached: forgotten only if the cache holds nothing of it
+                let cache_id = e.cache_id;
+                if let Some(why) = unattached_dirty_data(&d, id, cache_id) {
+                    return Err(LcdError::Busy(why));
+                }
                 d.devices.remove(&id);
                 None
             }
@@ -374,6 +472,231 @@ pub async fn remove(
     }
 }
 
+/// Why device `id` (not attached, of cache `cache_id`) cannot be forgotten
+/// without losing data: its cache holds dirty lines of it, or its cache is
+/// not running, so nobody can tell.
+fn unattached_dirty_data(d: &crate::daemon::Daemon, id: u8, cache_id: u8) -> Option<String> {
+    match d.caches.get(&cache_id) {
+        Some(c) => {
+            let n = c.cache.nr_dirty_caches(id);
+            if n > 0 {
+                return Some(format!(
+                    "device {id} is not attached but cache {cache_id} still holds {n} dirty 4 KiB \
+                     lines of it that were never written back: bring its disk back \
+                     (lcctl repoint {id} [PATH]) and detach it then, or give them up with \
+                     lcctl detach {id} --discard-dirty (that data is lost)"
+                ));
+            }
+            (!c.cache.device_lines_gone_for_good(id)).then(|| {
+                format!(
+                    "device {id}'s dirty data was discarded, but that is final only once \
+                     write-back has passed it: run lcctl detach {id} --discard-dirty again"
+                )
+            })
+        }
+        None if d.failed_cache(cache_id) => Some(format!(
+            "device {id}'s cache {cache_id} is not running, so lcd cannot tell whether it holds \
+             dirty data of the device: bring the cache back first (lcctl repoint-cache \
+             {cache_id} PATH), or free the cache (lcctl free {cache_id}: its data is then \
+             never resumed by lcd)"
+        )),
+        None => None,
+    }
+}
+
+/// `ForgetDevice(id, discard_dirty)`: forgets a device that is not attached
+/// (its disk is gone). Its dirty lines in the cache are dropped when
+/// `discard_dirty` is set; without it this is `RemoveDevice` of a device
+/// that is not attached.
+pub async fn forget(
+    daemon: &Shared,
+    conn: &Connection,
+    id: u8,
+    discard_dirty: bool,
+) -> Result<(), LcdError> {
+    let (cache, before) = {
+        let mut d = lock(daemon);
+        let e = d.devices.get(&id).ok_or_else(|| {
+            LcdError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
+        })?;
+        if e.cache.is_some()
+            || e.state == DeviceState::Creating
+            || e.state == DeviceState::Detaching
+        {
+            return Err(LcdError::InvalidArgument(format!(
+                "device {id} is {}: only a device that is not attached can be forgotten; \
+                 detach it (lcctl detach {id}), which writes its data back",
+                e.state.describe()
+            )));
+        }
+        let cache_id = e.cache_id;
+        let why = unattached_dirty_data(&d, id, cache_id);
+        let cache = d.caches.get(&cache_id).map(|c| c.cache.clone());
+        match (why, cache) {
+            (None, _) => {
+                d.devices.remove(&id);
+                (None, None)
+            }
+            (Some(why), Some(cache)) if discard_dirty => {
+                let e = d.devices.get_mut(&id).expect("looked up above");
+                let before = std::mem::replace(&mut e.state, DeviceState::Detaching);
+                let _ = why;
+                (Some(cache), Some(before))
+            }
+            (Some(why), _) => return Err(LcdError::Busy(why)),
+        }
+    };
+    if let (Some(cache), Some(before)) = (cache, before) {
+        announce_state(conn, id).await;
+        let dropped = blocking(move || {
+            cache
+                .discard_device_lines(id, log_progress(id))
+                .map_err(to_dbus)
+        })
+        .await;
+        match dropped {
+            Ok(n) => tracing::warn!(
+                id,
+                lines = n,
+                "discarded the dirty data of a device that is not attached, as asked"
+            ),
+            Err(e) => {
+                if let Some(e) = lock(daemon).devices.get_mut(&id) {
+                    e.state = before;
+                }
+                announce_state(conn, id).await;
+                return Err(LcdError::Io(format!(
+                    "discarding device {id}'s dirty data did not finish: {}; the device stays \
+                     listed: fix what the error names and try again",
+                    error_text(e)
+                )));
+            }
+        }
+        lock(daemon).devices.remove(&id);
+    }
+    let _ = conn
+        .object_server()
+        .remove::<DeviceObject, _>(lc_proto::device_path(id))
+        .await;
+    tracing::info!(id, "forgot a device that was not attached");
+    lock(daemon).persist()
+}
+
+/// `RepointDevice(id, path)`: brings back a device that is not attached.
+/// With an empty `path`, from its recorded path, checking the recorded
+/// identity (after the disk came back, or its cache was re-pointed); with a
+/// path, from that path, recording it and the identity found there as the
+/// device's, on purpose.
+pub async fn repoint(
+    daemon: &Shared,
+    conn: &Connection,
+    id: u8,
+    path: String,
+) -> Result<DeviceInfo, LcdError> {
+    let (cache, backing, expected, threshold, frontend, run_dir) = {
+        let mut d = lock(daemon);
+        let e = d.devices.get(&id).ok_or_else(|| {
+            LcdError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
+        })?;
+        if e.cache.is_some()
+            || e.state == DeviceState::Creating
+            || e.state == DeviceState::Detaching
+        {
+            return Err(LcdError::Busy(format!(
+                "device {id} is {}; only a failed device can be re-pointed: detach it first \
+                 (lcctl detach {id})",
+                e.state.describe()
+            )));
+        }
+        let cache_id = e.cache_id;
+        let cache = d
+            .caches
+            .get(&cache_id)
+            .map(|c| c.cache.clone())
+            .ok_or_else(|| {
+                LcdError::NotFound(format!(
+                    "device {id}'s cache {cache_id} is not running: bring it back first \
+                 (lcctl repoint-cache {cache_id} PATH)"
+                ))
+            })?;
+        let (backing, expected) = if path.is_empty() {
+            (e.backing.clone(), e.identity.clone())
+        } else {
+            (path.clone(), None)
+        };
+        // another attached device on this path is refused (its exclusive
+        // open would refuse it anyway); one that is not attached only
+        // recorded the path, which may now lead elsewhere: the administrator
+        // says where this device's disk is
+        if let Some(other) = d.device_on(&backing).filter(|&o| o != id) {
+            if d.devices.get(&other).is_some_and(|o| o.cache.is_some()) {
+                return Err(LcdError::Busy(format!(
+                    "{backing} is already the backing device of device {other}"
+                )));
+            }
+            tracing::warn!(id, other, %backing, "re-pointing to a path another failed device recorded");
+        }
+        if let Some(other) = d.cache_on(&backing) {
+            return Err(LcdError::Busy(format!(
+                "{backing} is the cache device of cache {other}; a backing device must be another device"
+            )));
+        }
+        let e = d.devices.get_mut(&id).expect("looked up above");
+        let threshold = e.migrate_threshold;
+        e.state = DeviceState::Creating;
+        (
+            cache,
+            backing,
+            expected,
+            threshold,
+            d.frontend,
+            d.run_dir.clone(),
+        )
+    };
+    let (c, b) = (cache.clone(), backing.clone());
+    let up = blocking(move || {
+        bring_up(
+            frontend,
+            &run_dir,
+            &c,
+            id,
+            &b,
+            expected.as_ref(),
+            Some(threshold),
+            false,
+        )
+    })
+    .await;
+    let result = {
+        let mut d = lock(daemon);
+        let e = d.devices.get_mut(&id).expect("kept while Creating");
+        match up {
+            Ok(up) => {
+                e.backing = backing.clone();
+                e.cache = Some(cache);
+                e.set_up(up);
+                Ok(e.info(id))
+            }
+            Err(err) => {
+                let why = error_text(err);
+                e.state = DeviceState::Failed(why.clone());
+                Err(LcdError::Failed(why))
+            }
+        }
+    };
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            announce_state(conn, id).await;
+            return Err(e);
+        }
+    };
+    announce_state(conn, id).await;
+    tracing::warn!(id, %backing, explicit = !path.is_empty(), "re-pointed device");
+    lock(daemon).persist()?;
+    Ok(info)
+}
+
 /// Emits PropertiesChanged for a device's `State`.
 pub async fn announce_state(conn: &Connection, id: u8) {
     if let Ok(iface) = conn
@@ -418,6 +741,7 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
         })
         .await;
     }
+    let mut learnt = false;
     for rec in records {
         let id = rec.id;
         let cache = lock(daemon)
@@ -427,7 +751,9 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
         let mut entry = DeviceEntry {
             cache_id: rec.cache_id,
             backing: rec.backing.clone(),
+            identity: rec.identity.clone(),
             cache: None,
+            resumed_cache: cache.clone(),
             ublk: None,
             size_bytes: 0,
             migrate_threshold: rec.migrate_threshold,
@@ -436,19 +762,32 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
         match cache {
             None => {
                 entry.state = DeviceState::Failed(format!(
-                    "its cache {} is not running; resume the cache, then remove and re-create the device",
-                    rec.cache_id
+                    "its cache {} is not running; bring the cache back (lcctl repoint-cache {} \
+                     PATH), then the device (lcctl repoint {id})",
+                    rec.cache_id, rec.cache_id
                 ))
             }
             Some(cache) => {
                 let (c, b, r) = (cache.clone(), rec.backing.clone(), run_dir.clone());
-                let t = rec.migrate_threshold;
-                match blocking(move || bring_up(frontend, &r, &c, id, &b, Some(t), true)).await {
-                    Ok((size, u, state)) => {
+                let (t, expected) = (rec.migrate_threshold, rec.identity.clone());
+                let up = blocking(move || {
+                    bring_up(frontend, &r, &c, id, &b, expected.as_ref(), Some(t), true)
+                })
+                .await;
+                match up {
+                    Ok(up) => {
+                        if rec.identity.is_none() {
+                            tracing::info!(
+                                id,
+                                backing = %rec.backing,
+                                identity = ?up.identity,
+                                "the saved state had no identity for this backing device \
+                                 (written by an older lcd): recorded the one found now"
+                            );
+                            learnt = true;
+                        }
                         entry.cache = Some(cache);
-                        entry.size_bytes = size;
-                        entry.ublk = u;
-                        entry.state = state;
+                        entry.set_up(up);
                     }
                     Err(e) => entry.state = DeviceState::Failed(error_text(e)),
                 }
@@ -459,6 +798,11 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
             s => tracing::info!(id, state = %s.describe(), "device back from the saved state"),
         }
         lock(daemon).devices.insert(id, entry);
+    }
+    if learnt {
+        if let Err(e) = lock(daemon).persist() {
+            tracing::warn!("{}", error_text(e));
+        }
     }
 }
 

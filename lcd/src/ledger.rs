@@ -128,9 +128,10 @@ impl Ledger {
     /// previous lcd lost.
     pub fn flush_done(&self, covered: u64) -> bool {
         if self.lost.swap(false, Ordering::SeqCst) {
-            // the loss is reported once; from here on the counters are ours
-            self.durable()
-                .store(self.completed().load(Ordering::SeqCst), Ordering::SeqCst);
+            // the loss is reported once; from here on the counters are ours.
+            // Durable is what this FLUSH covered, not what completed since:
+            // a write completed while it was in flight is not yet durable.
+            self.durable().store(covered, Ordering::SeqCst);
             return false;
         }
         self.durable().fetch_max(covered, Ordering::SeqCst);
@@ -178,6 +179,27 @@ mod tests {
         assert!(
             !Ledger::open(dir.path(), 1).unwrap().lost_writes(),
             "all flushed"
+        );
+    }
+
+    #[test]
+    fn writes_completed_during_the_flush_that_reports_a_loss_stay_undurable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = Ledger::open(dir.path(), 3).unwrap();
+            l.write_completed(); // dies with this write not durable
+        }
+        {
+            let l = Ledger::open(dir.path(), 3).unwrap();
+            assert!(l.lost_writes());
+            let covered = l.flush_issued();
+            l.write_completed(); // completed while the failing FLUSH was in flight
+            assert!(!l.flush_done(covered), "the loss is reported");
+            // dies before the next FLUSH: that write was never made durable
+        }
+        assert!(
+            Ledger::open(dir.path(), 3).unwrap().lost_writes(),
+            "the next lcd learns of the write completed during the failing FLUSH"
         );
     }
 

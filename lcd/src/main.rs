@@ -11,6 +11,7 @@ mod cli;
 mod daemon;
 mod device_object;
 mod devices;
+mod identity;
 mod ledger;
 #[cfg(test)]
 mod manual;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::DeviceIdentity;
+
 /// Version of the state file's layout.
 const STATE_VERSION: u32 = 1;
 
@@ -33,10 +35,14 @@ pub struct DeviceRecord {
     pub id: u8,
     /// Cache it is served through.
     pub cache_id: u8,
-    /// Canonical path of the backing device.
+    /// Path of the backing device, as the administrator gave it.
     pub backing: String,
     /// Write-back policy threshold, percent.
     pub migrate_threshold: u8,
+    /// Who the backing device is (absent in state files of older lcd:
+    /// recorded at the first successful open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<DeviceIdentity>,
 }
 
 /// One cache to resume at start.
@@ -44,10 +50,14 @@ pub struct DeviceRecord {
 pub struct CacheRecord {
     /// Cache id.
     pub id: u8,
-    /// Canonical path of the cache device.
+    /// Path of the cache device, as the administrator gave it.
     pub path: String,
     /// Knob values by dm-lc name.
     pub knobs: BTreeMap<String, u64>,
+    /// Format uuid of the cache (hex; absent in state files of older lcd:
+    /// recorded at the first successful resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
 }
 
 /// Where the state lives.
@@ -154,12 +164,14 @@ mod tests {
             id: 3,
             path: "/dev/x".into(),
             knobs: [("allow_migrate".to_string(), 1)].into(),
+            uuid: Some("00ff".into()),
         };
         let dev = DeviceRecord {
             id: 7,
             cache_id: 3,
             backing: "/dev/y".into(),
             migrate_threshold: 50,
+            identity: Some(DeviceIdentity::File { dev: 1, ino: 2 }),
         };
         store.save(vec![rec.clone()], vec![dev.clone()]).unwrap();
         let back = store.load().unwrap();
@@ -167,6 +179,24 @@ mod tests {
         fs::write(store.file(), b"{ not json").unwrap();
         let err = store.load().unwrap_err();
         assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
+    }
+
+    #[test]
+    fn a_state_file_of_an_older_lcd_loads_without_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        fs::write(
+            store.file(),
+            br#"{"version":1,"caches":[{"id":1,"path":"/dev/disk/by-id/c","knobs":{}}],
+                "devices":[{"id":2,"cache_id":1,"backing":"/dev/sdb","migrate_threshold":70}]}"#,
+        )
+        .unwrap();
+        let s = store.load().unwrap();
+        assert_eq!(
+            (s.caches[0].uuid.as_ref(), s.devices[0].identity.as_ref()),
+            (None, None)
+        );
+        assert_eq!(s.caches[0].path, "/dev/disk/by-id/c", "the path as given");
     }
 
     #[test]

@@ -1,0 +1,549 @@
+//! Identity of caches and backing devices through the real `lcd` on a
+//! private bus: a device whose disk is gone keeps its dirty data bound to
+//! it, a disk that is not the recorded one is never written, one file is
+//! never two caches, and the administrator re-points on purpose.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use lc_proto::{DeviceInfo, LcdError, ManagerProxy};
+
+/// A private bus and an lcd (`--frontend none`) on it; both killed on drop.
+struct Rig {
+    bus: Child,
+    lcd: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.lcd.kill();
+        let _ = self.lcd.wait();
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+    }
+}
+
+impl Rig {
+    /// Stops lcd with SIGTERM (a clean stop) and waits for it.
+    fn stop(mut self) {
+        assert!(Command::new("kill")
+            .args(["-TERM", &self.lcd.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(self.lcd.wait().unwrap().success());
+    }
+}
+
+fn start(state: &Path) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, address) = lc_testbus::start(dir.path()).unwrap();
+    let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
+        .args(["--frontend", "none", "--wait-for-devices", "0"])
+        .env("RUST_LOG", "warn")
+        .args(["--address", &address])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .spawn()
+        .unwrap();
+    Rig {
+        bus,
+        lcd,
+        address,
+        _dir: dir,
+    }
+}
+
+async fn client(rig: &Rig) -> (zbus::Connection, ManagerProxy<'static>) {
+    let conn = zbus::connection::Builder::address(rig.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    let proxy = ManagerProxy::new(&conn).await.unwrap();
+    for _ in 0..400 {
+        if proxy.version().await.is_ok() {
+            return (conn, proxy);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("lcd did not come up on the private bus");
+}
+
+fn file(path: &Path, size: u64) -> String {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+    path.display().to_string()
+}
+
+/// Writes `blocks` (4 KiB block, fill byte) as dirty data of device
+/// `device_id` into the cache on `cache`, offline, and stops it cleanly.
+fn leave_dirty_data(cache: &str, backing: &str, device_id: u8, blocks: &[(u64, u8)]) {
+    use lc_engine::{Cache, CacheOptions, FileDevice, Knob};
+    use std::sync::Arc;
+    let c = Cache::resume(
+        1,
+        Arc::new(FileDevice::open(cache.as_ref()).unwrap()),
+        CacheOptions::default(),
+    )
+    .unwrap();
+    c.set_knob(Knob::AllowMigrate, 0).unwrap();
+    c.attach_device(
+        device_id,
+        Arc::new(FileDevice::open(backing.as_ref()).unwrap()),
+    )
+    .unwrap();
+    for &(block, fill) in blocks {
+        c.write(device_id, block * 8, &[fill; 4096]).unwrap();
+    }
+    c.flush_sync().unwrap();
+    c.shutdown().unwrap();
+}
+
+/// A state directory naming cache 1 on `cache` and device 3 on `backing`
+/// (an lcd that created them, then stopped), the cache holding dirty data
+/// of device 3 in blocks 0 and 7.
+async fn configured(state: &Path, cache: &str, backing: &str) {
+    let rig = start(state);
+    let (_c, m) = client(&rig).await;
+    m.format_cache_device(cache, false).await.unwrap();
+    m.resume_cache_as(1, cache).await.unwrap();
+    m.create_device(3, backing, 1).await.unwrap();
+    m.remove_device(3).await.unwrap();
+    drop(m);
+    rig.stop();
+    leave_dirty_data(cache, backing, 3, &[(0, 0xa1), (7, 0xb2)]);
+    // the saved state names device 3 again (as the lcd that wrote the data)
+    let saved = state.join("state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    v["devices"] = serde_json::json!([
+        {"id": 3, "cache_id": 1, "backing": backing, "migrate_threshold": 70}
+    ]);
+    std::fs::write(&saved, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+fn name(e: &LcdError) -> String {
+    format!("{e:?}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_device_with_dirty_data_is_not_forgotten_or_reused_silently() {
+    // the scenario of issue 15, defect 2, through D-Bus
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let a = file(&keep.path().join("a.img"), 4 << 20);
+    let b = file(&keep.path().join("b.img"), 4 << 20);
+    configured(&state, &cache, &a).await;
+    std::fs::rename(&a, keep.path().join("a.away")).unwrap(); // A missing at restart
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let devs = m.list_devices().await.unwrap();
+    assert!(devs[0].state.starts_with("failed:"), "{devs:?}");
+    let e = m.remove_device(3).await.unwrap_err();
+    assert!(
+        name(&e).starts_with("Busy") && name(&e).contains("--discard-dirty"),
+        "forgetting a device whose dirty data is still in the cache: {e:?}"
+    );
+    let e = m.create_device(3, &b, 1).await.unwrap_err();
+    assert!(name(&e).starts_with("Busy"), "{e:?}");
+    assert_eq!(m.list_devices().await.unwrap().len(), 1, "still listed");
+    // forgetting without discarding is the same refusal
+    let e = m.forget_device(3, false).await.unwrap_err();
+    assert!(name(&e).starts_with("Busy"), "{e:?}");
+    // an attached device is detached, not forgotten
+    let c = file(&keep.path().join("c.img"), 4 << 20);
+    m.create_device(4, &c, 1).await.unwrap();
+    let e = m.forget_device(4, true).await.unwrap_err();
+    assert!(name(&e).starts_with("InvalidArgument"), "{e:?}");
+    // on purpose: the dirty data is dropped from the cache, then the id is free
+    m.forget_device(3, true).await.unwrap();
+    let info = m.create_device(3, &b, 1).await.unwrap();
+    assert_eq!(info.nr_dirty_caches, 0, "{info:?}");
+    m.remove_device(3).await.unwrap();
+    assert!(
+        std::fs::read(&b).unwrap().iter().all(|&x| x == 0),
+        "A's data never reached B"
+    );
+    drop(m);
+    rig.stop();
+    // and it stays dropped after a restart
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let info = m.create_device(3, &b, 1).await.unwrap();
+    assert_eq!(info.nr_dirty_caches, 0, "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backing_files_whose_paths_swapped_are_failed_untouched_then_re_pointed() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let a = file(&keep.path().join("a.img"), 4 << 20);
+    let b = file(&keep.path().join("b.img"), 4 << 20);
+    {
+        let rig = start(&state);
+        let (_c, m) = client(&rig).await;
+        m.format_cache_device(&cache, false).await.unwrap();
+        m.resume_cache_as(1, &cache).await.unwrap();
+        m.create_device(3, &a, 1).await.unwrap();
+        m.create_device(5, &b, 1).await.unwrap();
+        drop(m);
+        rig.stop();
+    }
+    leave_dirty_data(&cache, &a, 3, &[(2, 0x33)]);
+    // between two runs the two paths now name each other's file
+    let tmp = keep.path().join("swap.tmp");
+    std::fs::rename(&a, &tmp).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    let before = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let devs = m.list_devices().await.unwrap();
+    for d in &devs {
+        assert!(
+            d.state.starts_with("failed: ")
+                && d.state.contains("not the backing device recorded")
+                && d.state.contains("lcctl repoint"),
+            "{d:?}"
+        );
+    }
+    assert_eq!(devs.len(), 2);
+    // a re-point without a path checks the record again: still the wrong file
+    let e = m.repoint_device(3, "").await.unwrap_err();
+    assert!(name(&e).starts_with("Failed"), "{e:?}");
+    assert!(
+        (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()) == before,
+        "nothing written to either file"
+    );
+    // the administrator re-points each device to where its file is now
+    let info = m.repoint_device(3, &b).await.unwrap();
+    assert_eq!(
+        (info.backing.as_str(), info.nr_dirty_caches),
+        (b.as_str(), 1)
+    );
+    let e = m.repoint_device(3, &b).await.unwrap_err();
+    assert!(name(&e).starts_with("Busy"), "a running device: {e:?}");
+    let e = m.repoint_device(5, &b).await.unwrap_err();
+    assert!(name(&e).starts_with("Busy"), "b is device 3's now: {e:?}");
+    m.repoint_device(5, &a).await.unwrap();
+    drop(m);
+    rig.stop();
+    // the new paths and identities were saved
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let devs = m.list_devices().await.unwrap();
+    assert!(
+        devs.iter().all(|d| !d.state.starts_with("failed")),
+        "{devs:?}"
+    );
+    m.remove_device(3).await.unwrap();
+    let data = std::fs::read(&b).unwrap();
+    assert!(
+        data[2 * 4096..3 * 4096].iter().all(|&x| x == 0x33),
+        "device 3's data went to its file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_path_that_leads_to_another_cache_is_failed_untouched_then_re_pointed() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let c1 = file(&keep.path().join("c1.img"), 8 << 20);
+    let c2 = file(&keep.path().join("c2.img"), 8 << 20);
+    {
+        let rig = start(&state);
+        let (_c, m) = client(&rig).await;
+        m.format_cache_device(&c1, false).await.unwrap();
+        m.format_cache_device(&c2, false).await.unwrap();
+        m.resume_cache_as(1, &c1).await.unwrap();
+        m.resume_cache_as(2, &c2).await.unwrap();
+        drop(m);
+        rig.stop();
+    }
+    let tmp = keep.path().join("swap.tmp");
+    std::fs::rename(&c1, &tmp).unwrap();
+    std::fs::rename(&c2, &c1).unwrap();
+    std::fs::rename(&tmp, &c2).unwrap();
+    let before = (std::fs::read(&c1).unwrap(), std::fs::read(&c2).unwrap());
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let caches = m.list_caches().await.unwrap();
+    assert_eq!(caches.len(), 2);
+    for c in &caches {
+        assert!(
+            c.state.contains("not the cache device recorded") && c.state.contains("repoint-cache"),
+            "{c:?}"
+        );
+    }
+    assert!(
+        (std::fs::read(&c1).unwrap(), std::fs::read(&c2).unwrap()) == before,
+        "nothing written to either cache"
+    );
+    let e = m.repoint_cache(3, &c1).await.unwrap_err();
+    assert!(name(&e).starts_with("NotFound"), "{e:?}");
+    m.repoint_cache(1, &c2).await.unwrap();
+    m.repoint_cache(2, &c1).await.unwrap();
+    let e = m.repoint_cache(2, &c1).await.unwrap_err();
+    assert!(name(&e).starts_with("Busy"), "{e:?}");
+    drop(m);
+    rig.stop();
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let caches = m.list_caches().await.unwrap();
+    assert!(caches.iter().all(|c| c.state == "running"), "{caches:?}");
+    assert_eq!(caches[0].path, c2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_state_file_gets_identities_at_the_first_open() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let cache = file(&keep.path().join("cache.img"), 8 << 20);
+    let a = file(&keep.path().join("a.img"), 4 << 20);
+    {
+        use lc_engine::{format_cache_device, FileDevice};
+        format_cache_device(&FileDevice::open(cache.as_ref()).unwrap(), false).unwrap();
+    }
+    // as an lcd before identities wrote it
+    let old = serde_json::json!({
+        "version": 1,
+        "caches": [{"id": 1, "path": cache, "knobs": {}}],
+        "devices": [{"id": 2, "cache_id": 1, "backing": a, "migrate_threshold": 70}],
+    });
+    std::fs::write(state.join("state.json"), old.to_string()).unwrap();
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    assert!(m.list_devices().await.unwrap()[0]
+        .state
+        .starts_with("no block device"));
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["caches"][0]["uuid"].as_str().map(str::len),
+        Some(32),
+        "{saved}"
+    );
+    assert_eq!(saved["devices"][0]["identity"]["kind"], "file", "{saved}");
+    assert_eq!(saved["devices"][0]["backing"], a, "the path as given");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_cache_file_is_never_two_caches_nor_formatted_while_resumed() {
+    let keep = tempfile::tempdir().unwrap();
+    let rig = start(&keep.path().join("state"));
+    let (_c, m) = client(&rig).await;
+    let cache = file(&keep.path().join("cache.img"), 8 << 20);
+    m.format_cache_device(&cache, false).await.unwrap();
+    // two concurrent resumes of one file under two ids (issue 15 defect 8),
+    // also by another name of it
+    let hard = keep.path().join("hard.img");
+    std::fs::hard_link(&cache, &hard).unwrap();
+    let hard = hard.display().to_string();
+    for round in 0..10u8 {
+        let (id1, id2) = (10 + 2 * round, 11 + 2 * round);
+        let (r1, r2) = tokio::join!(
+            m.resume_cache_as(id1, &cache),
+            m.resume_cache_as(id2, &hard)
+        );
+        let ok = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {r1:?} {r2:?}");
+        for r in [r1, r2] {
+            if let Err(e) = r {
+                assert!(name(&e).starts_with("Busy"), "{e:?}");
+            }
+        }
+        let caches = m.list_caches().await.unwrap();
+        assert_eq!(caches.len(), 1, "{caches:?}");
+        m.switch_to(caches[0].id).await.unwrap();
+        m.free_cache().await.unwrap();
+    }
+    m.resume_cache_as(1, &cache).await.unwrap();
+    let sb = std::fs::read(&cache).unwrap()[..4096].to_vec();
+    // format of the resumed file, by any name, while a symlink keeps
+    // switching between it and a free file: never the resumed one
+    let free = file(&keep.path().join("free.img"), 8 << 20);
+    let link = keep.path().join("link.img");
+    std::os::unix::fs::symlink(&free, &link).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, dir) = (stop.clone(), keep.path().to_path_buf());
+        let (free, cache) = (free.clone(), cache.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tmp = dir.join("link.tmp");
+                let _ = std::fs::remove_file(&tmp);
+                let to = if n % 2 == 0 { &cache } else { &free };
+                std::os::unix::fs::symlink(to, &tmp).unwrap();
+                std::fs::rename(&tmp, dir.join("link.img")).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let link = link.display().to_string();
+    let (mut formatted, mut busy) = (0, 0);
+    for _ in 0..60 {
+        match m.format_cache_device(&link, true).await {
+            Ok(()) => formatted += 1,
+            Err(e) if name(&e).starts_with("Busy") => busy += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(formatted + busy == 60);
+    for p in [&cache, &hard] {
+        let e = m.format_cache_device(p, true).await.unwrap_err();
+        assert!(name(&e).starts_with("Busy"), "{e:?}");
+    }
+    assert!(
+        std::fs::read(&cache).unwrap()[..4096] == sb[..],
+        "the resumed cache's superblock is untouched"
+    );
+    // lcd writeback and lcd check on the resumed file are refused too
+    let backing = format!("1={free}");
+    for args in [
+        vec!["check", cache.as_str()],
+        vec!["writeback", cache.as_str(), "--backing", backing.as_str()],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_lcd"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+        assert!(
+            !o.status.success() && err.contains("busy"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_refuses_a_backing_device_smaller_than_its_ids_dirty_data() {
+    let keep = tempfile::tempdir().unwrap();
+    let rig = start(&keep.path().join("state"));
+    let (_c, m) = client(&rig).await;
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let big = file(&keep.path().join("big.img"), 8 << 20);
+    let small = file(&keep.path().join("small.img"), 1 << 20);
+    m.format_cache_device(&cache, false).await.unwrap();
+    // dirty data of device 6 up to 6 MiB, from an earlier life
+    leave_dirty_data(&cache, &big, 6, &[(1535, 0x66)]);
+    m.resume_cache_as(1, &cache).await.unwrap();
+    let e: LcdError = m.create_device(6, &small, 1).await.unwrap_err();
+    assert!(
+        name(&e).starts_with("InvalidArgument") && name(&e).contains("up to sector 12288"),
+        "{e:?}"
+    );
+    let listed: Vec<DeviceInfo> = m.list_devices().await.unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(
+        std::fs::read(&small).unwrap().iter().all(|&x| x == 0),
+        "nothing written"
+    );
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    /// `losetup DEV FILE` when `dev` is given, else the first free device.
+    fn attach(dev: Option<&str>, file: &str) -> Option<Loop> {
+        let mut c = Command::new("losetup");
+        match dev {
+            Some(d) => c.args([d, file]),
+            None => c.args(["-f", "--show", file]),
+        };
+        let o = c.output().ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        let name = match dev {
+            Some(d) => d.to_string(),
+            None => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        };
+        Some(Loop(name))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_disks_whose_kernel_names_swapped_are_failed_untouched_then_re_pointed() {
+    // the host's stand-in for disks that enumerate in another order at
+    // boot: two loop devices of one size whose kernel names swap
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let keep = tempfile::tempdir().unwrap();
+    let fa = file(&keep.path().join("disk-a.img"), 4 << 20);
+    let fb = file(&keep.path().join("disk-b.img"), 4 << 20);
+    let (Some(la), Some(lb)) = (
+        root.then(|| Loop::attach(None, &fa)).flatten(),
+        root.then(|| Loop::attach(None, &fb)).flatten(),
+    ) else {
+        eprintln!("skipped: needs root and two free loop devices (losetup)");
+        return;
+    };
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    {
+        let rig = start(&state);
+        let (_c, m) = client(&rig).await;
+        m.format_cache_device(&cache, false).await.unwrap();
+        m.resume_cache_as(1, &cache).await.unwrap();
+        m.create_device(3, &la.0, 1).await.unwrap();
+        m.create_device(5, &lb.0, 1).await.unwrap();
+        drop(m);
+        rig.stop();
+    }
+    let saved = std::fs::read_to_string(state.join("state.json")).unwrap();
+    assert!(
+        saved.contains("loop:") && saved.contains("disk-a.img"),
+        "{saved}"
+    );
+    leave_dirty_data(&cache, &la.0, 3, &[(2, 0x33)]);
+    // the next boot: the kernel names now lead to each other's disk
+    let (na, nb) = (la.0.clone(), lb.0.clone());
+    drop((la, lb));
+    let (Some(la), Some(lb)) = (Loop::attach(Some(&na), &fb), Loop::attach(Some(&nb), &fa)) else {
+        panic!("could not re-attach the loop devices");
+    };
+    let before = (std::fs::read(&fa).unwrap(), std::fs::read(&fb).unwrap());
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    for d in m.list_devices().await.unwrap() {
+        assert!(
+            d.state.starts_with("failed: ") && d.state.contains("the disk is another one"),
+            "{d:?}"
+        );
+    }
+    assert!(
+        (std::fs::read(&fa).unwrap(), std::fs::read(&fb).unwrap()) == before,
+        "neither disk written"
+    );
+    // device 3's disk (disk-a) is now the other kernel name
+    let info = m.repoint_device(3, &lb.0).await.unwrap();
+    assert_eq!(info.nr_dirty_caches, 1, "{info:?}");
+    m.remove_device(3).await.unwrap();
+    let a = std::fs::read(&fa).unwrap();
+    assert!(
+        a[2 * 4096..3 * 4096].iter().all(|&x| x == 0x33),
+        "written back to disk-a"
+    );
+    assert!(std::fs::read(&fb).unwrap() == before.1, "disk-b untouched");
+    drop(m);
+    drop(rig);
+    drop(la);
+}
