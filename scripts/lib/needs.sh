@@ -135,11 +135,41 @@ lc_dpkg() {
     done
 }
 
+# bookworm-backports: the guest's kernel (ublk_drv) and a new machine's
+# qemu-utils come from there.
+lc_have_backports_source() {
+    grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/
+}
+
+# Adds a deb822 source for bookworm-backports on the archive the machine
+# already uses for bookworm (root only).
+lc_add_backports_source() {
+    local uri
+    uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk 'BEGIN { RS = "" }
+        { u = ""; b = 0; n = split($0, l, "\n")
+          for (i = 1; i <= n; i++) {
+              if (l[i] ~ /^URIs:/) { split(l[i], f, /[ \t]+/); u = f[2] }
+              if (l[i] ~ /^Suites:/ && l[i] ~ /[ \t]bookworm([ \t]|$)/) b = 1 }
+          if (b && u != "") { print u; exit } }')
+    [ -n "$uri" ] || uri=$(grep -hsE '^deb .* bookworm ' /etc/apt/sources.list | head -n1 | awk '{print $2}')
+    [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    echo "adding apt source bookworm-backports ($uri) in /etc/apt/sources.list.d/bookworm-backports.sources" >&2
+    cat >/etc/apt/sources.list.d/bookworm-backports.sources <<EOF
+# added by lc's scripts/lib/needs.sh: the guest kernel of tests/vm/run (it
+# has ublk_drv) and qemu to match a backported qemu-utils come from here
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+}
+
 # A new machine has qemu-utils from bookworm-backports (qemu-img, qemu-nbd);
 # bookworm's own qemu-system-x86 conflicts with it, and apt would remove it.
-# Where qemu-utils is a backport and an apt source serves bookworm-backports
-# (tests/vm/run adds one), qemu-system-x86 comes from there too, in an
-# apt-get of its own (-t would move every other package to backports).
+# Where qemu-utils is a backport, qemu-system-x86 comes from bookworm-
+# backports too (adding that source if the machine has none), in an apt-get
+# of its own (-t would move every other package to backports).
 _lc_backport_siblings() { # ARRAY OUT: moves such packages from array ARRAY to array OUT
     local -n pkgs=$1 out=$2
     local i v
@@ -147,7 +177,10 @@ _lc_backport_siblings() { # ARRAY OUT: moves such packages from array ARRAY to a
         [ "${pkgs[$i]}" = qemu-system-x86 ] || continue
         v=$(dpkg-query -W -f='${db:Status-Status} ${Version}' qemu-utils 2>/dev/null | sed -n 's/^installed //p')
         case $v in *bpo*) ;; *) continue ;; esac
-        apt-cache policy qemu-system-x86 2>/dev/null | grep -q bookworm-backports || continue
+        if ! lc_have_backports_source; then
+            lc_add_backports_source
+            lc_apt_get update -qq
+        fi
         out+=("${pkgs[$i]}")
         unset 'pkgs[i]'
     done
