@@ -228,7 +228,8 @@ fn header_verdict(b: &[u8]) -> Result<(), &'static str> {
     if get_u32(b, 12) as usize != SEGMENT_SIZE
         || get_u32(b, 16) as usize != LINES_PER_SEGMENT
         || nr < MIN_SEGMENTS
-        || nr > u32::MAX as u64 / LINES_PER_SEGMENT as u64
+        // every line index below u32::MAX, the index's empty marker
+        || nr >= u32::MAX as u64 / LINES_PER_SEGMENT as u64
     {
         return Err("geometry");
     }
@@ -915,14 +916,27 @@ fn check_lines(cache: &Cache, img: &[u8], want: &Expected) {
         want.lines.len() as u64,
         "dirty lines"
     );
+    // each device's backing covers every line the log holds of it (attach
+    // refuses a smaller one); only a line no device can hold (the last
+    // index line) may keep its device unattached
+    let mut unattached = std::collections::BTreeSet::new();
     for (&dev, _) in per_dev.iter() {
-        let backing = MemDisk::new(Vec::new(), CHECKED_LINES * LINE_SIZE as u64);
-        if cache.attach_device(dev, backing).is_err() {
-            continue; // attached by an earlier check of this cache
+        let last = want.lines.keys().filter(|(d, _)| *d == dev).map(|&(_, l)| l).max();
+        let lines = last.map_or(0, |l| l + 1).max(CHECKED_LINES);
+        let backing = MemDisk::new(Vec::new(), lines.saturating_mul(LINE_SIZE as u64));
+        if let Err(e) = cache.attach_device(dev, backing) {
+            if cache.devices().iter().any(|d| d.device_id == dev) {
+                continue; // attached by an earlier check of this cache
+            }
+            assert!(
+                lines > lc_engine::index::MAX_LINE,
+                "device {dev} with lines up to {last:?} refused: {e}"
+            );
+            unattached.insert(dev);
         }
     }
     for (&(dev, line), &(slot, i, bits)) in want.lines.iter() {
-        if line >= CHECKED_LINES {
+        if line >= CHECKED_LINES || unattached.contains(&dev) {
             continue;
         }
         let mut got = vec![0u8; LINE_SIZE];

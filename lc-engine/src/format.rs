@@ -28,7 +28,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const RECORD_OFFSETS: [u64; 2] = [LINE_SIZE as u64, 2 * LINE_SIZE as u64];
 /// Smallest number of segments a cache device may hold.
 pub const MIN_SEGMENTS: u64 = 2;
-/// Largest number of segments a cache device may hold (just under 16 TiB):
+/// Largest number of segments a cache device may hold (16 843 008 MiB of
+/// segments, about 16.06 TiB):
 /// every cache line index stays below `u32::MAX`, which the index uses as
 /// its empty marker. `format` refuses a larger device, resume a superblock
 /// that says more.

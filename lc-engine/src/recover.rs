@@ -43,8 +43,8 @@ fn read_block(dev: &dyn BlockDevice, offset: u64, context: &'static str) -> Resu
 pub const MIN_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MIN_SEGMENTS * SEGMENT_SIZE as u64;
 
 /// Largest cache device accepted by [`format_cache_device`]: the superblock
-/// region and [`MAX_CACHE_SEGMENTS`] segments (16 TiB + 1 GiB − 1 MiB,
-/// whose index needs about 56 GiB of RAM).
+/// region and [`MAX_CACHE_SEGMENTS`] segments (16 843 009 MiB, about
+/// 16.06 TiB, whose index needs about 56 GiB of RAM).
 pub const MAX_CACHE_BYTES: u64 = SUPERBLOCK_REGION + MAX_CACHE_SEGMENTS * SEGMENT_SIZE as u64;
 
 /// Writes a fresh lc superblock (format v1) to `dev`, dm-lc's

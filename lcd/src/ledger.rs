@@ -56,9 +56,13 @@ impl Ledger {
             // never through a symlink, never waiting on a FIFO
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)?;
-        if !file.metadata()?.is_file() {
+        // a file planted there before lcd owned the directory is not lcd's
+        // record of anything (fstat of the open file, not the path)
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        if let Some(why) = crate::rundir::not_owned_plain_file(&file.metadata()?, uid) {
             return Err(std::io::Error::other(format!(
-                "{} is not a regular file; remove it",
+                "{} is {why}, not lcd's ledger; remove it",
                 path.display()
             )));
         }
@@ -180,6 +184,23 @@ mod tests {
             !Ledger::open(dir.path(), 1).unwrap().lost_writes(),
             "all flushed"
         );
+    }
+
+    #[test]
+    fn a_ledger_lcd_did_not_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("ublkb2.writes");
+        std::fs::write(&planted, [0u8; 64]).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Ledger::open(dir.path(), 2).err().expect("refused");
+        assert!(e.to_string().contains("others may write"), "{e}");
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::hard_link(&planted, dir.path().join("elsewhere")).unwrap();
+        let e = Ledger::open(dir.path(), 2).err().expect("refused");
+        assert!(e.to_string().contains("hard links"), "{e}");
+        std::fs::remove_file(dir.path().join("elsewhere")).unwrap();
+        Ledger::open(dir.path(), 2).expect("a plain file of lcd's own is its ledger");
     }
 
     #[test]

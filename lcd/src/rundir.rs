@@ -113,6 +113,26 @@ pub enum RunDirError {
     },
 }
 
+/// Why `m` (the metadata of an open file, never of a path) is not a plain
+/// file of user `uid`'s: regular, owned by `uid`, one link, not writable by
+/// group or others. Shared by the run directory's records and the ledger.
+pub fn not_owned_plain_file(m: &Metadata, uid: u32) -> Option<String> {
+    if !m.file_type().is_file() {
+        Some(kind(m).to_string())
+    } else if m.uid() != uid {
+        Some(format!("a file of user {}", m.uid()))
+    } else if m.nlink() != 1 {
+        Some(format!("a file with {} hard links", m.nlink()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "a file others may write (mode {:04o})",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    }
+}
+
 /// `e` and its causes, as one line.
 pub fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -311,17 +331,8 @@ impl Dir {
 
     /// Why `m` is not a file of lcd's, if it is not.
     fn untrusted(&self, m: &Metadata) -> Option<String> {
-        if !m.file_type().is_file() {
-            Some(kind(m).to_string())
-        } else if m.uid() != self.owner.uid {
-            Some(format!("a file of user {}", m.uid()))
-        } else if m.nlink() != 1 {
-            Some(format!("a file with {} hard links", m.nlink()))
-        } else if m.mode() & 0o022 != 0 {
-            Some(format!(
-                "a file others may write (mode {:04o})",
-                m.mode() & 0o7777
-            ))
+        if let Some(why) = not_owned_plain_file(m, self.owner.uid) {
+            Some(why)
         } else if m.size() > RECORD_LIMIT {
             Some(format!("a file of {} bytes", m.size()))
         } else {

@@ -205,6 +205,11 @@ fn claim(run: &Dir, id: u8, kernel: &Existing) -> Result<(), String> {
     };
     match read_record(run, id) {
         Ok(Some(pid)) if pid == kernel.server_pid => Ok(()),
+        // a device with no server (stopped, DEAD: the kernel sets its pid
+        // to -1) that lcd recorded serving: lcd's own, left behind by a
+        // failed delete or a start that failed after ADD_DEV; nobody serves
+        // it, so nothing can pose as it
+        Ok(Some(_)) if kernel.server_pid <= 0 => Ok(()),
         Ok(Some(pid)) => Err(not_ours(format!("lcd recorded pid {pid} as its server"))),
         Ok(None) => Err(not_ours("lcd has no record of serving it".into())),
         Err(why) => Err(not_ours(why)),
@@ -1116,6 +1121,15 @@ mod tests {
         };
         let e = claim(&run, 3, &other).unwrap_err();
         assert!(e.contains(&format!("lcd recorded pid {me}")), "{e}");
+        // lcd's own device left DEAD (the kernel's pid -1) is lcd's to delete
+        let dead = Existing {
+            state: sys::UBLK_S_DEV_DEAD,
+            server_pid: -1,
+        };
+        claim(&run, 3, &dead).unwrap();
+        // but not without lcd's record
+        let e = claim(&run, 7, &dead).unwrap_err();
+        assert!(e.contains("lcd has no record of serving it"), "{e}");
         // records lcd did not write
         run.write_record("ublkb4", b"{\"device_id\":3,\"server_pid\":5}")
             .unwrap();
