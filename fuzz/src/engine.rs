@@ -921,7 +921,12 @@ fn check_lines(cache: &Cache, img: &[u8], want: &Expected) {
     // index line) may keep its device unattached
     let mut unattached = std::collections::BTreeSet::new();
     for (&dev, _) in per_dev.iter() {
-        let last = want.lines.keys().filter(|(d, _)| *d == dev).map(|&(_, l)| l).max();
+        let last = want
+            .lines
+            .keys()
+            .filter(|(d, _)| *d == dev)
+            .map(|&(_, l)| l)
+            .max();
         let lines = last.map_or(0, |l| l + 1).max(CHECKED_LINES);
         let backing = MemDisk::new(Vec::new(), lines.saturating_mul(LINE_SIZE as u64));
         if let Err(e) = cache.attach_device(dev, backing) {
