@@ -92,6 +92,14 @@ pub struct DeviceEntry {
 }
 
 impl DeviceEntry {
+    /// Attached to its cache, or being created or detached: not a device
+    /// that may be forgotten or re-pointed.
+    fn in_use(&self) -> bool {
+        self.cache.is_some()
+            || self.state == DeviceState::Creating
+            || self.state == DeviceState::Detaching
+    }
+
     fn set_up(&mut self, up: BroughtUp) {
         self.ublk = up.ublk;
         self.size_bytes = up.size;
@@ -519,10 +527,7 @@ pub async fn forget(
         let e = d.devices.get(&id).ok_or_else(|| {
             LcdError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
         })?;
-        if e.cache.is_some()
-            || e.state == DeviceState::Creating
-            || e.state == DeviceState::Detaching
-        {
+        if e.in_use() {
             return Err(LcdError::InvalidArgument(format!(
                 "device {id} is {}: only a device that is not attached can be forgotten; \
                  detach it (lcctl detach {id}), which writes its data back",
@@ -598,10 +603,7 @@ pub async fn repoint(
         let e = d.devices.get(&id).ok_or_else(|| {
             LcdError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
         })?;
-        if e.cache.is_some()
-            || e.state == DeviceState::Creating
-            || e.state == DeviceState::Detaching
-        {
+        if e.in_use() {
             return Err(LcdError::Busy(format!(
                 "device {id} is {}; only a failed device can be re-pointed: detach it first \
                  (lcctl detach {id})",
