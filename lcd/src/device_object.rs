@@ -90,17 +90,8 @@ impl DeviceObject {
             let e = d.devices.get_mut(&self.id).ok_or_else(|| {
                 fdo::Error::UnknownObject(format!("device {} was removed", self.id))
             })?;
-            match &e.cache {
-                Some(c) => c
-                    .set_migrate_threshold(self.id, v)
-                    .map_err(|e| fdo::Error::InvalidArgs(error_text(to_dbus(e))))?,
-                None if v <= 100 => e.migrate_threshold = v,
-                None => {
-                    return Err(fdo::Error::InvalidArgs(format!(
-                        "migrate_threshold must be in 0..=100, got {v}"
-                    )))
-                }
-            }
+            e.set_migrate_threshold(self.id, v)
+                .map_err(|e| fdo::Error::InvalidArgs(error_text(to_dbus(e))))?;
             tracing::info!(device = self.id, migrate_threshold = v, "knob set");
             // 0 means never, whatever the disk's load: write-back stops now,
             // not at the policy's next look (up to update_interval away)

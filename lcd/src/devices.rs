@@ -107,6 +107,25 @@ impl DeviceEntry {
         self.identity = Some(up.identity);
     }
 
+    /// Sets the device's write-back threshold: in its cache while attached,
+    /// and always in the entry itself, so that the value read back stays
+    /// the one set when the engine lets go of the device (a detach that
+    /// finishes between the write and the read). Refuses a value above 100
+    /// and changes nothing then.
+    pub fn set_migrate_threshold(&mut self, id: u8, percent: u8) -> Result<(), lc_engine::Error> {
+        match &self.cache {
+            Some(c) => c.set_migrate_threshold(id, percent)?,
+            None if percent > 100 => {
+                return Err(lc_engine::Error::InvalidArgument(format!(
+                    "migrate_threshold must be in 0..=100, got {percent}"
+                )))
+            }
+            None => {}
+        }
+        self.migrate_threshold = percent;
+        Ok(())
+    }
+
     /// What ListDevices and `Info()` report.
     pub fn info(&self, id: u8) -> DeviceInfo {
         self.view(id).info()
@@ -818,5 +837,74 @@ pub fn stop_all(daemon: &Shared) {
     for (id, u) in devices {
         u.stop();
         tracing::info!(id, "block device removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lc_engine::sim::{PowerDomain, SimDisk};
+    use lc_engine::{format_cache_device, CacheOptions};
+
+    fn entry_on(cache: &Arc<Cache>) -> DeviceEntry {
+        DeviceEntry {
+            cache_id: cache.id(),
+            backing: "/dev/b".into(),
+            identity: None,
+            cache: Some(cache.clone()),
+            resumed_cache: Some(cache.clone()),
+            ublk: None,
+            size_bytes: 0,
+            migrate_threshold: 33,
+            state: DeviceState::Running,
+        }
+    }
+
+    fn running_cache() -> Arc<Cache> {
+        let domain = PowerDomain::new();
+        let cdev = SimDisk::new(domain.clone(), 8 << 20);
+        format_cache_device(&*cdev, false).expect("format");
+        let cache =
+            Arc::new(Cache::resume(1, cdev, CacheOptions { pool_segments: 4 }).expect("resume"));
+        cache
+            .attach_device(1, SimDisk::new(domain, 4 << 20))
+            .expect("attach");
+        cache
+    }
+
+    #[test]
+    fn a_threshold_set_reads_back_after_the_engine_lets_go_of_the_device() {
+        // The dbus fuzzer's find: set while a detach ran, read after the
+        // engine had dropped the device but before the entry was removed.
+        let cache = running_cache();
+        let mut e = entry_on(&cache);
+        e.set_migrate_threshold(1, 49).expect("in range");
+        assert_eq!(e.info(1).migrate_threshold, 49);
+        cache.detach_device(1, |_| {}).expect("detach");
+        assert_eq!(
+            e.info(1).migrate_threshold,
+            49,
+            "read back after the detach"
+        );
+        assert_eq!(e.record(1).migrate_threshold, 49, "recorded");
+        cache.shutdown().expect("shutdown");
+    }
+
+    #[test]
+    fn a_threshold_above_100_is_refused_attached_or_not() {
+        let cache = running_cache();
+        let mut e = entry_on(&cache);
+        assert!(e.set_migrate_threshold(1, 101).is_err());
+        assert_eq!(
+            e.info(1).migrate_threshold,
+            70,
+            "the engine's default, unchanged"
+        );
+        e.cache = None;
+        assert!(e.set_migrate_threshold(1, 101).is_err());
+        assert_eq!(e.migrate_threshold, 33, "unchanged");
+        e.set_migrate_threshold(1, 0).expect("0 is in range");
+        assert_eq!(e.info(1).migrate_threshold, 0);
+        cache.shutdown().expect("shutdown");
     }
 }
