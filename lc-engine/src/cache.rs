@@ -826,10 +826,22 @@ impl Cache {
             .devices
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        drop(st);
         if devices.contains_key(&device_id) {
             return Err(Error::DeviceExists(device_id));
         }
+        // discarded lines still in the log come back at the next resume as
+        // this id's: no disk may take the id before write-back passed them
+        let last = st.last_segment_of_device[device_id as usize];
+        if st.index.nr_dirty(device_id) == 0 && st.last_migrated_id < last {
+            drop(st);
+            drop(devices);
+            let waits_for = self.first_missing_device_before(last).unwrap_or(0);
+            return Err(Error::DiscardUnfinished {
+                device_id,
+                waits_for,
+            });
+        }
+        drop(st);
         devices.insert(
             device_id,
             Arc::new(Backing {

@@ -112,6 +112,21 @@ pub enum Error {
         "device {0} is being detached and takes no more writes; wait for the detach to finish"
     )]
     Detaching(u8),
+    /// A device id whose dirty data was discarded while write-back could not
+    /// yet pass the segments holding it: a disk attached under that id now
+    /// would get that data back at the next resume.
+    #[error(
+        "the dirty data of device {device_id} was discarded, but the cache's log still holds it \
+         until write-back passes it, and write-back waits for device {waits_for}, which is not \
+         attached: no disk can take id {device_id} until then. Bring device {waits_for} back \
+         (or discard its data too), then discard device {device_id}'s data again"
+    )]
+    DiscardUnfinished {
+        /// The device id whose data was discarded.
+        device_id: u8,
+        /// The device that is not attached whose lines write-back waits for.
+        waits_for: u8,
+    },
     /// The backing device is smaller than the dirty data its id holds.
     #[error(
         "the backing device has {size_sectors} sectors but the cache holds dirty data of device \
@@ -157,6 +172,7 @@ impl Error {
             Error::OutOfRange { .. } | Error::InvalidArgument(_) => libc::EINVAL,
             Error::BackingTooSmall { .. } | Error::DirtyBeyondEnd { .. } => libc::ENOSPC,
             Error::UnknownDevice(_) | Error::Detaching(_) | Error::MissingDevice(_) => libc::ENODEV,
+            Error::DiscardUnfinished { .. } => libc::EBUSY,
             Error::Stopped => libc::ESHUTDOWN,
             _ => libc::EIO,
         }

@@ -611,13 +611,31 @@ fn discarding_one_of_two_missing_devices_says_which_blocks_and_never_hangs() {
     }
     assert_eq!(cache.nr_dirty_caches(3), 0, "dropped at once");
     assert!(!cache.device_lines_gone_for_good(3), "but not for good yet");
+    // a disk attached as device 3 now would get the dropped lines back at
+    // the next resume (they are still in the log): refused, whatever disk
+    let other = SimDisk::new(dom.clone(), 4 * MIB);
+    match cache.attach_device(3, other.clone()) {
+        Err(Error::DiscardUnfinished {
+            device_id: 3,
+            waits_for: 4,
+        }) => {}
+        r => panic!("attach of id 3 with its discard unfinished: {r:?}"),
+    }
+    assert_eq!(cache.dirty_end_sector(3), 0);
     assert_eq!(cache.discard_device_lines(4, |_| {}).unwrap(), 1);
     assert!(cache.device_lines_gone_for_good(4));
     assert_eq!(cache.discard_device_lines(3, |_| {}).unwrap(), 0);
     assert!(cache.device_lines_gone_for_good(3));
+    // now the id is free for another disk
+    cache.attach_device(3, other.clone()).unwrap();
+    cache.detach_device(3, |_| {}).unwrap();
     cache.shutdown().unwrap();
     drop(cache);
     let cache = resume(cdev.clone(), 2);
     assert_eq!((cache.nr_dirty_caches(3), cache.nr_dirty_caches(4)), (0, 0));
     assert!(x.snapshot().iter().all(|&b| b == 0) && y.snapshot().iter().all(|&b| b == 0));
+    assert!(
+        other.snapshot().iter().all(|&b| b == 0),
+        "nothing of the old device 3 written to the disk attached as 3 later"
+    );
 }

@@ -65,6 +65,20 @@ pub(crate) struct Daemon {
 pub(crate) type Shared = Arc<Mutex<Daemon>>;
 
 impl Daemon {
+    /// The uuids recorded for caches other than `id`: those running and
+    /// those that failed to come back.
+    pub(crate) fn uuids_of_other_caches(&self, id: u8) -> Vec<(u8, String)> {
+        let running = self
+            .caches
+            .iter()
+            .map(|(&i, e)| (i, uuid_hex(&e.cache.uuid())));
+        let failed = self
+            .failed
+            .iter()
+            .filter_map(|(&i, (rec, _))| rec.uuid.clone().map(|u| (i, u)));
+        running.chain(failed).filter(|(i, _)| *i != id).collect()
+    }
+
     /// Whether cache `id` is named by the saved state but failed to come back.
     pub(crate) fn failed_cache(&self, id: u8) -> bool {
         self.failed.contains_key(&id)
@@ -164,7 +178,10 @@ pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
         | E::BackingTooSmall { .. } => LcdError::InvalidArgument(msg),
         E::DirtyBeyondEnd { .. } => LcdError::Io(msg),
         E::UnknownDevice(_) => LcdError::NotFound(msg),
-        E::DeviceExists(_) | E::Detaching(_) | E::MissingDevice(_) => LcdError::Busy(msg),
+        E::DeviceExists(_)
+        | E::Detaching(_)
+        | E::MissingDevice(_)
+        | E::DiscardUnfinished { .. } => LcdError::Busy(msg),
         E::Stopped => LcdError::Failed(msg),
     }
 }
@@ -177,8 +194,26 @@ pub(crate) fn uuid_hex(u: &[u8; 16]) -> String {
 /// Opens the cache device on `path` and resumes it as cache `id`; with
 /// `expected_uuid`, only if its superblock has that uuid (nothing is
 /// written to another cache or disk found at the path).
-fn open_and_resume(id: u8, path: &str, expected_uuid: Option<&str>) -> Result<Cache, LcdError> {
+/// `others` are the uuids recorded for other caches (running or failed to
+/// come back): a disk holding one of those is refused, so that one cache
+/// never comes back under two ids.
+fn open_and_resume(
+    id: u8,
+    path: &str,
+    expected_uuid: Option<&str>,
+    others: &[(u8, String)],
+) -> Result<Cache, LcdError> {
     let dev = FileDevice::open(path.as_ref()).map_err(to_dbus)?;
+    if !others.is_empty() {
+        if let Ok(sb) = lc_engine::read_superblock(&dev) {
+            let found = uuid_hex(&sb.uuid);
+            if let Some((other, _)) = others.iter().find(|(_, u)| *u == found) {
+                return Err(LcdError::Busy(format!(
+                    "{path} holds cache {other} (uuid {found}), not a cache that may become                      cache {id}; nothing was written to it. If cache {other}'s disk moved                      here, re-point cache {other} to it (lcctl repoint-cache {other} {path});                      to use it as cache {id}, free cache {other} first (lcctl free {other})"
+                )));
+            }
+        }
+    }
     if let Some(want) = expected_uuid {
         let found = lc_engine::read_superblock(&dev).map(|sb| uuid_hex(&sb.uuid));
         if found.as_deref().ok() != Some(want) {
@@ -321,8 +356,9 @@ impl Manager {
                 )));
             }
         }
+        let others = lock(&self.daemon).uuids_of_other_caches(id);
         let p = path.clone();
-        let cache = blocking(move || open_and_resume(id, &p, None)).await?;
+        let cache = blocking(move || open_and_resume(id, &p, None, &others)).await?;
         let cache = Arc::new(cache);
         let lost_race = {
             let mut d = lock(&self.daemon);
@@ -974,7 +1010,7 @@ async fn restore(daemon: &Shared, records: Vec<CacheRecord>) {
     let mut learnt = false;
     for rec in records {
         let (id, path, uuid) = (rec.id, rec.path.clone(), rec.uuid.clone());
-        let resumed = blocking(move || open_and_resume(id, &path, uuid.as_deref())).await;
+        let resumed = blocking(move || open_and_resume(id, &path, uuid.as_deref(), &[])).await;
         match resumed {
             Ok(cache) => {
                 for (name, &v) in &rec.knobs {

@@ -286,6 +286,22 @@ async fn a_cache_path_that_leads_to_another_cache_is_failed_untouched_then_re_po
     );
     let e = m.repoint_cache(3, &c1).await.unwrap_err();
     assert!(name(&e).starts_with("NotFound"), "{e:?}");
+    // c1 now holds cache 2's disk: not cache 1's, nor a new cache's, even
+    // on purpose, while cache 2 is recorded with that uuid
+    let e = m.repoint_cache(1, &c1).await.unwrap_err();
+    assert!(
+        name(&e).starts_with("Busy") && name(&e).contains("cache 2"),
+        "{e:?}"
+    );
+    let e = m.resume_cache_as(5, &c1).await.unwrap_err();
+    assert!(
+        name(&e).starts_with("Busy") && name(&e).contains("cache 2"),
+        "{e:?}"
+    );
+    assert!(
+        (std::fs::read(&c1).unwrap(), std::fs::read(&c2).unwrap()) == before,
+        "nothing written by the refused re-points"
+    );
     m.repoint_cache(1, &c2).await.unwrap();
     m.repoint_cache(2, &c1).await.unwrap();
     let e = m.repoint_cache(2, &c1).await.unwrap_err();
