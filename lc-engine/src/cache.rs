@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
+use crate::figures::{Figures, RecentFigures};
 use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
 use crate::index::{Index, LineKey, MAX_LINE};
@@ -134,6 +135,8 @@ pub(crate) struct Inner {
     /// Attached backing devices (read on every I/O, so not under `state`).
     /// Lock order: `state` before `devices`.
     pub devices: RwLock<BTreeMap<u8, Arc<Backing>>>,
+    /// What read-only status calls are served from.
+    pub figures: RecentFigures,
 }
 
 /// Locks a mutex, ignoring poisoning: a panic in another thread is a bug
@@ -226,7 +229,7 @@ impl State {
 }
 
 /// Status of a cache at one moment (what dm-lc's lc-mgr printed and more).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CacheStatus {
     /// Cache id.
     pub cache_id: u8,
@@ -800,6 +803,7 @@ impl Cache {
 
     /// Attaches backing device `device_id` (1..=255).
     pub fn attach_device(&self, device_id: u8, dev: Arc<dyn BlockDevice>) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         if device_id == 0 {
             return Err(Error::InvalidArgument("device ids are 1..=255".into()));
         }
@@ -866,6 +870,7 @@ impl Cache {
         device_id: u8,
         mut progress: impl FnMut(DrainProgress),
     ) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         let backing = self.backing(device_id)?;
         // From now on its writes are refused, so the drain below ends.
         backing.detaching.store(true, Ordering::SeqCst);
@@ -912,6 +917,7 @@ impl Cache {
         device_id: u8,
         mut progress: impl FnMut(DrainProgress),
     ) -> Result<u64> {
+        let _fresh = self.inner.figures.forget_when_done();
         if device_id == 0 {
             return Err(Error::InvalidArgument("device ids are 1..=255".into()));
         }
@@ -1050,6 +1056,7 @@ impl Cache {
         device_id: u8,
         mut progress: impl FnMut(DrainProgress),
     ) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         self.backing(device_id)?;
         self.inner.flush_sync()?;
         let target = lock(&self.inner.state).last_segment_of_device[device_id as usize];
@@ -1097,6 +1104,12 @@ impl Cache {
             .migrate_threshold
             .store(percent, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The device ids this cache holds dirty lines of, attached or not.
+    pub fn dirty_device_ids(&self) -> Vec<u8> {
+        let st = lock(&self.inner.state);
+        (1..=255u8).filter(|&d| st.index.nr_dirty(d) > 0).collect()
     }
 
     /// Dirty lines cached for `device_id`.
@@ -1232,6 +1245,7 @@ impl Cache {
 
     /// FLUSH and wait for it.
     pub fn flush_sync(&self) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         self.inner.flush_sync()
     }
 
@@ -1307,6 +1321,7 @@ impl Cache {
 
     /// Sets a knob (validated; an invalid value changes nothing).
     pub fn set_knob(&self, knob: Knob, value: u64) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         self.inner.knobs.set(knob, value)?;
         self.inner.migrate_cv.notify_all();
         self.inner.ticker_cv.notify_all();
@@ -1315,6 +1330,7 @@ impl Cache {
 
     /// Writes the record block (`last_migrated_segment_id`) now.
     pub fn commit_super_block(&self) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         let (tx, rx) = std::sync::mpsc::channel();
         self.inner.send_job(FlushJob::Commit(Some(tx)));
         rx.recv().unwrap_or(Err(Error::Stopped))
@@ -1322,12 +1338,14 @@ impl Cache {
 
     /// Seals the partial current segment and queues it for writing.
     pub fn flush_current_buffer(&self) {
+        let _fresh = self.inner.figures.forget_when_done();
         let mut st = lock(&self.inner.state);
         self.inner.close_current(&mut st);
     }
 
     /// Zeroes the 16 I/O counters.
     pub fn clear_stat(&self) {
+        let _fresh = self.inner.figures.forget_when_done();
         self.inner.stats.clear()
     }
 
@@ -1371,10 +1389,50 @@ impl Cache {
         }
     }
 
+    /// The status as [`Cache::status`] gives it, at most
+    /// [`crate::figures::RECENT_FIGURES_MAX_AGE`] old: for read-only calls
+    /// anyone may make as often as they like, which then take the cache's
+    /// lock at most once per that age.
+    pub fn recent_status(&self) -> CacheStatus {
+        self.recent_figures().status
+    }
+
+    /// Dirty lines cached for `device_id`, attached or not, as recent as
+    /// [`Cache::recent_status`].
+    pub fn recent_nr_dirty(&self, device_id: u8) -> u64 {
+        self.recent_figures().nr_dirty[device_id as usize]
+    }
+
+    /// One attached device as [`Cache::device_status`] gives it, its dirty
+    /// lines as recent as [`Cache::recent_status`].
+    pub fn recent_device_status(&self, device_id: u8) -> Option<DeviceStatus> {
+        let b = self.backing(device_id).ok()?;
+        Some(DeviceStatus {
+            device_id: b.id,
+            dev: b.dev.describe(),
+            size_sectors: b.size_sectors,
+            nr_dirty_caches: self.recent_nr_dirty(device_id),
+            migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+        })
+    }
+
+    fn recent_figures(&self) -> Figures {
+        self.inner.figures.get(|| {
+            let status = self.status();
+            let st = lock(&self.inner.state);
+            let mut nr_dirty = Box::new([0u64; 256]);
+            for (d, n) in nr_dirty.iter_mut().enumerate().skip(1) {
+                *n = st.index.nr_dirty(d as u8);
+            }
+            Figures { status, nr_dirty }
+        })
+    }
+
     /// Waits until every segment sealed so far is written back (used by
     /// tests and by the daemon before a clean stop when asked to drain).
     /// Forces write-back for the wait.
     pub fn migrate_all(&self) -> Result<()> {
+        let _fresh = self.inner.figures.forget_when_done();
         self.flush_sync()?;
         let target = lock(&self.inner.state).last_closed_id;
         self.drain_to(target, &mut |_| {})

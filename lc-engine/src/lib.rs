@@ -71,6 +71,7 @@
 pub mod cache;
 pub mod device;
 pub mod error;
+pub mod figures;
 mod flusher;
 pub mod format;
 pub mod index;

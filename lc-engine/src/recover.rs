@@ -218,6 +218,7 @@ impl Cache {
             pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
             migration_io: Mutex::new(()),
             devices: RwLock::new(BTreeMap::new()),
+            figures: Default::default(),
         });
         Ok((Cache::start(inner)?, report))
     }

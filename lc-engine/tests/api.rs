@@ -191,6 +191,41 @@ fn the_sixteen_counters_count_each_kind_of_io() {
 }
 
 #[test]
+fn recent_figures_are_at_most_their_age_old_and_fresh_after_administrative_calls() {
+    use lc_engine::figures::RECENT_FIGURES_MAX_AGE;
+    let dom = PowerDomain::new();
+    let cache = resume(sim_cache_disk(&dom, 3), 2);
+    let backing = SimDisk::new(dom.clone(), MIB);
+    cache.attach_device(1, backing.clone()).unwrap();
+    assert_eq!(cache.recent_nr_dirty(1), 0);
+    cache.write(1, 0, &[1u8; 4096]).unwrap();
+    // a write does not make the figures fresh (the I/O path pays nothing
+    // for them), but they are never older than their age
+    std::thread::sleep(RECENT_FIGURES_MAX_AGE * 2);
+    assert_eq!(cache.recent_nr_dirty(1), 1);
+    assert_eq!(cache.recent_device_status(1).unwrap().nr_dirty_caches, 1);
+    assert_eq!(cache.recent_status().nr_dirty_caches, 1);
+    assert_eq!(cache.recent_status().stats.counters.iter().sum::<u64>(), 1);
+    // administrative calls show at once
+    cache.clear_stat();
+    assert_eq!(cache.recent_status().stats.counters, [0; 16]);
+    cache.set_knob(Knob::CommitSuperBlockInterval, 9).unwrap();
+    let knobs = cache.recent_status().knobs;
+    assert!(
+        knobs.contains(&("commit_super_block_interval", 9)),
+        "{knobs:?}"
+    );
+    cache.flush_sync().unwrap();
+    // (the flusher moves the id just after the flush completes)
+    while cache.recent_status().last_flushed_segment_id < 1 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    cache.detach_device(1, |_| {}).unwrap();
+    assert!(cache.recent_device_status(1).is_none());
+    assert_eq!(cache.recent_nr_dirty(1), 0, "written back by the detach");
+}
+
+#[test]
 fn partially_dirty_lines_read_backing_data_overlaid_with_dirty_sectors() {
     let dom = PowerDomain::new();
     let cdev = sim_cache_disk(&dom, 3);

@@ -621,7 +621,7 @@ async fn status(c: &Client, only: Option<u8>) -> Result<Output> {
                     .map(|d| {
                         vec![
                             d.id.to_string(),
-                            d.backing.clone(),
+                            or_dash(&d.backing),
                             or_dash(&d.node),
                             bytes(d.size_bytes),
                             d.nr_dirty_caches.to_string(),
@@ -697,7 +697,7 @@ fn device_row(d: &DeviceInfo) -> Vec<String> {
         "device".to_string(),
         d.id.to_string(),
         d.cache_id.to_string(),
-        d.backing.clone(),
+        or_dash(&d.backing),
         or_dash(&d.node),
         d.nr_dirty_caches.to_string(),
         d.state.clone(),

@@ -50,7 +50,7 @@ impl CacheObject {
 #[interface(name = "org.lc.Lcd1.Cache")]
 impl CacheObject {
     async fn status(&self) -> Result<CacheStatus, LcdError> {
-        let s = self.cache.status();
+        let s = self.cache.recent_status();
         let e = &s.stats;
         Ok(CacheStatus {
             id: s.cache_id,
@@ -220,11 +220,11 @@ impl CacheObject {
 
     #[zbus(property(emits_changed_signal = "false"))]
     fn last_flushed_segment_id(&self) -> u64 {
-        self.cache.status().last_flushed_segment_id
+        self.cache.recent_status().last_flushed_segment_id
     }
 
     #[zbus(property(emits_changed_signal = "false"))]
     fn last_migrated_segment_id(&self) -> u64 {
-        self.cache.status().last_migrated_segment_id
+        self.cache.recent_status().last_migrated_segment_id
     }
 }

@@ -24,7 +24,7 @@ use zbus::message::Header;
 use zbus::{interface, Connection, ObjectServer};
 
 use crate::cache_object::CacheObject;
-use crate::devices::{self, DeviceEntry, DeviceState, Frontend};
+use crate::devices::{self, DeviceEntry, Frontend};
 use crate::state::{CacheRecord, StateStore};
 use lc_engine::Knob;
 
@@ -120,7 +120,7 @@ impl Daemon {
         let devices = self
             .devices
             .iter()
-            .filter(|(_, e)| e.state != DeviceState::Creating)
+            .filter(|(_, e)| e.saved)
             .map(|(&id, e)| e.record(id))
             .collect();
         self.store.save(records, devices).map_err(|e| {
@@ -392,9 +392,23 @@ impl Manager {
             .await
             .map_err(LcdError::ZBus)?;
         tracing::info!(id, %path, "resumed cache");
-        let mut d = lock(&self.daemon);
-        d.failed.remove(&id);
-        d.persist()
+        let listed = {
+            let mut d = lock(&self.daemon);
+            d.failed.remove(&id);
+            d.persist()?;
+            devices::list_unrecorded(&mut d, id)
+        };
+        for dev in listed {
+            let obj = crate::device_object::DeviceObject {
+                id: dev,
+                daemon: self.daemon.clone(),
+            };
+            server
+                .at(lc_proto::device_path(dev), obj)
+                .await
+                .map_err(LcdError::ZBus)?;
+        }
+        Ok(())
     }
 
     /// Puts the knobs `rec` saved back on cache `id`.
@@ -500,19 +514,37 @@ impl Manager {
             }
         }
         let (id, cache) = self.cache_at_cursor(&hdr)?;
-        let users: Vec<String> = lock(&self.daemon)
-            .devices
-            .iter()
-            .filter(|(_, e)| e.cache_id == id)
-            .map(|(d, _)| d.to_string())
-            .collect();
+        // ids the cache holds data of without a record are listed only
+        // while it runs (devices::list_unrecorded): they go with it
+        let (mut unrecorded, mut users) = (Vec::new(), Vec::new());
+        for (&dev, e) in lock(&self.daemon).devices.iter() {
+            if e.cache_id == id {
+                if e.unrecorded() {
+                    unrecorded.push(dev);
+                } else {
+                    users.push(dev);
+                }
+            }
+        }
         if !users.is_empty() || !cache.devices().is_empty() {
+            let users: Vec<String> = users.iter().map(u8::to_string).collect();
             return Err(LcdError::Busy(format!(
                 "cache {id} still serves device(s) {}; remove them first (lcctl detach ID)",
                 users.join(", ")
             )));
         }
-        lock(&self.daemon).caches.remove(&id);
+        {
+            let mut d = lock(&self.daemon);
+            d.caches.remove(&id);
+            for dev in &unrecorded {
+                d.devices.remove(dev);
+            }
+        }
+        for dev in unrecorded {
+            let _ = server
+                .remove::<crate::device_object::DeviceObject, _>(lc_proto::device_path(dev))
+                .await;
+        }
         let _ = server
             .remove::<CacheObject, _>(lc_proto::cache_path(id))
             .await;
@@ -557,7 +589,7 @@ impl Manager {
         Ok(running
             .into_iter()
             .map(|(id, path, cache)| {
-                let st = cache.status();
+                let st = cache.recent_status();
                 CacheInfo {
                     id,
                     path,
@@ -810,6 +842,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         restore(&daemon, saved.caches).await;
         devices::restore(&daemon, saved.devices).await;
+        {
+            let mut d = lock(&daemon);
+            let ids: Vec<u8> = d.caches.keys().copied().collect();
+            for id in ids {
+                devices::list_unrecorded(&mut d, id);
+            }
+        }
         // systemd readiness: every saved cache and device is back
         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
             tracing::warn!("cannot notify systemd of readiness: {e}");

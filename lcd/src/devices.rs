@@ -89,6 +89,10 @@ pub struct DeviceEntry {
     pub migrate_threshold: u8,
     /// Where it is in its life.
     pub state: DeviceState,
+    /// Whether the state file records it: not while CreateDevice brings it
+    /// up, nor for an id whose dirty data a cache holds without any record
+    /// of its disk ([`list_unrecorded`]).
+    pub saved: bool,
 }
 
 impl DeviceEntry {
@@ -98,6 +102,12 @@ impl DeviceEntry {
         self.cache.is_some()
             || self.state == DeviceState::Creating
             || self.state == DeviceState::Detaching
+    }
+
+    /// Listed only because its cache holds dirty data of the id, with no
+    /// record of its disk ([`list_unrecorded`]).
+    pub fn unrecorded(&self) -> bool {
+        !self.saved && self.backing.is_empty() && self.cache.is_none()
     }
 
     fn set_up(&mut self, up: BroughtUp) {
@@ -182,7 +192,7 @@ impl DeviceView {
     /// of the engine for this device alone.
     pub fn info(self) -> DeviceInfo {
         let id = self.id;
-        let engine = self.cache.as_ref().and_then(|c| c.device_status(id));
+        let engine = self.cache.as_ref().and_then(|c| c.recent_device_status(id));
         DeviceInfo {
             id,
             cache_id: self.cache_id,
@@ -194,7 +204,7 @@ impl DeviceView {
                 || {
                     self.resumed_cache
                         .as_ref()
-                        .map_or(0, |c| c.nr_dirty_caches(id))
+                        .map_or(0, |c| c.recent_nr_dirty(id))
                 },
                 |d| d.nr_dirty_caches,
             ),
@@ -317,8 +327,9 @@ pub async fn create(
             .cache
             .clone();
         let id = if device_id == 0 {
+            // not an id whose discarded data is still in the log either
             (1..=255u8)
-                .find(|i| !d.devices.contains_key(i))
+                .find(|i| !d.devices.contains_key(i) && cache.device_lines_gone_for_good(*i))
                 .ok_or_else(|| LcdError::Busy("all 255 device ids are in use".into()))?
         } else {
             device_id
@@ -350,6 +361,7 @@ pub async fn create(
                 size_bytes: 0,
                 migrate_threshold: 70,
                 state: DeviceState::Creating,
+                saved: false,
             },
         );
         (id, cache, d.frontend, d.run_dir.clone())
@@ -368,6 +380,7 @@ pub async fn create(
         let e = d.devices.get_mut(&id).expect("reserved above");
         e.cache = Some(cache);
         e.set_up(up);
+        e.saved = true;
         e.info(id)
     };
     server
@@ -641,6 +654,12 @@ pub async fn repoint(
                 ))
             })?;
         let (backing, expected) = if path.is_empty() {
+            if e.backing.is_empty() {
+                return Err(LcdError::InvalidArgument(format!(
+                    "device {id} has no recorded path (lcd has no record of its disk): give \
+                     the path of the disk its dirty data belongs to (lcctl repoint {id} PATH)"
+                )));
+            }
             (e.backing.clone(), e.identity.clone())
         } else {
             (path.clone(), None)
@@ -696,6 +715,7 @@ pub async fn repoint(
                 e.backing = backing.clone();
                 e.cache = Some(cache);
                 e.set_up(up);
+                e.saved = true;
                 Ok(e.info(id))
             }
             Err(err) => {
@@ -779,6 +799,7 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
             size_bytes: 0,
             migrate_threshold: rec.migrate_threshold,
             state: DeviceState::Creating,
+            saved: true,
         };
         match cache {
             None => {
@@ -827,6 +848,68 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
     }
 }
 
+/// Lists, as failed devices, the ids whose dirty data cache `cache_id`
+/// holds but that lcd has no device of (its state file was lost, or the
+/// cache disk comes from another machine): nobody can tell which disk that
+/// data belongs to, so no disk may silently take the id. The administrator
+/// attaches the right disk on purpose (`RepointDevice(id, path)`) or gives
+/// the data up (`ForgetDevice(id, true)`). They are not saved: the next
+/// start lists them again from the cache. Returns the ids listed.
+pub fn list_unrecorded(d: &mut crate::daemon::Daemon, cache_id: u8) -> Vec<u8> {
+    let Some(cache) = d.caches.get(&cache_id).map(|e| e.cache.clone()) else {
+        return Vec::new();
+    };
+    let mut listed = Vec::new();
+    for id in cache.dirty_device_ids() {
+        match d.devices.get(&id) {
+            Some(e) if e.cache_id == cache_id => continue,
+            Some(e) => {
+                tracing::error!(
+                    id,
+                    cache_id,
+                    other = e.cache_id,
+                    "cache {cache_id} holds dirty data of device id {id}, which is a device of \
+                     cache {} here; that data cannot be written back until device {id} is \
+                     forgotten and re-pointed to cache {cache_id}'s disk",
+                    e.cache_id
+                );
+                continue;
+            }
+            None => {}
+        }
+        let n = cache.nr_dirty_caches(id);
+        tracing::warn!(
+            id,
+            cache_id,
+            lines = n,
+            "the cache holds dirty data of a device lcd has no record of: listed as failed"
+        );
+        d.devices.insert(
+            id,
+            DeviceEntry {
+                cache_id,
+                backing: String::new(),
+                identity: None,
+                cache: None,
+                resumed_cache: Some(cache.clone()),
+                ublk: None,
+                size_bytes: 0,
+                migrate_threshold: 70,
+                state: DeviceState::Failed(format!(
+                    "cache {cache_id} holds {n} dirty 4 KiB lines of device {id}, but lcd has no \
+                     record of its disk (the state file was lost, or the cache comes from \
+                     another machine), so no disk takes the id silently: attach the disk that \
+                     data belongs to on purpose (lcctl repoint {id} PATH), or give the data up \
+                     (lcctl detach {id} --discard-dirty; it is lost)"
+                )),
+                saved: false,
+            },
+        );
+        listed.push(id);
+    }
+    listed
+}
+
 /// Stops every block device (at daemon stop); the caches keep the data.
 pub fn stop_all(daemon: &Shared) {
     let devices: Vec<(u8, UblkDevice)> = lock(daemon)
@@ -857,6 +940,7 @@ mod tests {
             size_bytes: 0,
             migrate_threshold: 33,
             state: DeviceState::Running,
+            saved: true,
         }
     }
 

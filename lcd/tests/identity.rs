@@ -177,6 +177,119 @@ async fn a_missing_device_with_dirty_data_is_not_forgotten_or_reused_silently() 
     assert_eq!(info.nr_dirty_caches, 0, "{info:?}");
 }
 
+/// A cache with dirty data of device 3 and a state directory that records
+/// the cache but no device (the state file was lost and the cache resumed
+/// again, or the cache came from another machine).
+async fn unrecorded(state: &Path, cache: &str, backing: &str) {
+    configured(state, cache, backing).await;
+    let saved = state.join("state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    v["devices"] = serde_json::json!([]);
+    std::fs::write(&saved, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dirty_data_of_an_id_lcd_has_no_record_of_is_listed_and_no_disk_takes_it_silently() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let a = file(&keep.path().join("a.img"), 4 << 20);
+    let b = file(&keep.path().join("b.img"), 4 << 20);
+    unrecorded(&state, &cache, &a).await;
+    for round in ["at start", "after a resume"] {
+        let rig = start(&state);
+        let (_c, m) = client(&rig).await;
+        if round == "after a resume" {
+            // the same, through ResumeCacheAs of a cache lcd does not know
+            m.switch_to(1).await.unwrap();
+            m.free_cache().await.unwrap();
+            assert!(m.list_devices().await.unwrap().is_empty());
+            m.resume_cache_as(1, &cache).await.unwrap();
+        }
+        let devs = m.list_devices().await.unwrap();
+        assert_eq!(devs.len(), 1, "{round}: {devs:?}");
+        assert_eq!(devs[0].id, 3);
+        assert!(
+            devs[0].state.starts_with("failed:")
+                && devs[0].state.contains("no record")
+                && devs[0].state.contains("lcctl repoint 3 PATH"),
+            "{round}: {devs:?}"
+        );
+        assert_eq!(devs[0].nr_dirty_caches, 2, "{round}");
+        // another disk cannot take id 3, by its id or as the lowest free id
+        let e = m.create_device(3, &b, 1).await.unwrap_err();
+        assert!(name(&e).starts_with("Busy"), "{round}: {e:?}");
+        let e = m.repoint_device(3, "").await.unwrap_err();
+        assert!(
+            name(&e).starts_with("InvalidArgument") && name(&e).contains("no recorded path"),
+            "{round}: {e:?}"
+        );
+        let lowest = m.create_device(0, &b, 1).await.unwrap();
+        assert_eq!(lowest.id, 1, "{round}");
+        m.remove_device(1).await.unwrap();
+        assert!(
+            std::fs::read(&b).unwrap().iter().all(|&x| x == 0),
+            "{round}: nothing of device 3 reached b"
+        );
+        drop(m);
+        rig.stop();
+        let saved = std::fs::read_to_string(state.join("state.json")).unwrap();
+        assert!(!saved.contains("\"id\":3"), "{round}: not saved: {saved}");
+    }
+    // on purpose: a is that disk; the data goes there and the id is recorded
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let info = m.repoint_device(3, &a).await.unwrap();
+    assert_eq!(
+        (info.backing.as_str(), info.nr_dirty_caches),
+        (a.as_str(), 2)
+    );
+    drop(m);
+    rig.stop();
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let devs = m.list_devices().await.unwrap();
+    assert_eq!(
+        (devs.len(), devs[0].backing.as_str()),
+        (1, a.as_str()),
+        "{devs:?}"
+    );
+    assert!(!devs[0].state.starts_with("failed"), "{devs:?}");
+    m.remove_device(3).await.unwrap();
+    let data = std::fs::read(&a).unwrap();
+    assert!(
+        data[..4096].iter().all(|&x| x == 0xa1),
+        "written back onto a"
+    );
+    assert!(data[7 * 4096..8 * 4096].iter().all(|&x| x == 0xb2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dirty_data_of_an_unrecorded_id_is_given_up_on_purpose() {
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let cache = file(&keep.path().join("cache.img"), 16 << 20);
+    let a = file(&keep.path().join("a.img"), 4 << 20);
+    let b = file(&keep.path().join("b.img"), 4 << 20);
+    unrecorded(&state, &cache, &a).await;
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    let e = m.forget_device(3, false).await.unwrap_err();
+    assert!(name(&e).starts_with("Busy"), "{e:?}");
+    m.forget_device(3, true).await.unwrap();
+    assert!(m.list_devices().await.unwrap().is_empty());
+    let info = m.create_device(3, &b, 1).await.unwrap();
+    assert_eq!(info.nr_dirty_caches, 0, "{info:?}");
+    m.remove_device(3).await.unwrap();
+    drop(m);
+    rig.stop();
+    let rig = start(&state);
+    let (_c, m) = client(&rig).await;
+    assert!(m.list_devices().await.unwrap().is_empty(), "gone for good");
+    assert!(std::fs::read(&a).unwrap().iter().all(|&x| x == 0));
+    assert!(std::fs::read(&b).unwrap().iter().all(|&x| x == 0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backing_files_whose_paths_swapped_are_failed_untouched_then_re_pointed() {
     let keep = tempfile::tempdir().unwrap();
@@ -452,13 +565,17 @@ async fn attach_refuses_a_backing_device_smaller_than_its_ids_dirty_data() {
     // dirty data of device 6 up to 6 MiB, from an earlier life
     leave_dirty_data(&cache, &big, 6, &[(1535, 0x66)]);
     m.resume_cache_as(1, &cache).await.unwrap();
+    // lcd has no record of device 6: listed failed, no disk takes it silently
     let e: LcdError = m.create_device(6, &small, 1).await.unwrap_err();
-    assert!(
-        name(&e).starts_with("InvalidArgument") && name(&e).contains("up to sector 12288"),
-        "{e:?}"
-    );
+    assert!(name(&e).starts_with("Busy"), "{e:?}");
+    // and on purpose, a disk too small for its data is refused
+    let e: LcdError = m.repoint_device(6, &small).await.unwrap_err();
+    assert!(name(&e).contains("up to sector 12288"), "{e:?}");
     let listed: Vec<DeviceInfo> = m.list_devices().await.unwrap();
-    assert!(listed.is_empty(), "{listed:?}");
+    assert!(
+        listed.len() == 1 && listed[0].state.contains("up to sector 12288"),
+        "{listed:?}"
+    );
     assert!(
         std::fs::read(&small).unwrap().iter().all(|&x| x == 0),
         "nothing written"
