@@ -1090,3 +1090,52 @@ async fn restore(daemon: &Shared, records: Vec<CacheRecord>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceState;
+
+    fn entry(backing: &str, state: DeviceState, saved: bool) -> DeviceEntry {
+        DeviceEntry {
+            cache_id: 1,
+            backing: backing.into(),
+            identity: None,
+            cache: None,
+            resumed_cache: None,
+            ublk: None,
+            size_bytes: 0,
+            migrate_threshold: 70,
+            state,
+            saved,
+        }
+    }
+
+    #[test]
+    fn the_state_file_keeps_a_device_being_re_pointed_and_no_unsaved_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut d = Daemon {
+            caches: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            frontend: Frontend::None,
+            run_dir: dir.path().join("run"),
+            failed: BTreeMap::new(),
+            cursors: HashMap::new(),
+            store,
+        };
+        // re-pointing: recorded, coming up again
+        d.devices
+            .insert(2, entry("/dev/disk/by-id/b", DeviceState::Creating, true));
+        // CreateDevice bringing it up: not recorded yet
+        d.devices
+            .insert(3, entry("/dev/disk/by-id/c", DeviceState::Creating, false));
+        // dirty data without a record: listed, never saved
+        d.devices
+            .insert(4, entry("", DeviceState::Failed("no record".into()), false));
+        d.persist().unwrap();
+        let saved = d.store.load().unwrap();
+        let ids: Vec<u8> = saved.devices.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![2]);
+    }
+}
