@@ -350,7 +350,12 @@ impl Manager {
             if let Some(other) = d.cache_on(&path) {
                 return Err(LcdError::Busy(format!("{path} is already cache {other}")));
             }
-            if let Some(other) = d.device_on(&path) {
+            // a device that is not attached only recorded the path, which
+            // may lead elsewhere now (the disks moved)
+            let attached = d
+                .device_on(&path)
+                .filter(|o| d.devices.get(o).is_some_and(|e| e.cache.is_some()));
+            if let Some(other) = attached {
                 return Err(LcdError::Busy(format!(
                     "{path} is the backing device of device {other}; a cache device must be another device"
                 )));

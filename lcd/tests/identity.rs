@@ -680,3 +680,160 @@ async fn two_disks_whose_kernel_names_swapped_are_failed_untouched_then_re_point
     drop(rig);
     drop(la);
 }
+
+/// Generated: two caches and three backing files with dirty data, every
+/// path then leading to a random other file of the five (caches and
+/// backing files mixed), and lcd restarted. Whatever the permutation, every
+/// cache or device whose path moved is failed and nothing is written to
+/// any file but the caches still at their own path; a cache is never taken
+/// as another; re-pointed to where their files went, each backing file
+/// gets exactly its own data.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_permutation_of_cache_and_backing_paths_writes_nothing_in_the_wrong_place() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    for seed in 0..6u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let keep = tempfile::tempdir().unwrap();
+        let state = keep.path().join("state");
+        let names = ["c1.img", "c2.img", "b1.img", "b2.img", "b3.img"];
+        let paths: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| file(&keep.path().join(n), if i < 2 { 16 << 20 } else { 4 << 20 }))
+            .collect();
+        // device d (1..=3) on paths[d + 1], of cache 1 or 2
+        let cache_of: Vec<u8> = (0..3).map(|_| rng.gen_range(1..=2u8)).collect();
+        {
+            let rig = start(&state);
+            let (_c, m) = client(&rig).await;
+            for c in 0..2u8 {
+                m.format_cache_device(&paths[c as usize], false)
+                    .await
+                    .unwrap();
+                m.resume_cache_as(c + 1, &paths[c as usize]).await.unwrap();
+            }
+            for d in 1..=3u8 {
+                let cache = cache_of[d as usize - 1];
+                m.create_device(d, &paths[d as usize + 1], cache)
+                    .await
+                    .unwrap();
+            }
+            drop(m);
+            rig.stop();
+        }
+        // dirty data of each device, offline (write-back off in that run);
+        // every block's fill says whose it is
+        let mut blocks: Vec<Vec<(u64, u8)>> = Vec::new();
+        for d in 1..=3u8 {
+            let mut b: Vec<(u64, u8)> = (0..3)
+                .map(|k| (rng.gen_range(0..1024u64), 0x10 * d + k))
+                .collect();
+            b.sort();
+            b.dedup_by_key(|x| x.0);
+            let cache = &paths[cache_of[d as usize - 1] as usize - 1];
+            leave_dirty_data(cache, &paths[d as usize + 1], d, &b);
+            blocks.push(b);
+        }
+        // lcd must not write anything back at the restart: write-back off
+        {
+            let saved = state.join("state.json");
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+            for c in v["caches"].as_array_mut().unwrap() {
+                c["knobs"]["allow_migrate"] = 0.into();
+            }
+            for d in v["devices"].as_array_mut().unwrap() {
+                d["migrate_threshold"] = 0.into();
+            }
+            std::fs::write(&saved, serde_json::to_vec(&v).unwrap()).unwrap();
+        }
+        // file i is now at paths[at[i]]
+        let mut at: Vec<usize> = (0..5).collect();
+        while at.iter().enumerate().all(|(i, &a)| i == a) {
+            at.shuffle(&mut rng);
+        }
+        let tmp: Vec<String> = (0..5).map(|i| format!("{}.moving", paths[i])).collect();
+        for i in 0..5 {
+            std::fs::rename(&paths[i], &tmp[i]).unwrap();
+        }
+        for i in 0..5 {
+            std::fs::rename(&tmp[i], &paths[at[i]]).unwrap();
+        }
+        let before: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        let rig = start(&state);
+        let (_c, m) = client(&rig).await;
+        let caches = m.list_caches().await.unwrap();
+        let devs = m.list_devices().await.unwrap();
+        let why = format!("seed {seed}, moves {at:?}: {caches:?} {devs:?}");
+        for c in 0..2usize {
+            let info = caches.iter().find(|x| x.id == c as u8 + 1).expect("listed");
+            assert_eq!(
+                info.state == "running",
+                at[c] == c,
+                "cache {}: {why}",
+                c + 1
+            );
+        }
+        for d in 1..=3usize {
+            let info = devs.iter().find(|x| x.id == d as u8).expect("listed");
+            let cache_here = at[cache_of[d - 1] as usize - 1] == cache_of[d - 1] as usize - 1;
+            let expect_up = cache_here && at[d + 1] == d + 1;
+            assert_eq!(
+                !info.state.starts_with("failed"),
+                expect_up,
+                "device {d}: {why}"
+            );
+        }
+        for (i, p) in paths.iter().enumerate() {
+            // a file at a path it was not recorded at is untouched
+            let file_here = at.iter().position(|&a| a == i).unwrap();
+            if file_here != i {
+                assert!(std::fs::read(p).unwrap() == before[i], "{p} written: {why}");
+            }
+        }
+        // a moved cache is never taken as the other cache
+        for c in 0..2usize {
+            let other = 1 - c;
+            if at[c] != c {
+                let e = m
+                    .repoint_cache(c as u8 + 1, &paths[at[other]])
+                    .await
+                    .unwrap_err();
+                assert!(
+                    name(&e).starts_with("Busy"),
+                    "cache {}: {e:?}; {why}",
+                    c + 1
+                );
+            }
+        }
+        // on purpose, to where each file went
+        for c in 0..2usize {
+            if at[c] != c {
+                m.repoint_cache(c as u8 + 1, &paths[at[c]]).await.unwrap();
+            }
+        }
+        for d in 1..=3usize {
+            let info = m.list_devices().await.unwrap();
+            let info = info.iter().find(|x| x.id == d as u8).unwrap();
+            if info.state.starts_with("failed") {
+                m.repoint_device(d as u8, &paths[at[d + 1]])
+                    .await
+                    .unwrap_or_else(|e| panic!("re-point device {d}: {e:?}; {why}"));
+            }
+        }
+        for d in 1..=3u8 {
+            m.remove_device(d).await.unwrap();
+        }
+        drop(m);
+        rig.stop();
+        for d in 1..=3usize {
+            let data = std::fs::read(&paths[at[d + 1]]).unwrap();
+            let mut want = vec![0u8; 4 << 20];
+            for &(block, fill) in &blocks[d - 1] {
+                want[block as usize * 4096..][..4096].fill(fill);
+            }
+            assert!(data == want, "device {d}'s file holds other data: {why}");
+        }
+    }
+}
