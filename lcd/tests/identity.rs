@@ -766,11 +766,11 @@ async fn any_permutation_of_cache_and_backing_paths_writes_nothing_in_the_wrong_
         let caches = m.list_caches().await.unwrap();
         let devs = m.list_devices().await.unwrap();
         let why = format!("seed {seed}, moves {at:?}: {caches:?} {devs:?}");
-        for c in 0..2usize {
+        for (c, &now_at) in at.iter().enumerate().take(2) {
             let info = caches.iter().find(|x| x.id == c as u8 + 1).expect("listed");
             assert_eq!(
                 info.state == "running",
-                at[c] == c,
+                now_at == c,
                 "cache {}: {why}",
                 c + 1
             );
