@@ -31,6 +31,7 @@ use crate::cache::{lock, retry_io, Inner, Waiter};
 use crate::device::AlignedBuf;
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
+use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
 
 /// A sealed segment on its way to the device.
@@ -41,8 +42,9 @@ pub(crate) struct SegmentWrite {
     slot: u64,
     /// Header block (metablocks filled in; checksum added by the coordinator).
     header: AlignedBuf,
-    /// Data lines (shared with readers until written).
-    data: Arc<AlignedBuf>,
+    /// Data lines (shared with readers until written; writers may still
+    /// be filling lines when it is queued).
+    data: Arc<SegmentBuffer>,
     /// Valid lines.
     length: usize,
     /// Failed flushes of the cache device counted when it was last handed
@@ -56,7 +58,7 @@ impl SegmentWrite {
         id: u64,
         slot: u64,
         header: AlignedBuf,
-        data: Arc<AlignedBuf>,
+        data: Arc<SegmentBuffer>,
         length: usize,
     ) -> Self {
         SegmentWrite {
@@ -303,7 +305,13 @@ fn prepare(inner: &Inner, seg: &mut SegmentWrite, unflushed: &mut UnflushedSegme
             return false;
         }
     }
-    SegmentHeader::seal(&mut seg.header, &seg.data[..seg.length * LINE_SIZE]);
+    // Writers that reserved lines before the segment was closed may still
+    // be copying; then the line checksums they computed seal it.
+    seg.data.wait_idle();
+    SegmentHeader::seal_lines(
+        &mut seg.header,
+        (0..seg.length).map(|i| seg.data.line_crc(i)),
+    );
     inner.wait_unpinned(seg.slot);
     true
 }
@@ -318,7 +326,7 @@ fn write_segment(inner: &Inner, seg: &SegmentWrite) -> bool {
 
 /// One attempt at writing a prepared segment.
 fn write_once(inner: &Inner, seg: &SegmentWrite) -> std::io::Result<()> {
-    let data = &seg.data[..seg.length * LINE_SIZE];
+    let data = seg.data.lines(seg.length);
     inner
         .dev
         .write_vectored_at(&[&seg.header, data], segment_offset(seg.slot))
@@ -349,9 +357,12 @@ fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
         let mut st = lock(&inner.state);
         for seg in unflushed.segments.drain(..) {
             st.ram[seg.slot as usize] = None;
-            // readers copy under the lock and never keep the Arc: ours is the last
-            if let Ok(b) = Arc::try_unwrap(seg.data) {
-                st.free_bufs.push(b);
+            // readers copy under the lock and never keep the Arc; a writer
+            // that just filled a line may still drop its clone: then the
+            // buffer is freed with it and the pool allocates another
+            match Arc::try_unwrap(seg.data) {
+                Ok(b) => st.free_bufs.push(b),
+                Err(_) => st.allocated_bufs -= 1,
             }
         }
         st.durable_id = st.durable_id.max(written);

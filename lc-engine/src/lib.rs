@@ -78,6 +78,7 @@ pub mod knobs;
 mod migrator;
 pub mod recover;
 pub mod rescue;
+mod segment_buffer;
 pub mod sim;
 pub mod stats;
 mod ticker;

@@ -216,7 +216,7 @@ impl Cache {
             ticker_cv: Condvar::new(),
             flusher_tx: Mutex::new(None),
             pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
-            migration_io: Mutex::new(()),
+            migration_io: RwLock::new(()),
             devices: RwLock::new(BTreeMap::new()),
         });
         Ok((Cache::start(inner)?, report))
