@@ -112,6 +112,13 @@ pub(crate) struct State {
     pub stopping: bool,
     /// Write-back is stopped by dirty data beyond a backing device's end.
     pub write_back_blocked: Option<crate::migrator::BlockedWriteBack>,
+    /// Writers that had to wait for write-back to free a slot queue in
+    /// ticket order: the next
+    /// ticket to hand out, and the ticket whose writer may go on now. While
+    /// the queue is not empty, arriving writers queue behind it, so the
+    /// lines of a freed segment go to the writers that waited longest.
+    pub room_next_ticket: u64,
+    pub room_serving: u64,
 }
 
 /// What the cache shares with its background threads.
@@ -426,10 +433,28 @@ impl Inner {
 
     /// Makes sure an open segment with a free line exists; may wait (then
     /// the caller must look everything up again).
-    fn open_segment<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+    ///
+    /// `ticket` (writes; discards pass `None`): the caller's place in the
+    /// queue of writers waiting for room, taken here when it must wait (or
+    /// when others already wait); the caller ends its turn with
+    /// [`Inner::end_turn`] once its request has its lines.
+    fn open_segment<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        mut ticket: Option<&mut Option<u64>>,
+    ) -> Result<MutexGuard<'a, State>> {
         loop {
             if st.stopping {
                 return Err(Error::Stopped);
+            }
+            if let Some(t) = ticket.as_deref_mut() {
+                if t.is_none() && st.room_next_ticket > st.room_serving {
+                    *t = Some(take_ticket(&mut st));
+                }
+                if t.is_some_and(|t| t != st.room_serving) {
+                    st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
             }
             // another writer may have opened (or even filled) one while we waited
             match &st.current {
@@ -456,6 +481,13 @@ impl Inner {
             let buf_free = !st.free_bufs.is_empty() || st.allocated_bufs < self.pool_segments;
             if slot_free && buf_free {
                 break;
+            }
+            // (only a wait for write-back queues: a wait for a RAM buffer is
+            // short, and a queue there would hand the lines out one by one)
+            if let Some(t) = ticket.as_deref_mut().filter(|_| !slot_free) {
+                if t.is_none() {
+                    *t = Some(take_ticket(&mut st));
+                }
             }
             if !slot_free {
                 st.migrate_urgent = true;
@@ -622,7 +654,7 @@ impl Inner {
                 .as_ref()
                 .is_none_or(|c| c.length == LINES_PER_SEGMENT)
             {
-                st = self.open_segment(st)?;
+                st = self.open_segment(st, None)?;
                 continue;
             }
             let cur = st.current.as_mut().expect("opened above");
@@ -657,6 +689,15 @@ impl Inner {
         let mut next = 0;
         let mut pos = 0;
         let mut st = lock(&self.state);
+        // writers wait for room: queue behind them
+        let mut ticket = None;
+        if st.room_next_ticket > st.room_serving {
+            let t = take_ticket(&mut st);
+            ticket = Some(t);
+            while st.room_serving != t && !st.stopping {
+                st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
         let res = loop {
             let Some(&(ln, s0, n)) = pieces.get(next) else {
                 break Ok(());
@@ -709,10 +750,11 @@ impl Inner {
                 if !fills.is_empty() {
                     st = self.unlocked(st, &mut fills, || {});
                 }
-                st = match self.open_segment(st) {
+                st = match self.open_segment(st, Some(&mut ticket)) {
                     Ok(g) => g,
                     Err(e) => {
                         // (the fills are done: the mutex was released above)
+                        self.end_turn(&mut lock(&self.state), ticket);
                         for (hit, on_buffer, full) in counts {
                             self.stats.count(true, hit, on_buffer, full);
                         }
@@ -786,12 +828,22 @@ impl Inner {
             next += 1;
             pos += bytes;
         };
+        self.end_turn(&mut st, ticket);
         drop(st);
         run_fills(&mut fills);
         for (hit, on_buffer, full) in counts {
             self.stats.count(true, hit, on_buffer, full);
         }
         res
+    }
+
+    /// Ends the turn of the writer holding `ticket` in the queue for room
+    /// (if it is its turn), letting the next one go on.
+    fn end_turn(&self, st: &mut State, ticket: Option<u64>) {
+        if ticket.is_some_and(|t| t == st.room_serving) {
+            st.room_serving += 1;
+            self.progress_cv.notify_all();
+        }
     }
 
     /// Releases the mutex, fills the lines reserved so far (so nobody
@@ -877,6 +929,13 @@ fn run_fills(fills: &mut Vec<Fill<'_>>) {
             line[at..at + f.data.len()].copy_from_slice(f.data);
         });
     }
+}
+
+/// Hands out the next ticket of the queue of writers waiting for room.
+fn take_ticket(st: &mut State) -> u64 {
+    let t = st.room_next_ticket;
+    st.room_next_ticket += 1;
+    t
 }
 
 /// Where [`Inner::fetch_line`] found a line.

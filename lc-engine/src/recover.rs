@@ -193,6 +193,8 @@ impl Cache {
             last_commit: Instant::now(),
             stopping: false,
             write_back_blocked: None,
+            room_next_ticket: 0,
+            room_serving: 0,
         };
         let report = replay_log(&*dev, &sb, &record, &mut st)?;
         let end = report.last_replayed_segment_id;
