@@ -1,8 +1,11 @@
 //! A cache: its shared state and the foreground paths (write, read, flush,
 //! discard, attach, detach, status).
 //!
-//! One mutex guards the metadata (index, current segment, ids); it is held
-//! for lookups and in-RAM copies of at most 4 KiB, never across device I/O.
+//! One mutex guards the metadata (index, current segment, ids); a write
+//! takes it once per request (not per line) to look its lines up and
+//! reserve their places in the open segment, then copies the data and
+//! computes the lines' checksums outside it (`segment_buffer.rs`). It is
+//! never held across device I/O.
 //! Device reads of cached lines happen outside it, with the line's segment
 //! slot *pinned* so the flusher cannot overwrite or discard it meanwhile.
 //! The background jobs live in their own files: `flusher.rs`,
@@ -22,6 +25,7 @@ use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
+use crate::segment_buffer::SegmentBuffer;
 use crate::stats::{ErrorCounter, Health, Stats, StatsSnapshot};
 
 /// Called once when a FLUSH (or the flush part of a FUA write) completes.
@@ -63,7 +67,7 @@ pub struct Backing {
 pub(crate) struct OpenSegment {
     pub id: u64,
     pub slot: u64,
-    pub buf: AlignedBuf,
+    pub buf: Arc<SegmentBuffer>,
     pub length: usize,
     pub opened_at: Instant,
 }
@@ -81,8 +85,8 @@ pub(crate) struct State {
     /// Id the next opened segment gets.
     pub next_id: u64,
     /// Closed segments not yet written, by slot.
-    pub ram: Vec<Option<Arc<AlignedBuf>>>,
-    pub free_bufs: Vec<AlignedBuf>,
+    pub ram: Vec<Option<Arc<SegmentBuffer>>>,
+    pub free_bufs: Vec<SegmentBuffer>,
     pub allocated_bufs: usize,
     /// Id of the segment each slot holds (0: none known).
     pub slot_ids: Vec<u64>,
@@ -109,6 +113,13 @@ pub(crate) struct State {
     pub stopping: bool,
     /// Write-back is stopped by dirty data beyond a backing device's end.
     pub write_back_blocked: Option<crate::migrator::BlockedWriteBack>,
+    /// Writers that had to wait for write-back to free a slot queue in
+    /// ticket order: the next
+    /// ticket to hand out, and the ticket whose writer may go on now. While
+    /// the queue is not empty, arriving writers queue behind it, so the
+    /// lines of a freed segment go to the writers that waited longest.
+    pub room_next_ticket: u64,
+    pub room_serving: u64,
 }
 
 /// What the cache shares with its background threads.
@@ -128,10 +139,11 @@ pub(crate) struct Inner {
     pub ticker_cv: Condvar,
     pub flusher_tx: Mutex<Option<Sender<FlushJob>>>,
     pub pins: Vec<AtomicU32>,
-    /// Held by write-back while it writes backing devices, and by discard
-    /// while it discards them, so write-back never writes into a discarded range
+    /// Shared by each write-back write (which checks that its line still
+    /// needs it first), held exclusively by discard while it discards the
+    /// backing devices, so write-back never writes into a discarded range
     /// after the discard.
-    pub migration_io: Mutex<()>,
+    pub migration_io: RwLock<()>,
     /// Attached backing devices (read on every I/O, so not under `state`).
     /// Lock order: `state` before `devices`.
     pub devices: RwLock<BTreeMap<u8, Arc<Backing>>>,
@@ -155,8 +167,8 @@ pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 pub(crate) const SEGMENT_DATA_BYTES: usize = LINES_PER_SEGMENT * LINE_SIZE;
 
 /// Offset of cache line `idx` in its segment's RAM data buffer.
-fn ram_offset(idx: u32) -> usize {
-    (idx as usize % LINES_PER_SEGMENT) * LINE_SIZE
+fn line_in_segment(idx: u32) -> usize {
+    idx as usize % LINES_PER_SEGMENT
 }
 
 /// Line index of line `i` of segment slot `slot`.
@@ -206,19 +218,35 @@ pub(crate) fn retry_io(
     }
 }
 
+/// Where the data of a cache line is in RAM (see [`State::ram_line`]).
+enum RamLine<'a> {
+    /// Not in RAM: on the cache device.
+    Absent,
+    /// In RAM, readable while the mutex is held.
+    Ready(&'a [u8]),
+    /// In RAM, but a writer is filling it outside the mutex: release the
+    /// mutex, wait for that line ([`SegmentBuffer::wait_line`]), look again.
+    Busy(Arc<SegmentBuffer>, usize),
+}
+
 impl State {
-    /// Where the data of cache line `idx` is in RAM, if it is.
-    fn ram_line(&self, idx: u32) -> Option<&[u8]> {
-        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
-        let off = ram_offset(idx);
-        if let Some(cur) = &self.current {
-            if cur.slot == slot {
-                return Some(&cur.buf[off..off + LINE_SIZE]);
-            }
+    /// The RAM buffer of slot `slot`, if the slot's segment is in RAM.
+    fn ram_buffer(&self, slot: u64) -> Option<&Arc<SegmentBuffer>> {
+        match &self.current {
+            Some(cur) if cur.slot == slot => Some(&cur.buf),
+            _ => self.ram[slot as usize].as_ref(),
         }
-        self.ram[slot as usize]
-            .as_ref()
-            .map(|b| &b[off..off + LINE_SIZE])
+    }
+
+    /// Where the data of cache line `idx` is in RAM, if it is.
+    fn ram_line(&self, idx: u32) -> RamLine<'_> {
+        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        let i = line_in_segment(idx);
+        match self.ram_buffer(slot) {
+            None => RamLine::Absent,
+            Some(b) if b.is_busy(i) => RamLine::Busy(b.clone(), i),
+            Some(b) => RamLine::Ready(b.line(i)),
+        }
     }
 
     fn in_current(&self, idx: u32) -> bool {
@@ -312,8 +340,6 @@ fn mask_of(s0: usize, n: usize) -> u8 {
 /// How a line write treats an older copy of the same line.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WriteMode {
-    /// Keep the older copy's dirty sectors that this write does not cover.
-    Merge,
     /// Discard the sectors in the mask from cache line `expect`, which had
     /// dirty bits `bits` when the discard looked (`fetched`: the data passed
     /// is that line as read from the cache device). If the index no longer
@@ -399,7 +425,7 @@ impl Inner {
         // The flusher seals it (checksum) outside the lock.
         let mut head = AlignedBuf::zeroed(LINE_SIZE);
         header.write_to(&mut head);
-        let data = Arc::new(buf);
+        let data = buf;
         st.ram[slot as usize] = Some(data.clone());
         st.last_closed_id = id;
         st.barrier_since = None;
@@ -410,10 +436,28 @@ impl Inner {
 
     /// Makes sure an open segment with a free line exists; may wait (then
     /// the caller must look everything up again).
-    fn open_segment<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+    ///
+    /// `ticket` (writes; discards pass `None`): the caller's place in the
+    /// queue of writers waiting for room, taken here when it must wait (or
+    /// when others already wait); the caller ends its turn with
+    /// [`Inner::end_turn`] once its request has its lines.
+    fn open_segment<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        mut ticket: Option<&mut Option<u64>>,
+    ) -> Result<MutexGuard<'a, State>> {
         loop {
             if st.stopping {
                 return Err(Error::Stopped);
+            }
+            if let Some(t) = ticket.as_deref_mut() {
+                if t.is_none() && st.room_next_ticket > st.room_serving {
+                    *t = Some(take_ticket(&mut st));
+                }
+                if t.is_some_and(|t| t != st.room_serving) {
+                    st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
             }
             // another writer may have opened (or even filled) one while we waited
             match &st.current {
@@ -441,6 +485,13 @@ impl Inner {
             if slot_free && buf_free {
                 break;
             }
+            // (only a wait for write-back queues: a wait for a RAM buffer is
+            // short, and a queue there would hand the lines out one by one)
+            if let Some(t) = ticket.as_deref_mut().filter(|_| !slot_free) {
+                if t.is_none() {
+                    *t = Some(take_ticket(&mut st));
+                }
+            }
             if !slot_free {
                 st.migrate_urgent = true;
                 self.migrate_cv.notify_all();
@@ -453,13 +504,13 @@ impl Inner {
             }
             st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        let buf = match st.free_bufs.pop() {
+        let buf = Arc::new(match st.free_bufs.pop() {
             Some(b) => b,
             None => {
                 st.allocated_bufs += 1;
-                AlignedBuf::zeroed(SEGMENT_DATA_BYTES)
+                SegmentBuffer::new()
             }
-        };
+        });
         let id = st.next_id;
         let slot = slot_of(id, self.nr_segments);
         debug_assert!((0..LINES_PER_SEGMENT).all(|i| st.index.info(line_index(slot, i)).is_none()));
@@ -517,18 +568,29 @@ impl Inner {
 
     /// Copies cache line `idx` into `out`: from RAM under the lock, or from
     /// the cache device with the slot pinned and the lock released. Returns
-    /// the guard and whether the line came from RAM.
+    /// the guard and where the line came from; [`Fetched::LookAgain`] when
+    /// the line was being filled by a writer (this waited for it with the
+    /// lock released: the caller looks the line up again).
     fn fetch_line<'a>(
         &'a self,
         st: MutexGuard<'a, State>,
         idx: u32,
         out: &mut [u8],
-    ) -> (MutexGuard<'a, State>, Result<bool>) {
-        if let Some(data) = st.ram_line(idx) {
-            out.copy_from_slice(data);
-            return (st, Ok(true));
-        }
+    ) -> (MutexGuard<'a, State>, Result<Fetched>) {
         let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        match st.ram_line(idx) {
+            RamLine::Ready(data) => {
+                out.copy_from_slice(data);
+                return (st, Ok(Fetched::Ram));
+            }
+            RamLine::Busy(buf, i) => {
+                drop(st);
+                buf.wait_line(i);
+                drop(buf);
+                return (lock(&self.state), Ok(Fetched::LookAgain));
+            }
+            RamLine::Absent => {}
+        }
         self.pin(slot);
         drop(st);
         let res = self.dev.read_at(out, line_offset(idx));
@@ -536,7 +598,7 @@ impl Inner {
         let res = match res {
             Ok(()) => {
                 self.stats.success(ErrorCounter::CacheRead);
-                Ok(false)
+                Ok(Fetched::Device)
             }
             Err(e) => {
                 self.stats
@@ -547,78 +609,138 @@ impl Inner {
         (lock(&self.state), res)
     }
 
-    /// Writes `data` (a whole line image; only sectors in `mask` matter) as
-    /// the newest copy of `key`; with [`WriteMode::Discard`], drops the
-    /// sectors in `mask` from it. False: a discard found the line changed.
+    /// Discards the sectors in `mask` from `key` (see [`WriteMode::Discard`];
+    /// `data` is the line image the discard fetched, if it did). False: the
+    /// line changed, the discard must look again.
     fn write_line(&self, key: LineKey, mask: u8, data: &[u8], mode: WriteMode) -> Result<bool> {
-        let full = mask == 0xFF;
+        let WriteMode::Discard {
+            expect,
+            bits: seen,
+            fetched,
+        } = mode;
         let mut st = lock(&self.state);
-        // data of an older copy read from the device: (cache line, line image)
-        let mut fetched: Option<(u32, AlignedBuf)> = None;
         loop {
             if st.stopping {
                 return Err(Error::Stopped);
             }
             let existing = st.index.lookup(key);
-            if let WriteMode::Discard {
-                expect,
-                bits: seen,
-                fetched,
-            } = mode
-            {
-                let still = existing == Some(expect)
-                    && st.index.info(expect).is_some_and(|i| i.dirty_bits == seen);
-                if !still {
-                    return Ok(false);
-                }
-                let keep = seen & !mask;
-                if keep == 0 {
-                    st.index.remove(expect);
-                    return Ok(true);
-                }
-                if st.in_current(expect) {
-                    // the open segment holds the newest data in place
-                    st.index.remove(expect);
-                    st.index.insert(key, expect, keep);
-                    return Ok(true);
-                }
-                // a line outside the open segment never changes: take it
-                // from RAM if it is there, else as the discard read it
-                let mut image = AlignedBuf::zeroed(LINE_SIZE);
-                match st.ram_line(expect) {
-                    Some(line) => image.copy_from_slice(line),
-                    None if fetched => image.copy_from_slice(&data[..LINE_SIZE]),
-                    None => return Ok(false),
-                }
-                if st
-                    .current
-                    .as_ref()
-                    .is_none_or(|c| c.length == LINES_PER_SEGMENT)
-                {
-                    st = self.open_segment(st)?;
-                    continue;
-                }
+            let still = existing == Some(expect)
+                && st.index.info(expect).is_some_and(|i| i.dirty_bits == seen);
+            if !still {
+                return Ok(false);
+            }
+            let keep = seen & !mask;
+            if keep == 0 {
                 st.index.remove(expect);
-                let cur = st.current.as_mut().expect("opened above");
-                let i = cur.length;
-                cur.length += 1;
-                let (id, slot) = (cur.id, cur.slot);
-                let line = &mut cur.buf[i * LINE_SIZE..(i + 1) * LINE_SIZE];
-                line.fill(0);
-                copy_sectors(line, &image, keep);
-                st.index.insert(key, line_index(slot, i), keep);
-                st.last_segment_of_device[key.device_id as usize] = id;
                 return Ok(true);
             }
+            if st.in_current(expect) {
+                // the open segment holds the newest data in place
+                st.index.set_dirty(expect, keep);
+                return Ok(true);
+            }
+            // a line outside the open segment never changes: take it
+            // from RAM if it is there, else as the discard read it
+            let mut image = AlignedBuf::zeroed(LINE_SIZE);
+            match st.ram_line(expect) {
+                RamLine::Ready(line) => image.copy_from_slice(line),
+                RamLine::Busy(buf, i) => {
+                    drop(st);
+                    buf.wait_line(i);
+                    return Ok(false);
+                }
+                RamLine::Absent if fetched => image.copy_from_slice(&data[..LINE_SIZE]),
+                RamLine::Absent => return Ok(false),
+            }
+            if st
+                .current
+                .as_ref()
+                .is_none_or(|c| c.length == LINES_PER_SEGMENT)
+            {
+                st = self.open_segment(st, None)?;
+                continue;
+            }
+            let cur = st.current.as_mut().expect("opened above");
+            let i = cur.length;
+            cur.length += 1;
+            let (id, slot) = (cur.id, cur.slot);
+            cur.buf.write_locked(i, |line| {
+                line.fill(0);
+                copy_sectors(line, &image, keep);
+            });
+            st.index.replace(expect, line_index(slot, i), keep);
+            st.last_segment_of_device[key.device_id as usize] = id;
+            return Ok(true);
+        }
+    }
+
+    /// Writes `data` at `sector` of device `device_id` (range checked):
+    /// every line is looked up and given its place in the open segment
+    /// under one hold of the cache mutex, and the data is copied (and each
+    /// line's checksum computed) after it is released. The mutex is taken
+    /// again only when the open segment fills up, when an older copy of a
+    /// partially written line must be read from the cache device, or when a
+    /// line is being filled by another writer at that moment.
+    fn write_request(&self, device_id: u8, sector: u64, data: &[u8]) -> Result<()> {
+        let pieces: Vec<(u64, usize, usize)> =
+            line_pieces(sector, (data.len() / SECTOR_SIZE) as u64).collect();
+        let mut fills: Vec<Fill<'_>> = Vec::with_capacity(pieces.len());
+        // counted after the mutex is released: (hit, on_buffer, full)
+        let mut counts: Vec<(bool, bool, bool)> = Vec::with_capacity(pieces.len());
+        // data of an older copy read from the device: (cache line, line image)
+        let mut fetched: Option<(u32, AlignedBuf)> = None;
+        let mut next = 0;
+        let mut pos = 0;
+        let mut st = lock(&self.state);
+        // writers wait for room: queue behind them
+        let mut ticket = None;
+        if st.room_next_ticket > st.room_serving {
+            let t = take_ticket(&mut st);
+            ticket = Some(t);
+            while st.room_serving != t && !st.stopping {
+                st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        let res = loop {
+            let Some(&(ln, s0, n)) = pieces.get(next) else {
+                break Ok(());
+            };
+            if st.stopping {
+                break Err(Error::Stopped);
+            }
+            let bytes = n * SECTOR_SIZE;
+            let piece = &data[pos..pos + bytes];
+            let key = LineKey {
+                device_id,
+                line: ln,
+            };
+            let mask = mask_of(s0, n);
+            let full = mask == 0xFF;
+            let existing = st.index.lookup(key);
             if let Some(idx) = existing {
                 if st.in_current(idx) {
-                    let off = ram_offset(idx);
-                    let cur = st.current.as_mut().expect("in_current");
-                    copy_sectors(&mut cur.buf[off..off + LINE_SIZE], data, mask);
+                    let cur = st.current.as_ref().expect("in_current");
+                    let i = line_in_segment(idx);
+                    if cur.buf.is_busy(i) {
+                        // another writer fills it now: let it finish
+                        let buf = cur.buf.clone();
+                        st = self.unlocked(st, &mut fills, || buf.wait_line(i));
+                        continue;
+                    }
+                    cur.buf.reserve(i);
+                    fills.push(Fill {
+                        buf: cur.buf.clone(),
+                        line: i,
+                        zero: false,
+                        old: None,
+                        s0,
+                        data: piece,
+                    });
                     st.index.add_dirty(idx, mask);
-                    drop(st);
-                    self.stats.count(true, true, true, full);
-                    return Ok(true);
+                    counts.push((true, true, full));
+                    next += 1;
+                    pos += bytes;
+                    continue;
                 }
             }
             if st
@@ -626,51 +748,119 @@ impl Inner {
                 .as_ref()
                 .is_none_or(|c| c.length == LINES_PER_SEGMENT)
             {
-                st = self.open_segment(st)?;
+                // the lines this request filled must be complete before
+                // it may wait for room (the flusher waits for them)
+                if !fills.is_empty() {
+                    st = self.unlocked(st, &mut fills, || {});
+                }
+                st = match self.open_segment(st, Some(&mut ticket)) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        // (the fills are done: the mutex was released above)
+                        self.end_turn(&mut lock(&self.state), ticket);
+                        for (hit, on_buffer, full) in counts {
+                            self.stats.count(true, hit, on_buffer, full);
+                        }
+                        return Err(e);
+                    }
+                };
                 continue;
             }
             let mut bits = mask;
-            let mut old: Option<AlignedBuf> = None;
+            let mut old: Option<(AlignedBuf, u8)> = None;
             if let Some(idx) = existing {
                 let old_bits = st.index.info(idx).expect("indexed").dirty_bits;
                 if old_bits & !mask != 0 {
-                    if let Some(line) = st.ram_line(idx) {
-                        let mut b = AlignedBuf::zeroed(LINE_SIZE);
-                        b.copy_from_slice(line);
-                        old = Some(b);
-                    } else if let Some((_, b)) = fetched.take().filter(|(i, _)| *i == idx) {
-                        old = Some(b);
-                    } else {
-                        let mut b = AlignedBuf::zeroed(LINE_SIZE);
-                        let (g, res) = self.fetch_line(st, idx, &mut b);
-                        st = g;
-                        res?;
-                        fetched = Some((idx, b));
-                        continue; // the world may have changed while unlocked
+                    match st.ram_line(idx) {
+                        RamLine::Ready(line) => {
+                            let mut b = AlignedBuf::zeroed(LINE_SIZE);
+                            b.copy_from_slice(line);
+                            old = Some((b, old_bits & !mask));
+                        }
+                        RamLine::Busy(buf, i) => {
+                            st = self.unlocked(st, &mut fills, || buf.wait_line(i));
+                            continue;
+                        }
+                        RamLine::Absent => {
+                            match fetched.take().filter(|(i, _)| *i == idx) {
+                                Some((_, b)) => old = Some((b, old_bits & !mask)),
+                                None => {
+                                    if !fills.is_empty() {
+                                        st = self.unlocked(st, &mut fills, || {});
+                                        continue;
+                                    }
+                                    let mut b = AlignedBuf::zeroed(LINE_SIZE);
+                                    let (g, res) = self.fetch_line(st, idx, &mut b);
+                                    st = g;
+                                    match res {
+                                        Ok(Fetched::Device) => fetched = Some((idx, b)),
+                                        Ok(_) => {}
+                                        Err(e) => break Err(e),
+                                    }
+                                    continue; // the world may have changed while unlocked
+                                }
+                            }
+                        }
                     }
                     bits |= old_bits;
                 }
-                st.index.remove(idx);
             }
             let cur = st.current.as_mut().expect("opened above");
             let i = cur.length;
             cur.length += 1;
             let (id, slot) = (cur.id, cur.slot);
-            let off = i * LINE_SIZE;
-            let line = &mut cur.buf[off..off + LINE_SIZE];
-            if bits != 0xFF {
-                line.fill(0); // sectors nobody wrote hold zeros, not stale bytes
+            cur.buf.reserve(i);
+            fills.push(Fill {
+                buf: cur.buf.clone(),
+                line: i,
+                // sectors nobody wrote hold zeros, not stale bytes
+                zero: bits != 0xFF,
+                old,
+                s0,
+                data: piece,
+            });
+            let new_idx = line_index(slot, i);
+            match existing {
+                Some(idx) => st.index.replace(idx, new_idx, bits),
+                None => {
+                    st.index.insert(key, new_idx, bits);
+                }
             }
-            if let Some(o) = &old {
-                copy_sectors(line, o, bits & !mask);
-            }
-            copy_sectors(line, data, mask);
-            st.index.insert(key, line_index(slot, i), bits);
             st.last_segment_of_device[key.device_id as usize] = id;
-            drop(st);
-            self.stats.count(true, existing.is_some(), false, full);
-            return Ok(true);
+            counts.push((existing.is_some(), false, full));
+            next += 1;
+            pos += bytes;
+        };
+        self.end_turn(&mut st, ticket);
+        drop(st);
+        run_fills(&mut fills);
+        for (hit, on_buffer, full) in counts {
+            self.stats.count(true, hit, on_buffer, full);
         }
+        res
+    }
+
+    /// Ends the turn of the writer holding `ticket` in the queue for room
+    /// (if it is its turn), letting the next one go on.
+    fn end_turn(&self, st: &mut State, ticket: Option<u64>) {
+        if ticket.is_some_and(|t| t == st.room_serving) {
+            st.room_serving += 1;
+            self.progress_cv.notify_all();
+        }
+    }
+
+    /// Releases the mutex, fills the lines reserved so far (so nobody
+    /// waits for this writer while it waits), runs `wait`, and locks again.
+    fn unlocked<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        fills: &mut Vec<Fill<'_>>,
+        wait: impl FnOnce(),
+    ) -> MutexGuard<'a, State> {
+        drop(st);
+        run_fills(fills);
+        wait();
+        lock(&self.state)
     }
 
     /// Registers a FLUSH; `done` runs when every earlier write is durable.
@@ -710,6 +900,56 @@ impl Inner {
         }));
         rx.recv().unwrap_or(Err(Error::Stopped))
     }
+}
+
+/// A line a write reserved in a RAM segment, to be filled once the mutex
+/// is released.
+struct Fill<'d> {
+    buf: Arc<SegmentBuffer>,
+    /// Line number in the segment.
+    line: usize,
+    /// Zero the line first (a new line not wholly written).
+    zero: bool,
+    /// Sectors of an older copy to keep: (its image, which sectors).
+    old: Option<(AlignedBuf, u8)>,
+    /// First sector of the line the data covers.
+    s0: usize,
+    /// The data: whole sectors from `s0`.
+    data: &'d [u8],
+}
+
+/// Fills the reserved lines and marks them ready.
+fn run_fills(fills: &mut Vec<Fill<'_>>) {
+    for f in fills.drain(..) {
+        f.buf.fill(f.line, |line| {
+            if f.zero {
+                line.fill(0);
+            }
+            if let Some((image, keep)) = &f.old {
+                copy_sectors(line, image, *keep);
+            }
+            let at = f.s0 * SECTOR_SIZE;
+            line[at..at + f.data.len()].copy_from_slice(f.data);
+        });
+    }
+}
+
+/// Hands out the next ticket of the queue of writers waiting for room.
+fn take_ticket(st: &mut State) -> u64 {
+    let t = st.room_next_ticket;
+    st.room_next_ticket += 1;
+    t
+}
+
+/// Where [`Inner::fetch_line`] found a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// In a RAM segment buffer.
+    Ram,
+    /// On the cache device.
+    Device,
+    /// A writer was filling it: nothing was copied; look it up again.
+    LookAgain,
 }
 
 /// Copies the sectors selected by `mask` from `src` to `dst` (both 4 KiB).
@@ -1126,26 +1366,7 @@ impl Cache {
             return Err(Error::Detaching(device_id));
         }
         self.check_range(&b, sector, data.len())?;
-        let mut partial = [0u8; LINE_SIZE];
-        let mut pos = 0;
-        for (ln, s0, n) in line_pieces(sector, (data.len() / SECTOR_SIZE) as u64) {
-            let bytes = n * SECTOR_SIZE;
-            let image: &[u8] = if n == SECTORS_PER_LINE {
-                &data[pos..pos + LINE_SIZE]
-            } else {
-                partial[s0 * SECTOR_SIZE..s0 * SECTOR_SIZE + bytes]
-                    .copy_from_slice(&data[pos..pos + bytes]);
-                &partial
-            };
-            pos += bytes;
-            let key = LineKey {
-                device_id,
-                line: ln,
-            };
-            self.inner
-                .write_line(key, mask_of(s0, n), image, WriteMode::Merge)?;
-        }
-        Ok(())
+        self.inner.write_request(device_id, sector, data)
     }
 
     /// A write with FUA: `done` runs once this write (and every earlier one)
@@ -1188,23 +1409,29 @@ impl Cache {
         let inner = &*self.inner;
         let mask = mask_of(s0, n);
         let full = n == SECTORS_PER_LINE;
-        let st = lock(&inner.state);
+        let mut st = lock(&inner.state);
         let key = LineKey {
             device_id: b.id,
             line: ln,
         };
-        let hit = st
-            .index
-            .lookup(key)
-            .map(|idx| (idx, st.index.info(idx).expect("indexed").dirty_bits));
-        let Some((idx, bits)) = hit else {
-            drop(st);
-            inner.stats.count(false, false, false, full);
-            return self.read_backing(b, ln * SECTORS_PER_LINE as u64 + s0 as u64, out);
+        let (bits, on_buffer) = loop {
+            let hit = st
+                .index
+                .lookup(key)
+                .map(|idx| (idx, st.index.info(idx).expect("indexed").dirty_bits));
+            let Some((idx, bits)) = hit else {
+                drop(st);
+                inner.stats.count(false, false, false, full);
+                return self.read_backing(b, ln * SECTORS_PER_LINE as u64 + s0 as u64, out);
+            };
+            let (g, res) = inner.fetch_line(st, idx, line);
+            st = g;
+            match res? {
+                Fetched::LookAgain => continue,
+                f => break (bits, f == Fetched::Ram),
+            }
         };
-        let (st, res) = inner.fetch_line(st, idx, line);
         drop(st);
-        let on_buffer = res?;
         inner.stats.count(false, true, on_buffer, full);
         if mask & !bits != 0 {
             // partially dirty: backing data overlaid with the dirty sectors
@@ -1280,11 +1507,13 @@ impl Cache {
                     st.index.remove(idx);
                     break;
                 }
-                let fetched = st.ram_line(idx).is_none();
+                let fetched = matches!(st.ram_line(idx), RamLine::Absent);
                 if fetched {
                     let (g, res) = inner.fetch_line(st, idx, &mut line);
                     st = g;
-                    res?;
+                    if res? == Fetched::LookAgain {
+                        continue;
+                    }
                 }
                 drop(st);
                 let mode = WriteMode::Discard {
@@ -1297,7 +1526,10 @@ impl Cache {
                 }
             }
         }
-        let _io = lock(&inner.migration_io);
+        let _io = inner
+            .migration_io
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         b.dev
             .discard(sector * SECTOR_SIZE as u64, nr_sectors * SECTOR_SIZE as u64)
             .map_err(|e| {

@@ -68,6 +68,13 @@ impl AlignedBuf {
         let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len }
     }
+
+    /// The start of the allocation as a raw pointer (for buffers whose
+    /// disjoint parts are written by several threads; see
+    /// `segment_buffer.rs`). Using it is the caller's `unsafe`.
+    pub(crate) fn raw_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
 }
 
 impl Deref for AlignedBuf {

@@ -1,8 +1,9 @@
 //! The flush daemon: everything that writes the cache device.
 //!
-//! One coordinator thread takes sealed segments in id order, computes their
-//! checksums and hands them to [`IO_DEPTH`] segment writers, so the device
-//! always has the next segment queued while one completes. It advances
+//! One coordinator thread takes closed segments in id order and hands them
+//! to [`IO_DEPTH`] segment writers, which seal them from the line checksums
+//! the cache's writers computed (O(header)) and write them, so the device
+//! always has the next segments queued while one completes. It advances
 //! `last_flushed_segment_id` over the contiguous prefix of written segments
 //! (a later segment may land first; recovery never replays past a gap),
 //! flushes the device when a FLUSH waits, when it runs out of work or every
@@ -31,6 +32,7 @@ use crate::cache::{lock, retry_io, Inner, Waiter};
 use crate::device::AlignedBuf;
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
+use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
 
 /// A sealed segment on its way to the device.
@@ -41,8 +43,9 @@ pub(crate) struct SegmentWrite {
     slot: u64,
     /// Header block (metablocks filled in; checksum added by the coordinator).
     header: AlignedBuf,
-    /// Data lines (shared with readers until written).
-    data: Arc<AlignedBuf>,
+    /// Data lines (shared with readers until written; writers may still
+    /// be filling lines when it is queued).
+    data: Arc<SegmentBuffer>,
     /// Valid lines.
     length: usize,
     /// Failed flushes of the cache device counted when it was last handed
@@ -56,7 +59,7 @@ impl SegmentWrite {
         id: u64,
         slot: u64,
         header: AlignedBuf,
-        data: Arc<AlignedBuf>,
+        data: Arc<SegmentBuffer>,
         length: usize,
     ) -> Self {
         SegmentWrite {
@@ -89,8 +92,9 @@ pub(crate) enum FlushJob {
 /// in full after a crash.
 const FLUSH_EVERY_SEGMENTS: u64 = 16;
 
-/// Segment writes in flight at once.
-const IO_DEPTH: usize = 2;
+/// Segment writes in flight at once (the device never idles while a
+/// sealed segment waits behind one that completes late).
+pub const IO_DEPTH: usize = 4;
 
 /// Starts the coordinator and its segment writers; `me` is the sending
 /// side of `rx`, which the writers use to report back.
@@ -187,7 +191,10 @@ fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
 /// A segment writer thread: writes what the coordinator hands it.
 fn segment_writer(inner: &Inner, jobs: &Mutex<Receiver<SegmentWrite>>, done: &Sender<FlushJob>) {
     loop {
-        let Ok(seg) = lock(jobs).recv() else { return };
+        let Ok(mut seg) = lock(jobs).recv() else {
+            return;
+        };
+        seal(inner, &mut seg);
         let ok = write_segment(inner, &seg);
         if done.send(FlushJob::Written { seg, ok }).is_err() {
             return;
@@ -266,8 +273,7 @@ fn retry(
 }
 
 /// Gets a segment ready for its writer: commits the record first if the
-/// segment reuses a slot, seals it, and waits until no reader has the slot
-/// pinned. False (the segment must not be written) only when the cache
+/// segment reuses a slot (its writer then seals it, see [`seal`]). False (the segment must not be written) only when the cache
 /// stops while the record cannot be committed.
 fn prepare(inner: &Inner, seg: &mut SegmentWrite, unflushed: &mut UnflushedSegments) -> bool {
     // Before slot reuse, the durable record must say the slot's old segment
@@ -303,9 +309,20 @@ fn prepare(inner: &Inner, seg: &mut SegmentWrite, unflushed: &mut UnflushedSegme
             return false;
         }
     }
-    SegmentHeader::seal(&mut seg.header, &seg.data[..seg.length * LINE_SIZE]);
-    inner.wait_unpinned(seg.slot);
     true
+}
+
+/// Seals a prepared segment (in its writer thread, so the coordinator
+/// never waits for it): waits for the writers that reserved lines before
+/// it was closed to finish copying, folds their line checksums into the
+/// header's, and waits until no reader has the slot pinned.
+fn seal(inner: &Inner, seg: &mut SegmentWrite) {
+    seg.data.wait_idle();
+    SegmentHeader::seal_lines(
+        &mut seg.header,
+        (0..seg.length).map(|i| seg.data.line_crc(i)),
+    );
+    inner.wait_unpinned(seg.slot);
 }
 
 /// Writes a prepared segment, header and data in one request; false only
@@ -318,7 +335,7 @@ fn write_segment(inner: &Inner, seg: &SegmentWrite) -> bool {
 
 /// One attempt at writing a prepared segment.
 fn write_once(inner: &Inner, seg: &SegmentWrite) -> std::io::Result<()> {
-    let data = &seg.data[..seg.length * LINE_SIZE];
+    let data = seg.data.lines(seg.length);
     inner
         .dev
         .write_vectored_at(&[&seg.header, data], segment_offset(seg.slot))
@@ -349,9 +366,12 @@ fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
         let mut st = lock(&inner.state);
         for seg in unflushed.segments.drain(..) {
             st.ram[seg.slot as usize] = None;
-            // readers copy under the lock and never keep the Arc: ours is the last
-            if let Ok(b) = Arc::try_unwrap(seg.data) {
-                st.free_bufs.push(b);
+            // readers copy under the lock and never keep the Arc; a writer
+            // that just filled a line may still drop its clone: then the
+            // buffer is freed with it and the pool allocates another
+            match Arc::try_unwrap(seg.data) {
+                Ok(b) => st.free_bufs.push(b),
+                Err(_) => st.allocated_bufs -= 1,
             }
         }
         st.durable_id = st.durable_id.max(written);

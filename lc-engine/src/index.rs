@@ -96,39 +96,75 @@ impl Index {
         })
     }
 
-    /// The cache line holding `key`.
-    pub fn lookup(&self, key: LineKey) -> Option<u32> {
+    /// Where `key` is in the table: `Ok((position, cache line))`, or
+    /// `Err(position)` of the empty entry that ends its probe chain (where an
+    /// insert of `key` goes).
+    fn find(&self, key: LineKey) -> std::result::Result<(usize, u32), usize> {
         let p = key.packed();
         let n = self.table.len();
         let mut pos = self.home(p);
         loop {
             let e = self.table[pos];
             if e == EMPTY {
-                return None;
+                return Err(pos);
             }
             if self.packed_of(e) == p {
-                return Some(e);
+                return Ok((pos, e));
             }
             pos = if pos + 1 == n { 0 } else { pos + 1 };
         }
     }
 
+    /// The cache line holding `key`.
+    pub fn lookup(&self, key: LineKey) -> Option<u32> {
+        self.find(key).ok().map(|(_, e)| e)
+    }
+
     /// Records that cache line `idx` (unused) now holds `key` with `dirty_bits`,
-    /// replacing any other line holding `key` (which becomes unused).
-    pub fn insert(&mut self, key: LineKey, idx: u32, dirty_bits: u8) {
+    /// replacing any other line holding `key` (which becomes unused and is
+    /// returned). One probe of the table: the old line's entry is reused
+    /// in place.
+    pub fn insert(&mut self, key: LineKey, idx: u32, dirty_bits: u8) -> Option<LineInfo> {
         debug_assert!(key.device_id != 0 && key.line <= MAX_LINE);
-        if let Some(old) = self.lookup(key) {
-            self.remove(old);
-        }
         debug_assert!(self.info(idx).is_none(), "cache line {idx} still in use");
+        let old = match self.find(key) {
+            Ok((pos, e)) => {
+                let old = self.info(e);
+                self.lines[e as usize] = 0;
+                self.table[pos] = idx;
+                old
+            }
+            Err(pos) => {
+                self.dirty_per_device[key.device_id as usize] += 1;
+                self.table[pos] = idx;
+                None
+            }
+        };
         self.lines[idx as usize] = key.packed() | (dirty_bits as u64) << 56;
-        self.dirty_per_device[key.device_id as usize] += 1;
+        old
+    }
+
+    /// Moves the key of cache line `old` (in use) to cache line `new`
+    /// (unused) with `dirty_bits`; `old` becomes unused. Probes only the
+    /// table's line numbers, not the keys.
+    pub fn replace(&mut self, old: u32, new: u32, dirty_bits: u8) {
+        debug_assert!(self.info(new).is_none(), "cache line {new} still in use");
+        let packed = self.packed_of(old);
+        debug_assert!(packed >> 48 != 0, "cache line {old} not in use");
         let n = self.table.len();
-        let mut pos = self.home(key.packed());
-        while self.table[pos] != EMPTY {
+        let mut pos = self.home(packed);
+        while self.table[pos] != old {
             pos = if pos + 1 == n { 0 } else { pos + 1 };
         }
-        self.table[pos] = idx;
+        self.table[pos] = new;
+        self.lines[old as usize] = 0;
+        self.lines[new as usize] = packed | (dirty_bits as u64) << 56;
+    }
+
+    /// Sets the dirty bits of cache line `idx` (in use).
+    pub fn set_dirty(&mut self, idx: u32, bits: u8) {
+        let v = &mut self.lines[idx as usize];
+        *v = (*v & ((1 << 56) - 1)) | (bits as u64) << 56;
     }
 
     /// ORs more dirty bits into cache line `idx` (in use).
@@ -227,6 +263,15 @@ mod tests {
                     1 => {
                         if let Some(i) = model.remove(&key) {
                             prop_assert_eq!(idx.remove(i).unwrap().key, key);
+                        }
+                    }
+                    // move the key to a free cache line
+                    2 if idx.info(slot).is_none() => {
+                        if let Some(i) = model.get(&key).copied() {
+                            idx.replace(i, slot, 3);
+                            prop_assert_eq!(idx.info(i), None);
+                            prop_assert_eq!(idx.info(slot).unwrap().dirty_bits, 3);
+                            model.insert(key, slot);
                         }
                     }
                     _ => {}

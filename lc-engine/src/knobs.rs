@@ -24,6 +24,8 @@ pub enum Knob {
     FlushCurrentBufferInterval,
     /// Milliseconds a FLUSH/FUA waits for the current segment to fill.
     BarrierDeadlineMs,
+    /// Write-back writes in flight per backing device.
+    WriteBackQueueDepth,
 }
 
 /// Static description of a knob.
@@ -46,7 +48,7 @@ pub struct KnobSpec {
 
 impl Knob {
     /// Every knob, in display order.
-    pub const ALL: [KnobSpec; 7] = [
+    pub const ALL: [KnobSpec; 8] = [
         KnobSpec {
             knob: Knob::CommitSuperBlockInterval,
             name: "commit_super_block_interval",
@@ -103,6 +105,14 @@ impl Knob {
             max: 10_000,
             help: "milliseconds a FLUSH/FUA waits for the current segment to fill",
         },
+        KnobSpec {
+            knob: Knob::WriteBackQueueDepth,
+            name: "write_back_queue_depth",
+            default: 16,
+            min: 1,
+            max: 64,
+            help: "write-back writes in flight per backing device",
+        },
     ];
 
     /// The knob's description.
@@ -138,7 +148,7 @@ impl Knob {
 
 /// Current knob values of one cache, readable without locks.
 pub struct Knobs {
-    values: [AtomicU64; 7],
+    values: [AtomicU64; Knob::ALL.len()],
     nr_segments: u64,
 }
 

@@ -11,8 +11,12 @@
 //! ## Rules of this crate
 //! - No D-Bus, no ublk, no async runtime: plain threads and blocking I/O
 //!   through [`BlockDevice`]. The daemon adapts it to its frontends.
-//! - One metadata mutex per cache, never held across device I/O; cached
-//!   lines read from the device are protected by pinning their segment slot.
+//! - One metadata mutex per cache, never held across device I/O and taken
+//!   once per write request (not per line): a write reserves its lines in
+//!   the open segment under it and copies the data and computes each line's
+//!   checksum outside it; nobody reads or seals a line while it is being
+//!   filled. Cached lines read from the device are protected by pinning
+//!   their segment slot.
 //! - Once a cache runs, the flusher (a coordinator and its segment writers)
 //!   is the only writer of the cache device; the migrator the only writer of
 //!   backing devices (besides pass-through discards).
@@ -20,8 +24,9 @@
 //!   counted and retried with backoff; a FLUSH that cannot be honoured fails.
 //! - A failed flush proves the writes before it may be lost (Linux reports a
 //!   write-back error once): segments stay in RAM until a flush of the cache
-//!   device succeeds after their (re)write, and a write-back batch is
-//!   rewritten before its backing devices are flushed again. Resume flushes
+//!   device succeeds after their (re)write, and write-back rewrites what it
+//!   wrote since the last good flush before it flushes the backing devices
+//!   again. Resume flushes
 //!   the cache device before the replayed log counts as durable.
 //! - Memory is bounded whatever a device holds or a knob says: write-back
 //!   holds at most [`MAX_WRITE_BACK_SEGMENTS`] segments, resume at most a
@@ -79,6 +84,7 @@ pub mod knobs;
 mod migrator;
 pub mod recover;
 pub mod rescue;
+mod segment_buffer;
 pub mod sim;
 pub mod stats;
 mod ticker;
@@ -86,6 +92,7 @@ mod ticker;
 pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
 pub use device::{AlignedBuf, BlockDevice, FileDevice, FileIdentity};
 pub use error::{DeviceRole, Error, Result};
+pub use flusher::IO_DEPTH as SEGMENT_WRITES_IN_FLIGHT;
 pub use format::MAX_CACHE_SEGMENTS;
 pub use knobs::{Knob, KnobSpec};
 pub use migrator::MAX_WRITE_BACK_SEGMENTS;

@@ -1,19 +1,37 @@
 //! The migrate daemon: writes dirty data back to the backing devices in log
-//! order, a batch of segments at a time.
+//! order, through a rolling window of segments, several writes in flight.
 //!
-//! A batch is the next `nr_max_batched_migration` durable segments after
-//! `last_migrated_segment_id`, at most [`MAX_WRITE_BACK_SEGMENTS`] (their
-//! data is held in RAM while the batch is written). The segments are read
-//! from the cache device; their lines that are still the newest copy (or
-//! whose newer copy is not yet durable) have their dirty sectors written to
-//! each backing device sorted by address (contiguous runs merged); the
-//! backing devices are flushed (after a failed flush the batch is written
-//! again first), and only then do the lines leave the index and
-//! `last_migrated_segment_id` advance. Errors are counted and retried with backoff; nothing is dropped.
-//! A failure starts (or extends) a fault in the cache's health and wakes
-//! waiting writers and detaches, which give up after
+//! The window holds the oldest durable segments after
+//! `last_migrated_segment_id`, up to `nr_max_batched_migration` of them (at
+//! most [`MAX_WRITE_BACK_SEGMENTS`]; their data is held in RAM while they
+//! are in it). A segment joins the window when it is read from the cache
+//! device: its lines that are still the newest copy (or whose newer copy is
+//! not yet durable) become pending write-backs of their dirty sectors. The
+//! pending lines of every segment in the window are written in address
+//! order, an elevator that sweeps the backing devices and takes in the
+//! lines of segments that join meanwhile; contiguous lines are merged into
+//! one write, and up to `write_back_queue_depth` writes per backing device
+//! are in flight at once. Two copies of one line are never in flight
+//! together, and of two pending copies only the newer is written (it holds
+//! every sector of the older one that still matters).
+//!
+//! As soon as every line of the oldest segment in the window is written,
+//! the backing devices written are flushed (after a failed flush
+//! everything written since the last good one is written again first), and
+//! only then do that segment's lines leave the index and
+//! `last_migrated_segment_id` advance, segment by segment: a writer waiting
+//! for a free slot waits for one segment, not for a whole batch. Errors are
+//! counted and retried with backoff; nothing is dropped. A failure starts
+//! (or extends) a fault in the cache's health and wakes waiting writers and
+//! detaches, which give up after
 //! [`DRAIN_GIVES_UP_AFTER`](crate::cache::DRAIN_GIVES_UP_AFTER) failures in
 //! a row; the next success ends the fault.
+//!
+//! Each write-back write checks again, just before it is written and with
+//! the discard lock shared, that its line still needs it (a discard that
+//! dropped the line takes that lock exclusively before it discards the
+//! backing range, so write-back never writes into a range after it was
+//! discarded).
 //!
 //! Dirty data beyond the end of its backing device (a crafted cache, or the
 //! wrong disk attached under the id) stops write-back in log order: it is
@@ -25,12 +43,13 @@
 //! writer waits for a slot that is not yet written back, and while a detach
 //! drains a device.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner};
+use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner, State};
 use crate::device::AlignedBuf;
 use crate::error::Error;
 use crate::format::*;
@@ -38,121 +57,66 @@ use crate::index::LineKey;
 use crate::knobs::Knob;
 use crate::stats::ErrorCounter;
 
-/// One line of a batch to write back.
-struct Item {
-    key: LineKey,
-    /// Its cache line (removed from the index after write-back if still there).
-    idx: u32,
-    bits: u8,
-    /// Position of its segment in the batch.
-    seg: usize,
-    /// Line number inside the segment.
-    line: usize,
-}
-
-/// A segment of a batch as read from the cache device.
-struct SegmentCopy {
-    slot: u64,
-    header: SegmentHeader,
-    /// Header block followed by the `length` data lines.
-    buf: AlignedBuf,
-}
-
-/// Most segments one write-back batch holds in RAM (1 MiB each at most),
-/// whatever `nr_max_batched_migration` says: a larger knob value writes back
-/// in batches of this many.
+/// Most segments the write-back window holds in RAM (1 MiB each at most),
+/// whatever `nr_max_batched_migration` says.
 pub const MAX_WRITE_BACK_SEGMENTS: u64 = 64;
 
-pub(crate) fn run(inner: Arc<Inner>) {
-    while let Some((from, end_id)) = next_range(&inner) {
-        let slots: Vec<u64> = (from + 1..=end_id)
-            .map(|id| slot_of(id, inner.nr_segments))
-            .collect();
-        let done = migrate_range(&inner, from, end_id);
-        let mut st = lock(&inner.state);
-        for &s in &slots {
-            inner.unpin(s);
-        }
-        match done {
-            Outcome::Done(items) => {
-                for it in &items {
-                    if st.index.lookup(it.key) == Some(it.idx) {
-                        st.index.remove(it.idx);
-                    }
-                }
-                st.write_back_blocked = None;
-                st.last_migrated_id = end_id;
-                st.migrate_urgent = false;
-                drop(st);
-                inner.progress_cv.notify_all();
-            }
-            Outcome::MissingDevice(dev) => {
-                tracing::warn!(
-                    cache = inner.cache_id,
-                    "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
-                );
-                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
-            }
-            Outcome::BeyondEnd(blocked) => {
-                // Writing would fail with ENOSPC (or land on the wrong
-                // disk's neighbour) for ever: report it as a named fault,
-                // keep the data, and look again now and then (the right
-                // disk may be attached).
-                let e = blocked.error();
-                if st.write_back_blocked != Some(blocked) {
-                    tracing::error!(cache = inner.cache_id, "write-back stops: {e}");
-                }
-                st.write_back_blocked = Some(blocked);
-                inner.stats.failure(
-                    ErrorCounter::BackingWrite,
-                    "writing dirty data back",
-                    &std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
-                );
-                inner.progress_cv.notify_all();
-                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
-            }
-            Outcome::Stopped => return,
-        }
-    }
+/// Largest merged backing write.
+const MAX_RUN_BYTES: usize = 1 << 20;
+
+/// A segment in the window.
+struct WindowSegment {
+    id: u64,
+    slot: u64,
+    /// Header block followed by the `length` data lines.
+    buf: AlignedBuf,
+    /// Its lines that are pending or in flight.
+    outstanding: usize,
+    /// Its lines chosen for write-back: (line, cache line). They leave the
+    /// index when the segment is written back, if still indexed there.
+    lines: Vec<(LineKey, u32)>,
 }
 
-/// Waits until write-back is due; returns the id range (from, end] to
-/// write back, with its slots pinned. `None` when the cache stops.
-fn next_range(inner: &Inner) -> Option<(u64, u64)> {
-    let mut st = lock(&inner.state);
-    loop {
-        if st.stopping {
-            return None;
-        }
-        let from = st.last_migrated_id;
-        let wanted = inner.knobs.flag(Knob::AllowMigrate)
-            || inner.knobs.flag(Knob::ForceMigrate)
-            || st.migrate_urgent
-            || st.drain_target > from;
-        if wanted && st.durable_id > from {
-            let batched = inner
-                .knobs
-                .get(Knob::NrMaxBatchedMigration)
-                .clamp(1, MAX_WRITE_BACK_SEGMENTS);
-            let end_id = (from + batched).min(st.durable_id);
-            for id in from + 1..=end_id {
-                inner.pin(slot_of(id, inner.nr_segments));
-            }
-            return Some((from, end_id));
-        }
-        st = inner
-            .migrate_cv
-            .wait_timeout(st, Duration::from_secs(1))
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
+/// A line waiting to be written back.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// Id of its segment.
+    seg: u64,
+    /// Line number inside the segment.
+    line: usize,
+    /// Its cache line.
+    idx: u32,
+    /// Dirty sectors of the segment's copy (its metablock).
+    meta_bits: u8,
+    /// Sectors to write as chosen when the segment joined.
+    bits: u8,
 }
 
-enum Outcome {
-    Done(Vec<Item>),
+/// One line of a write-back write.
+struct JobLine {
+    key: LineKey,
+    pending: Pending,
+}
+
+/// A write-back write: lines of one device, their images side by side.
+struct Job {
+    dev: Arc<Backing>,
+    lines: Vec<JobLine>,
+    /// The 4 KiB images of `lines`, in order.
+    data: AlignedBuf,
+}
+
+/// What a write-back worker reports.
+struct JobDone {
+    job: Job,
+    /// False: the cache stops, the write was not (or not surely) made.
+    ok: bool,
+}
+
+/// Why the window cannot take the next segment.
+enum Blocked {
     MissingDevice(u8),
     BeyondEnd(BlockedWriteBack),
-    Stopped,
 }
 
 /// Dirty data write-back cannot write: it lies beyond the end of the
@@ -176,17 +140,293 @@ impl BlockedWriteBack {
     }
 }
 
-/// Reads the segments (from, end], chooses the lines to write back, writes
-/// them and flushes the backing devices.
+/// Which dirty sectors of the copy of `key` in cache line `idx` (dirty
+/// bits `meta_bits` in its segment's metablock) write-back must write now.
 ///
 /// A line is written back when its copy in this segment is still the
 /// newest, and also when a newer copy exists only in a segment that is not
 /// yet durable: a crash could lose that newer copy, and once
 /// `last_migrated_segment_id` has passed this segment, recovery would not
 /// replay the older one either.
-fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
-    let mut segs = Vec::new();
-    for id in from + 1..=end_id {
+fn bits_to_write(st: &State, key: LineKey, idx: u32, meta_bits: u8) -> u8 {
+    match st.index.lookup(key) {
+        Some(i) if i == idx => meta_bits,
+        Some(newer) if st.slot_ids[newer as usize / LINES_PER_SEGMENT] > st.durable_id => {
+            // only sectors the newer copy still holds dirty (a discard may
+            // have dropped some)
+            meta_bits & st.index.info(newer).map_or(0, |i| i.dirty_bits)
+        }
+        _ => 0, // the newer copy is durable, or the line was discarded
+    }
+}
+
+/// The write-back coordinator and its state.
+struct Migrator<'a> {
+    inner: &'a Inner,
+    window: VecDeque<WindowSegment>,
+    /// Lines to write, by (device, line): the elevator's queue.
+    pending: BTreeMap<(u8, u64), Pending>,
+    /// Lines in flight, by (device, line).
+    in_flight: BTreeSet<(u8, u64)>,
+    /// Writes in flight per device.
+    device_depth: HashMap<u8, usize>,
+    jobs_in_flight: usize,
+    /// Where the elevator is.
+    head: (u8, u64),
+    /// Writes that completed since the backing devices were last flushed
+    /// (written again after a failed flush).
+    unflushed: Vec<Job>,
+    /// Attached devices met in the window.
+    devices: BTreeMap<u8, Arc<Backing>>,
+    jobs: Sender<Job>,
+    done: Receiver<JobDone>,
+}
+
+pub(crate) fn run(inner: Arc<Inner>) {
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<JobDone>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    std::thread::scope(|scope| {
+        let mut m = Migrator {
+            inner: &inner,
+            window: VecDeque::new(),
+            pending: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
+            device_depth: HashMap::new(),
+            jobs_in_flight: 0,
+            head: (0, 0),
+            unflushed: Vec::new(),
+            devices: BTreeMap::new(),
+            jobs: job_tx,
+            done: done_rx,
+        };
+        let mut workers = 0;
+        let spawn_worker = |n: usize| {
+            let (inner, jobs, done) = (&*inner, job_rx.clone(), done_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("lc{}-wb{n}", inner.cache_id))
+                .spawn_scoped(scope, move || worker(inner, &jobs, &done))
+        };
+        loop {
+            let depth = inner.knobs.get(Knob::WriteBackQueueDepth) as usize;
+            while workers < depth {
+                if let Err(e) = spawn_worker(workers) {
+                    tracing::error!(
+                        cache = inner.cache_id,
+                        "starting a write-back thread failed: {e}"
+                    );
+                    break;
+                }
+                workers += 1;
+            }
+            if !m.step(workers.clamp(1, depth.max(1))) {
+                break;
+            }
+        }
+        m.shut_down();
+    });
+}
+
+/// A write-back worker: writes what the coordinator hands it.
+fn worker(inner: &Inner, jobs: &Mutex<Receiver<Job>>, done: &Sender<JobDone>) {
+    loop {
+        let Ok(job) = lock(jobs).recv() else { return };
+        let ok = write_job(inner, &job);
+        if done.send(JobDone { job, ok }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes a job's lines (the sectors they still need, checked now, with
+/// the discard lock shared), merging contiguous sectors; retries until it
+/// succeeds or the cache stops.
+fn write_job(inner: &Inner, job: &Job) -> bool {
+    let _io = inner.migration_io.read().unwrap_or_else(|e| e.into_inner());
+    let bits: Vec<u8> = {
+        let st = lock(&inner.state);
+        job.lines
+            .iter()
+            .map(|l| bits_to_write(&st, l.key, l.pending.idx, l.pending.meta_bits) & l.pending.bits)
+            .collect()
+    };
+    // dirty sector runs: (first sector, offset in job.data, bytes), merged
+    let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+    for (k, (l, &b)) in job.lines.iter().zip(&bits).enumerate() {
+        let mut s = 0;
+        while s < SECTORS_PER_LINE {
+            if b & (1 << s) == 0 {
+                s += 1;
+                continue;
+            }
+            let start = s;
+            while s < SECTORS_PER_LINE && b & (1 << s) != 0 {
+                s += 1;
+            }
+            let sector = l.key.line * SECTORS_PER_LINE as u64 + start as u64;
+            let off = k * LINE_SIZE + start * SECTOR_SIZE;
+            let bytes = (s - start) * SECTOR_SIZE;
+            match runs.last_mut() {
+                Some(r) if r.0 + (r.2 / SECTOR_SIZE) as u64 == sector && r.1 + r.2 == off => {
+                    r.2 += bytes
+                }
+                _ => runs.push((sector, off, bytes)),
+            }
+        }
+    }
+    for &(sector, off, bytes) in &runs {
+        let data = &job.data[off..off + bytes];
+        let dev = job.dev.id;
+        let what = format!("writing to the backing device of device {dev} at sector {sector}");
+        // an unaligned slice goes through an aligned copy (O_DIRECT)
+        let aligned;
+        let buf: &[u8] = if off % LINE_SIZE == 0 {
+            data
+        } else {
+            let mut b = AlignedBuf::zeroed(bytes);
+            b.copy_from_slice(data);
+            aligned = b;
+            &aligned
+        };
+        // no success is counted before the flush after it succeeds: a
+        // fault of failing flushes goes on while the rewrites succeed
+        if !retry_io(inner, 0, on_backing_error(inner, &what), || {
+            job.dev.dev.write_at(buf, sector * SECTOR_SIZE as u64)
+        }) {
+            return false;
+        }
+        job.dev
+            .migrated_sectors
+            .fetch_add((bytes / SECTOR_SIZE) as u64, Ordering::Relaxed);
+    }
+    true
+}
+
+impl Migrator<'_> {
+    /// One round: grow the window, issue writes, wait for one to complete
+    /// (or for work), free what is written back. False when the cache stops.
+    fn step(&mut self, depth: usize) -> bool {
+        let inner = self.inner;
+        let blocked = match self.grow() {
+            Ok(()) => None,
+            Err(None) => return false,
+            Err(Some(b)) => Some(b),
+        };
+        self.issue(depth);
+        if self.jobs_in_flight > 0 {
+            match self.done.recv_timeout(Duration::from_millis(100)) {
+                Ok(d) => {
+                    if !self.completed(d) {
+                        return false;
+                    }
+                    // take every completion that is already there
+                    while let Ok(d) = self.done.try_recv() {
+                        if !self.completed(d) {
+                            return false;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+            return self.free_written();
+        }
+        if !self.free_written() {
+            return false;
+        }
+        if !self.window.is_empty() || !self.pending.is_empty() {
+            return true;
+        }
+        // nothing in the window: wait until write-back is due
+        let st = lock(&inner.state);
+        if st.stopping {
+            return false;
+        }
+        match blocked {
+            Some(Blocked::MissingDevice(dev)) => {
+                tracing::warn!(
+                    cache = inner.cache_id,
+                    "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
+                );
+                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
+            }
+            Some(Blocked::BeyondEnd(b)) => {
+                // Writing would fail with ENOSPC (or land on the wrong
+                // disk's neighbour) for ever: report it as a named fault,
+                // keep the data, and look again now and then (the right
+                // disk may be attached).
+                let mut st = st;
+                let e = b.error();
+                if st.write_back_blocked != Some(b) {
+                    tracing::error!(cache = inner.cache_id, "write-back stops: {e}");
+                }
+                st.write_back_blocked = Some(b);
+                inner.stats.failure(
+                    ErrorCounter::BackingWrite,
+                    "writing dirty data back",
+                    &std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+                );
+                inner.progress_cv.notify_all();
+                let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
+            }
+            None => {
+                if !self.due(&st) {
+                    let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether write-back is wanted and a durable segment waits for it.
+    fn due(&self, st: &State) -> bool {
+        let inner = self.inner;
+        let next = self.window.back().map_or(st.last_migrated_id, |s| s.id) + 1;
+        let wanted = inner.knobs.flag(Knob::AllowMigrate)
+            || inner.knobs.flag(Knob::ForceMigrate)
+            || st.migrate_urgent
+            || st.drain_target > st.last_migrated_id;
+        wanted && st.durable_id >= next
+    }
+
+    /// Takes durable segments into the window while it has room and
+    /// write-back is wanted. `Err(None)`: the cache stops; `Err(Some)`: the
+    /// next segment cannot join yet.
+    fn grow(&mut self) -> Result<(), Option<Blocked>> {
+        let inner = self.inner;
+        loop {
+            let limit = inner
+                .knobs
+                .get(Knob::NrMaxBatchedMigration)
+                .clamp(1, MAX_WRITE_BACK_SEGMENTS) as usize;
+            if self.window.len() >= limit {
+                return Ok(());
+            }
+            let id = {
+                let st = lock(&inner.state);
+                if st.stopping {
+                    return Err(None);
+                }
+                if !self.due(&st) {
+                    return Ok(());
+                }
+                let id = self.window.back().map_or(st.last_migrated_id, |s| s.id) + 1;
+                inner.pin(slot_of(id, inner.nr_segments));
+                id
+            };
+            match self.load(id) {
+                Ok(()) => {}
+                Err(e) => {
+                    inner.unpin(slot_of(id, inner.nr_segments));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Reads segment `id` (its slot pinned) and adds it to the window.
+    fn load(&mut self, id: u64) -> Result<(), Option<Blocked>> {
+        let inner = self.inner;
         let slot = slot_of(id, inner.nr_segments);
         let mut head = AlignedBuf::zeroed(LINE_SIZE);
         let off = segment_offset(slot);
@@ -211,7 +451,7 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
             "reading a segment header",
             read_header,
         ) {
-            return Outcome::Stopped;
+            return Err(None);
         }
         let header = header.expect("parsed above");
         let mut buf = AlignedBuf::zeroed((1 + header.length as usize) * LINE_SIZE);
@@ -220,17 +460,13 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
                 inner.dev.read_at(&mut buf, off)
             })
         {
-            return Outcome::Stopped;
+            return Err(None);
         }
-        segs.push(SegmentCopy { slot, header, buf });
-    }
-    let mut items = Vec::new();
-    let mut devices: BTreeMap<u8, Arc<Backing>> = BTreeMap::new();
-    {
-        let st = lock(&inner.state);
-        let attached = read_lock(&inner.devices);
-        for (seg, copy) in segs.iter().enumerate() {
-            for (line, m) in copy.header.metablocks.iter().enumerate() {
+        let mut chosen: Vec<(LineKey, Pending)> = Vec::new();
+        {
+            let st = lock(&inner.state);
+            let attached = read_lock(&inner.devices);
+            for (line, m) in header.metablocks.iter().enumerate() {
                 if m.device_id == 0 {
                     continue;
                 }
@@ -238,18 +474,8 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
                     device_id: m.device_id,
                     line: m.sector / SECTORS_PER_LINE as u64,
                 };
-                let idx = line_index(copy.slot, line);
-                let bits = match st.index.lookup(key) {
-                    Some(i) if i == idx => m.dirty_bits,
-                    Some(newer)
-                        if st.slot_ids[newer as usize / LINES_PER_SEGMENT] > st.durable_id =>
-                    {
-                        // only sectors the newer copy still holds dirty (a
-                        // discard may have dropped some)
-                        m.dirty_bits & st.index.info(newer).map_or(0, |i| i.dirty_bits)
-                    }
-                    _ => 0, // the newer copy is durable, or the line was discarded
-                };
+                let idx = line_index(slot, line);
+                let bits = bits_to_write(&st, key, idx, m.dirty_bits);
                 if bits == 0 {
                     continue;
                 }
@@ -259,50 +485,235 @@ fn migrate_range(inner: &Inner, from: u64, end_id: u64) -> Outcome {
                         if let Some(s) = (0..SECTORS_PER_LINE as u64)
                             .find(|&s| bits & (1 << s) != 0 && first + s >= b.size_sectors)
                         {
-                            return Outcome::BeyondEnd(BlockedWriteBack {
+                            return Err(Some(Blocked::BeyondEnd(BlockedWriteBack {
                                 device_id: m.device_id,
                                 sector: first + s,
                                 size: b.size_sectors,
-                            });
+                            })));
                         }
-                        devices.entry(m.device_id).or_insert_with(|| b.clone());
+                        // (a device detached and attached again is a new Backing)
+                        self.devices.insert(m.device_id, b.clone());
                     }
-                    None => return Outcome::MissingDevice(m.device_id),
+                    None => return Err(Some(Blocked::MissingDevice(m.device_id))),
                 }
-                items.push(Item {
+                chosen.push((
                     key,
-                    idx,
-                    bits,
-                    seg,
-                    line,
+                    Pending {
+                        seg: id,
+                        line,
+                        idx,
+                        meta_bits: m.dirty_bits,
+                        bits,
+                    },
+                ));
+            }
+        }
+        let mut seg = WindowSegment {
+            id,
+            slot,
+            buf,
+            outstanding: 0,
+            lines: chosen.iter().map(|(k, p)| (*k, p.idx)).collect(),
+        };
+        for (key, p) in chosen {
+            // of two pending copies only the newer is written: it holds
+            // every sector of the older one that still matters (writes
+            // merge older dirty sectors in; a discard drops them on purpose)
+            if let Some(older) = self.pending.insert((key.device_id, key.line), p) {
+                // (a segment never holds a line twice: the older is in the window)
+                self.segment_mut(older.seg).outstanding -= 1;
+            }
+            seg.outstanding += 1;
+        }
+        self.window.push_back(seg);
+        Ok(())
+    }
+
+    fn segment_mut(&mut self, id: u64) -> &mut WindowSegment {
+        let front = self.window.front().expect("window not empty").id;
+        &mut self.window[(id - front) as usize]
+    }
+
+    /// Hands pending lines to the workers, in elevator order, while the
+    /// devices have fewer than `depth` writes in flight.
+    fn issue(&mut self, depth: usize) {
+        loop {
+            // next line at or after the head (wrapping around) that is not
+            // in flight and whose device has room
+            let free = |k: &(u8, u64)| {
+                !self.in_flight.contains(k)
+                    && self.device_depth.get(&k.0).copied().unwrap_or(0) < depth
+            };
+            let next = self
+                .pending
+                .range(self.head..)
+                .chain(self.pending.range(..self.head))
+                .map(|(k, _)| *k)
+                .find(free);
+            let Some(first) = next else { return };
+            let (dev, line) = first;
+            // the run: this line and the contiguous whole lines after it
+            let mut keys = vec![first];
+            let full = |p: &Pending| p.bits == 0xFF;
+            if full(&self.pending[&first]) {
+                while keys.len() * LINE_SIZE < MAX_RUN_BYTES {
+                    let k = (dev, line + keys.len() as u64);
+                    match self.pending.get(&k) {
+                        Some(p) if full(p) && !self.in_flight.contains(&k) => keys.push(k),
+                        _ => break,
+                    }
+                }
+            }
+            let mut data = AlignedBuf::zeroed(keys.len() * LINE_SIZE);
+            let mut lines = Vec::with_capacity(keys.len());
+            for (n, k) in keys.iter().enumerate() {
+                let p = self.pending.remove(k).expect("pending");
+                let seg = self.segment_mut(p.seg);
+                let at = (1 + p.line) * LINE_SIZE;
+                data[n * LINE_SIZE..(n + 1) * LINE_SIZE]
+                    .copy_from_slice(&seg.buf[at..at + LINE_SIZE]);
+                self.in_flight.insert(*k);
+                lines.push(JobLine {
+                    key: LineKey {
+                        device_id: k.0,
+                        line: k.1,
+                    },
+                    pending: p,
                 });
+            }
+            self.head = (dev, line + keys.len() as u64);
+            *self.device_depth.entry(dev).or_insert(0) += 1;
+            self.jobs_in_flight += 1;
+            let job = Job {
+                dev: self.devices[&dev].clone(),
+                lines,
+                data,
+            };
+            if self.jobs.send(job).is_err() {
+                return;
             }
         }
     }
-    // Several copies of one line in a batch: only the newest is written. It
-    // holds every sector of the older ones that still matters (writes merge
-    // older dirty sectors in; a discard drops them on purpose), and the
-    // address sort below must never reorder two copies of the same sectors.
-    let mut newest: HashMap<LineKey, usize> = HashMap::with_capacity(items.len());
-    for (i, it) in items.iter().enumerate() {
-        newest.insert(it.key, i); // items are in log order: the last one wins
+
+    /// Books a completed write. False when the cache stops.
+    fn completed(&mut self, d: JobDone) -> bool {
+        self.jobs_in_flight -= 1;
+        let dev = d.job.dev.id;
+        if let Some(n) = self.device_depth.get_mut(&dev) {
+            *n -= 1;
+            if *n == 0 {
+                self.device_depth.remove(&dev);
+            }
+        }
+        for l in &d.job.lines {
+            self.in_flight.remove(&(l.key.device_id, l.key.line));
+            let seg = l.pending.seg;
+            self.segment_mut(seg).outstanding -= 1;
+        }
+        self.unflushed.push(d.job);
+        d.ok
     }
-    // (an older copy is never the indexed one, so nothing else needs it)
-    let items: Vec<Item> = items
-        .into_iter()
-        .enumerate()
-        .filter(|(i, it)| newest[&it.key] == *i)
-        .map(|(_, it)| it)
-        .collect();
-    if write_back(inner, &segs, &items, &devices) {
-        Outcome::Done(items)
-    } else {
-        Outcome::Stopped
+
+    /// Flushes the backing devices and frees the segments at the front of
+    /// the window whose lines are all written. False when the cache stops.
+    fn free_written(&mut self) -> bool {
+        let done = self
+            .window
+            .iter()
+            .take_while(|s| s.outstanding == 0)
+            .count();
+        if done == 0 {
+            return true;
+        }
+        if !self.flush_devices() {
+            return false;
+        }
+        let inner = self.inner;
+        let freed: Vec<WindowSegment> = self.window.drain(..done).collect();
+        let mut st = lock(&inner.state);
+        for seg in &freed {
+            for &(key, idx) in &seg.lines {
+                if st.index.lookup(key) == Some(idx) {
+                    st.index.remove(idx);
+                }
+            }
+            inner.unpin(seg.slot);
+        }
+        st.write_back_blocked = None;
+        st.last_migrated_id = freed.last().expect("done > 0").id;
+        st.migrate_urgent = false;
+        drop(st);
+        inner.progress_cv.notify_all();
+        true
+    }
+
+    /// Flushes every backing device written since the last flush; after a
+    /// failed flush, waits for the writes in flight and writes everything
+    /// since the last good flush again before flushing again (the failed
+    /// flush may have lost any of them). False when the cache stops.
+    fn flush_devices(&mut self) -> bool {
+        let inner = self.inner;
+        let mut attempt = 0;
+        loop {
+            let written: BTreeMap<u8, &Arc<Backing>> =
+                self.unflushed.iter().map(|j| (j.dev.id, &j.dev)).collect();
+            let failed = written.iter().find_map(|(id, b)| match b.dev.flush() {
+                Ok(()) => None,
+                Err(e) => Some((*id, e)),
+            });
+            let Some((id, e)) = failed else {
+                if !written.is_empty() {
+                    inner.stats.success(ErrorCounter::BackingWrite);
+                }
+                self.unflushed.clear();
+                return true;
+            };
+            let what = format!("flushing the backing device of device {id}");
+            on_backing_error(inner, &what)(&e);
+            if lock(&inner.state).stopping {
+                return false;
+            }
+            std::thread::sleep(backoff(attempt));
+            attempt += 1;
+            while self.jobs_in_flight > 0 {
+                match self.done.recv() {
+                    Ok(d) => {
+                        if !self.completed(d) {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+            for job in &self.unflushed {
+                if !write_job(inner, job) {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The cache stops: waits for the writes in flight and releases the
+    /// window's slots.
+    fn shut_down(&mut self) {
+        drop(std::mem::replace(
+            &mut self.jobs,
+            std::sync::mpsc::channel().0,
+        ));
+        while self.jobs_in_flight > 0 {
+            match self.done.recv() {
+                Ok(_) => self.jobs_in_flight -= 1,
+                Err(_) => break,
+            }
+        }
+        for seg in self.window.drain(..) {
+            self.inner.unpin(seg.slot);
+        }
     }
 }
 
-/// Retries a write-back read, write or flush (see [`retry_io`]), counting
-/// each failure; false when the cache stops first.
+/// Retries a write-back read (see [`retry_io`]), counting each failure;
+/// false when the cache stops first.
 fn retry(
     inner: &Inner,
     counter: ErrorCounter,
@@ -326,68 +737,6 @@ fn retry(
     ok
 }
 
-/// Largest merged backing write.
-const MAX_RUN_BYTES: usize = 1 << 20;
-
-/// Writes the items' dirty sectors to the backing devices, sorted and
-/// merged into runs, then flushes the devices written. When a flush fails,
-/// the whole batch is written again before the next flush: the failed flush
-/// may have lost any of the writes before it, and a later successful flush
-/// says nothing about them.
-fn write_back(
-    inner: &Inner,
-    segs: &[SegmentCopy],
-    items: &[Item],
-    devices: &BTreeMap<u8, Arc<Backing>>,
-) -> bool {
-    // dirty sector runs: (device, first sector, bytes)
-    let mut runs: Vec<(u8, u64, &[u8])> = Vec::new();
-    for it in items {
-        let data = &segs[it.seg].buf;
-        let line = &data[(1 + it.line) * LINE_SIZE..(2 + it.line) * LINE_SIZE];
-        let mut s = 0;
-        while s < SECTORS_PER_LINE {
-            if it.bits & (1 << s) == 0 {
-                s += 1;
-                continue;
-            }
-            let start = s;
-            while s < SECTORS_PER_LINE && it.bits & (1 << s) != 0 {
-                s += 1;
-            }
-            let sector = it.key.line * SECTORS_PER_LINE as u64 + start as u64;
-            runs.push((
-                it.key.device_id,
-                sector,
-                &line[start * SECTOR_SIZE..s * SECTOR_SIZE],
-            ));
-        }
-    }
-    runs.sort_by_key(|&(d, s, _)| (d, s));
-    let _io = lock(&inner.migration_io);
-    let mut attempt = 0;
-    loop {
-        if !write_runs(inner, &runs, devices) {
-            return false;
-        }
-        let failed = devices.values().find_map(|b| match b.dev.flush() {
-            Ok(()) => None,
-            Err(e) => Some((b.id, e)),
-        });
-        let Some((id, e)) = failed else {
-            inner.stats.success(ErrorCounter::BackingWrite);
-            return true;
-        };
-        let what = format!("flushing the backing device of device {id}");
-        on_backing_error(inner, &what)(&e);
-        if lock(&inner.state).stopping {
-            return false;
-        }
-        std::thread::sleep(backoff(attempt));
-        attempt += 1;
-    }
-}
-
 /// Counts a failed backing write and wakes those who decide on it.
 fn on_backing_error<'a>(inner: &'a Inner, what: &'a str) -> impl FnMut(&std::io::Error) + 'a {
     move |e| {
@@ -399,46 +748,4 @@ fn on_backing_error<'a>(inner: &'a Inner, what: &'a str) -> impl FnMut(&std::io:
         );
         inner.progress_cv.notify_all();
     }
-}
-
-/// Writes the runs, merging contiguous ones up to [`MAX_RUN_BYTES`].
-fn write_runs(
-    inner: &Inner,
-    runs: &[(u8, u64, &[u8])],
-    devices: &BTreeMap<u8, Arc<Backing>>,
-) -> bool {
-    let mut i = 0;
-    while i < runs.len() {
-        let (dev, start, _) = runs[i];
-        let mut j = i;
-        let mut bytes = 0;
-        while j < runs.len()
-            && runs[j].0 == dev
-            && runs[j].1 == start + (bytes / SECTOR_SIZE) as u64
-            && bytes + runs[j].2.len() <= MAX_RUN_BYTES
-        {
-            bytes += runs[j].2.len();
-            j += 1;
-        }
-        let mut buf = AlignedBuf::zeroed(bytes);
-        let mut pos = 0;
-        for r in &runs[i..j] {
-            buf[pos..pos + r.2.len()].copy_from_slice(r.2);
-            pos += r.2.len();
-        }
-        let b = &devices[&dev];
-        let off = start * SECTOR_SIZE as u64;
-        let what = format!("writing to the backing device of device {dev} at sector {start}");
-        // no success is counted before the batch's flush succeeds: a fault
-        // of failing flushes goes on while the rewrites succeed
-        if !retry_io(inner, 0, on_backing_error(inner, &what), || {
-            b.dev.write_at(&buf, off)
-        }) {
-            return false;
-        }
-        b.migrated_sectors
-            .fetch_add((bytes / SECTOR_SIZE) as u64, Ordering::Relaxed);
-        i = j;
-    }
-    true
 }

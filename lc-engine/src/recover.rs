@@ -193,6 +193,8 @@ impl Cache {
             last_commit: Instant::now(),
             stopping: false,
             write_back_blocked: None,
+            room_next_ticket: 0,
+            room_serving: 0,
         };
         let report = replay_log(&*dev, &sb, &record, &mut st)?;
         let end = report.last_replayed_segment_id;
@@ -216,7 +218,7 @@ impl Cache {
             ticker_cv: Condvar::new(),
             flusher_tx: Mutex::new(None),
             pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
-            migration_io: Mutex::new(()),
+            migration_io: RwLock::new(()),
             devices: RwLock::new(BTreeMap::new()),
             figures: Default::default(),
         });

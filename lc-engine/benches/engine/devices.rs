@@ -366,3 +366,92 @@ pub fn flush_counters() -> (u64, f64) {
         FLUSH_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
     )
 }
+
+/// A backing disk with a fixed latency per write and a queue depth, like
+/// dm-delay over a disk with `depth` command tags: up to `depth` writes are
+/// in service at once, each returns no earlier than `latency` after its
+/// service began (and not before the inner device completed it); further
+/// writes wait, first come first served, for a free tag. Reads, flushes and
+/// discards pass through untimed. The model's own random-write rate is
+/// thus at most `depth / latency`.
+pub struct LatencyModel {
+    inner: Arc<dyn BlockDevice>,
+    latency: Duration,
+    depth: usize,
+    /// Tags in use, and the next ticket to serve (FIFO).
+    tags: Mutex<(usize, u64, u64)>,
+    cv: Condvar,
+    /// Writes served.
+    pub writes: AtomicU64,
+}
+
+impl LatencyModel {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn BlockDevice>, latency: Duration, depth: usize) -> Self {
+        LatencyModel {
+            inner,
+            latency,
+            depth: depth.max(1),
+            tags: Mutex::new((0, 0, 0)),
+            cv: Condvar::new(),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    fn timed(&self, write: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        {
+            let mut t = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+            let ticket = t.2;
+            t.2 += 1;
+            while t.0 >= self.depth || t.1 != ticket {
+                t = self.cv.wait(t).unwrap_or_else(PoisonError::into_inner);
+            }
+            t.0 += 1;
+            t.1 += 1;
+            self.cv.notify_all();
+        }
+        let start = Instant::now();
+        let res = write();
+        sleep_until(start + self.latency);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+        t.0 -= 1;
+        self.cv.notify_all();
+        res
+    }
+}
+
+impl BlockDevice for LatencyModel {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.timed(|| self.inner.write_at(buf, offset))
+    }
+
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.timed(|| self.inner.write_vectored_at(bufs, offset))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (every write {} ms, {} at once)",
+            self.inner.describe(),
+            self.latency.as_millis(),
+            self.depth
+        )
+    }
+}

@@ -36,35 +36,44 @@ struct Sample {
     migrated: u64,
 }
 
+/// One write's time: (when it returned, s since the start, how long it took, s).
+type WriteTime = (f64, f64);
+
 /// `threads` threads write 4 KiB lines of the random workload with `write`
-/// until `secs` have passed; `probe` is sampled every [`SAMPLE`].
+/// until `secs` have passed; `probe` is sampled every [`SAMPLE`]. Returns
+/// the samples and every write's [`WriteTime`].
 fn drive(
     threads: usize,
     secs: u64,
     backing_lines: u64,
     write: &(dyn Fn(u64, &[u8]) -> BoxResult<()> + Sync),
     probe: &dyn Fn() -> (u64, u64, u64),
-) -> BoxResult<Vec<Sample>> {
+) -> BoxResult<(Vec<Sample>, Vec<WriteTime>)> {
+    let origin = Instant::now();
     let acked = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let start_line = Barrier::new(threads + 1);
-    std::thread::scope(|s| -> BoxResult<Vec<Sample>> {
+    std::thread::scope(|s| -> BoxResult<(Vec<Sample>, Vec<WriteTime>)> {
         let workers: Vec<_> = (0..threads as u64)
             .map(|t| {
                 let (acked, stop, start_line) = (&acked, &stop, &start_line);
-                s.spawn(move || -> Result<(), String> {
+                s.spawn(move || -> Result<Vec<WriteTime>, String> {
                     let mut data = AlignedBuf::zeroed(LINE_SIZE);
                     data.fill(t as u8);
+                    let mut times = Vec::new();
                     start_line.wait();
                     for (i, line) in workload_lines(t, backing_lines).enumerate() {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
                         data[..8].copy_from_slice(&i.to_le_bytes());
+                        let began = Instant::now();
                         write(line, &data).map_err(|e| e.to_string())?;
+                        let end = Instant::now();
+                        times.push(((end - origin).as_secs_f64(), (end - began).as_secs_f64()));
                         acked.fetch_add(LINE_SIZE as u64, Ordering::Relaxed);
                     }
-                    Ok(())
+                    Ok(times)
                 })
             })
             .collect();
@@ -80,6 +89,7 @@ fn drive(
         };
         start_line.wait();
         let start = Instant::now();
+        let offset = (start - origin).as_secs_f64();
         let mut samples = vec![sample(start)];
         let end = start + Duration::from_secs(secs);
         let mut next = start + SAMPLE;
@@ -92,11 +102,28 @@ fn drive(
             next += SAMPLE;
         }
         stop.store(true, Ordering::Relaxed);
+        let mut times = Vec::new();
         for w in workers {
-            w.join().map_err(|_| "a writer thread panicked")??;
+            times.extend(w.join().map_err(|_| "a writer thread panicked")??);
         }
-        Ok(samples)
+        // times since the start, as the samples have them
+        for t in &mut times {
+            t.0 -= offset;
+        }
+        Ok((samples, times))
     })
+}
+
+/// Longest and 99th-percentile wait of the writes that returned at or after
+/// `from` s.
+fn waits(times: &[WriteTime], from: f64) -> (f64, f64, usize) {
+    let mut w: Vec<f64> = times.iter().filter(|t| t.0 >= from).map(|t| t.1).collect();
+    if w.is_empty() {
+        return (0.0, 0.0, 0);
+    }
+    w.sort_by(f64::total_cmp);
+    let p99 = w[(w.len() * 99 / 100).min(w.len() - 1)];
+    (w[w.len() - 1], p99, w.len())
 }
 
 /// The steady-state window of the lc run: (index of the first sample where
@@ -179,7 +206,7 @@ pub fn run(cfg: &Config, scratch: &Path, summary: &mut Summary) -> BoxResult<()>
     let cache: Cache = fresh_cache(&cache_path, cfg.throttle_mib_s, &backing)?;
     cache.set_knob(Knob::AllowMigrate, 1)?;
     let nr_segments = cache.nr_segments();
-    let lc = drive(
+    let (lc, lc_times) = drive(
         cfg.threads,
         cfg.full_secs,
         backing_lines,
@@ -208,7 +235,7 @@ pub fn run(cfg: &Config, scratch: &Path, summary: &mut Summary) -> BoxResult<()>
         Arc::new(FileDevice::open(&backing_path)?),
         cfg.hdd,
     ));
-    let direct = drive(
+    let (direct, direct_times) = drive(
         cfg.threads,
         cfg.full_secs,
         backing_lines,
@@ -270,6 +297,20 @@ pub fn run(cfg: &Config, scratch: &Path, summary: &mut Summary) -> BoxResult<()>
                 "  lc steady state: {r:.3} MiB/s; from full to end: {:.3} MiB/s",
                 rate(&lc[full], &last)
             );
+            let (longest, p99, n) = waits(&lc_times, lc[full].t);
+            let (d_longest, d_p99, d_n) = waits(&direct_times, 0.0);
+            println!(
+                "  writer waits once the cache was full: longest {longest:.3} s, 99th \
+                 percentile {p99:.3} s ({n} writes); straight to the disk: longest \
+                 {d_longest:.3} s, 99th percentile {d_p99:.3} s ({d_n} writes)"
+            );
+            summary.target(
+                "3  longest writer wait at a full cache, s",
+                longest,
+                false,
+                1.0,
+            );
+            summary.plain("3  99th-percentile writer wait at a full cache, s", p99);
             Some(r)
         }
         None => {
