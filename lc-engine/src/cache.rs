@@ -21,6 +21,7 @@ use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
+use crate::read_plan::ReadPlan;
 use crate::stats::{ErrorCounter, Health, Stats, StatsSnapshot};
 
 /// Called once when a FLUSH (or the flush part of a FUA write) completes.
@@ -205,7 +206,7 @@ pub(crate) fn retry_io(
 
 impl State {
     /// Where the data of cache line `idx` is in RAM, if it is.
-    fn ram_line(&self, idx: u32) -> Option<&[u8]> {
+    pub(crate) fn ram_line(&self, idx: u32) -> Option<&[u8]> {
         let slot = idx as u64 / LINES_PER_SEGMENT as u64;
         let off = ram_offset(idx);
         if let Some(cur) = &self.current {
@@ -302,7 +303,7 @@ pub(crate) fn line_pieces(sector: u64, nr: u64) -> impl Iterator<Item = (u64, us
     })
 }
 
-fn mask_of(s0: usize, n: usize) -> u8 {
+pub(crate) fn mask_of(s0: usize, n: usize) -> u8 {
     (((1u16 << n) - 1) << s0) as u8
 }
 
@@ -1149,6 +1150,17 @@ impl Cache {
             self.read_piece(&b, ln, s0, n, out, &mut line)?;
         }
         Ok(())
+    }
+
+    /// Resolves a read of `buf.len()` bytes (a multiple of 512) at `sector`
+    /// of `device_id` into a [`ReadPlan`] for a frontend that does its own
+    /// device I/O: RAM lines are copied into `buf` now, the device reads
+    /// are left to the caller (see [`crate::read_plan`]). Executing the plan
+    /// and finishing it gives what [`Cache::read`] gives.
+    pub fn plan_read(&self, device_id: u8, sector: u64, buf: &mut [u8]) -> Result<ReadPlan> {
+        let b = self.backing(device_id)?;
+        self.check_range(&b, sector, buf.len())?;
+        Ok(crate::read_plan::plan(&self.inner, b, sector, buf))
     }
 
     fn read_piece(
