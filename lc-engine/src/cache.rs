@@ -1163,6 +1163,27 @@ impl Cache {
         Ok(crate::read_plan::plan(&self.inner, b, sector, buf))
     }
 
+    /// Whether a write of `bytes` issued now might have to wait for room
+    /// (a free RAM buffer, a written-back slot) inside [`Cache::write`].
+    /// False only when room for every line of the write is there even if
+    /// the open segment were closed first: then the write does not wait
+    /// unless another writer takes that room meanwhile. A frontend whose
+    /// thread must not block serves the writes this says true of on
+    /// another thread.
+    pub fn write_may_wait(&self, bytes: usize) -> bool {
+        let inner = &*self.inner;
+        let lines = bytes.div_ceil(LINE_SIZE) as u64 + 1;
+        let segments = lines.div_ceil(LINES_PER_SEGMENT as u64);
+        let st = lock(&inner.state);
+        let bufs = st.free_bufs.len() as u64
+            + inner.pool_segments.saturating_sub(st.allocated_bufs) as u64;
+        let slots_free = (0..segments).all(|k| {
+            let id = st.next_id + k;
+            id <= inner.nr_segments || st.last_migrated_id >= id - inner.nr_segments
+        });
+        st.stopping || bufs < segments || !slots_free
+    }
+
     fn read_piece(
         &self,
         b: &Backing,

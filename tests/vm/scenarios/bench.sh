@@ -21,7 +21,7 @@
 #              dm-linear split costs
 #   rawbacking the backing virtio disk itself
 #   rublk      rublk's loop target over /dev/mapper/bench-scratch, with
-#              lcd's queue shape: 2 queues, depth 64, 256 KiB buffers,
+#              lcd's queue shape in a 2-CPU guest: 2 queues, depth 128, 1 MiB buffers,
 #              user recovery
 #   lc         /dev/ublkb1: cache on /dev/mapper/bench-lc, backing on the
 #              backing disk, write-back off (migrate_threshold 0,
@@ -204,7 +204,7 @@ fio_plain pre-lc-r --filename=/dev/ublkb1 --rw=write --bs=1M --iodepth=8 --offse
 fio_plain pre-lc-q --filename=/dev/ublkb1 --rw=write --bs=1M --iodepth=8 --offset=$Q_OFF --size=$Q_SIZE
 sync /dev/ublkb1
 
-rublk add loop -n 9 -q 2 -d 64 -b 256KiB -r -f "$SCRATCH" --quiet >/tmp/rublk.out 2>&1 ||
+rublk add loop -n 9 -q 2 -d 128 -b 1MiB -r -f "$SCRATCH" --quiet >/tmp/rublk.out 2>&1 ||
     { cat /tmp/rublk.out; fail "rublk add loop over $SCRATCH failed"; }
 wait_until 30 "/dev/ublkb9 (rublk) to appear" test -b /dev/ublkb9
 info "rublk $(rublk --version 2>/dev/null | head -n1): loop over $SCRATCH, 2 queues x depth 64, 256 KiB buffers, user recovery (pids $(pidof rublk))"
