@@ -99,7 +99,8 @@ fn nr_queues() -> u16 {
 }
 /// Largest discard, in sectors (the engine walks discards line by line).
 const MAX_DISCARD_SECTORS: u32 = 8192;
-/// Worker threads per device serving reads, writes and discards.
+/// Worker threads per device: they serve the writes that may wait for room,
+/// discards, and reads of a device without a file descriptor.
 const WORKERS: usize = 4;
 
 /// Why devices cannot be exposed here, or `None` when ublk is usable.
