@@ -77,10 +77,12 @@ pub const TARGET_NAME: &str = "lc";
 /// `NNNN.json` (fixed in libublk).
 pub const UBLKSRVD: &str = "/run/ublksrvd";
 /// Requests in flight per queue.
-const QUEUE_DEPTH: u16 = 128;
-/// Largest request, in bytes (each tag's buffer; pages are touched only
-/// as large requests use them).
-const IO_BUF_BYTES: u32 = 1 << 20;
+const QUEUE_DEPTH: u16 = 64;
+/// Largest request, in bytes: each tag has a buffer this big, so lcd's
+/// memory grows with queues × depth × this (1 MiB buffers at depth 128 broke
+/// the soak scenario's RSS bound with 3 devices; larger requests need
+/// buffers that are not per tag: USER_COPY or AUTO_BUF_REG).
+const IO_BUF_BYTES: u32 = 256 << 10;
 /// Queues per device set by `--queues` (0: one per CPU).
 static QUEUES: AtomicU16 = AtomicU16::new(0);
 

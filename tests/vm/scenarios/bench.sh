@@ -21,7 +21,7 @@
 #              dm-linear split costs
 #   rawbacking the backing virtio disk itself
 #   rublk      rublk's loop target over /dev/mapper/bench-scratch, with
-#              lcd's queue shape in a 2-CPU guest: 2 queues, depth 128, 1 MiB buffers,
+#              lcd's queue shape in a 2-CPU guest: 2 queues, depth 64, 256 KiB buffers,
 #              user recovery
 #   lc         /dev/ublkb1: cache on /dev/mapper/bench-lc, backing on the
 #              backing disk, write-back off (migrate_threshold 0,
@@ -206,17 +206,17 @@ format_and_resume 1 "$LCDEV"
 create_device 1 "$DISK_backing" 1
 set_knob device 1 migrate_threshold y 0
 set_knob cache 1 allow_migrate b false
-info "lc: cache 1 on $LCDEV ($((lcpart / 2048)) MiB, $(cache_status 1 nr_segments) segments), device /dev/ublkb1 on $DISK_backing; write-back off (migrate_threshold 0, allow_migrate 0); lcd: $(ls /sys/block/ublkb1/mq 2>/dev/null | wc -l) queues x depth 128, 1 MiB buffers (lcd/src/ublk.rs)"
+info "lc: cache 1 on $LCDEV ($((lcpart / 2048)) MiB, $(cache_status 1 nr_segments) segments), device /dev/ublkb1 on $DISK_backing; write-back off (migrate_threshold 0, allow_migrate 0); lcd: $(ls /sys/block/ublkb1/mq 2>/dev/null | wc -l) queues x depth 64, 256 KiB buffers (lcd/src/ublk.rs)"
 # lc's regions R and Q, written through lc: every measured write through lc
 # replaces a cached line, as every raw write lands on written blocks
 fio_plain pre-lc-r --filename=/dev/ublkb1 --rw=write --bs=1M --iodepth=8 --offset=$R_OFF --size=$R_SIZE
 fio_plain pre-lc-q --filename=/dev/ublkb1 --rw=write --bs=1M --iodepth=8 --offset=$Q_OFF --size=$Q_SIZE
 sync /dev/ublkb1
 
-rublk add loop -n 9 -q 2 -d 128 -b 1MiB -r -f "$SCRATCH" --quiet >/tmp/rublk.out 2>&1 ||
+rublk add loop -n 9 -q 2 -d 64 -b 256KiB -r -f "$SCRATCH" --quiet >/tmp/rublk.out 2>&1 ||
     { cat /tmp/rublk.out; fail "rublk add loop over $SCRATCH failed"; }
 wait_until 30 "/dev/ublkb9 (rublk) to appear" test -b /dev/ublkb9
-info "rublk $(rublk --version 2>/dev/null | head -n1): loop over $SCRATCH, 2 queues x depth 128, 1 MiB buffers, user recovery (pids $(pidof rublk))"
+info "rublk $(rublk --version 2>/dev/null | head -n1): loop over $SCRATCH, 2 queues x depth 64, 256 KiB buffers, user recovery (pids $(pidof rublk))"
 for d in /sys/block/dm-*; do
     [ "$(cat "$d/dm/name")" = bench-scratch ] && scratch_blk=${d##*/}
 done
