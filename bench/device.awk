@@ -97,6 +97,7 @@ END {
     ratio("randread", "lc", "rawcache-nodm", "hits vs the cache disk without the dm-linear split")
     ratio("randread", "lc-miss", "rawbacking", "misses: the same backing blocks read directly")
     ratio("randread", "lc-miss", "rublk", "misses vs rublk over the (identical) cache disk")
+    ratio("randread", "lc-ram", "rublk", "hits in lc's RAM segment (no I/O) vs rublk's reads")
     ratio("randread", "rublk", "rawcache", "cost of ublk itself (reference)")
     ratio("randread4", "lc", "rublk", "iodepth 4 (diagnostic)")
     ratio("randread4", "lc", "rawcache", "iodepth 4 (diagnostic)")

@@ -25,6 +25,7 @@ use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
+use crate::read_plan::ReadPlan;
 use crate::segment_buffer::SegmentBuffer;
 use crate::stats::{ErrorCounter, Health, Stats, StatsSnapshot};
 
@@ -219,7 +220,7 @@ pub(crate) fn retry_io(
 }
 
 /// Where the data of a cache line is in RAM (see [`State::ram_line`]).
-enum RamLine<'a> {
+pub(crate) enum RamLine<'a> {
     /// Not in RAM: on the cache device.
     Absent,
     /// In RAM, readable while the mutex is held.
@@ -239,7 +240,7 @@ impl State {
     }
 
     /// Where the data of cache line `idx` is in RAM, if it is.
-    fn ram_line(&self, idx: u32) -> RamLine<'_> {
+    pub(crate) fn ram_line(&self, idx: u32) -> RamLine<'_> {
         let slot = idx as u64 / LINES_PER_SEGMENT as u64;
         let i = line_in_segment(idx);
         match self.ram_buffer(slot) {
@@ -333,7 +334,7 @@ pub(crate) fn line_pieces(sector: u64, nr: u64) -> impl Iterator<Item = (u64, us
     })
 }
 
-fn mask_of(s0: usize, n: usize) -> u8 {
+pub(crate) fn mask_of(s0: usize, n: usize) -> u8 {
     (((1u16 << n) - 1) << s0) as u8
 }
 
@@ -1395,6 +1396,40 @@ impl Cache {
             self.read_piece(&b, ln, s0, n, out, &mut line)?;
         }
         Ok(())
+    }
+
+    /// Resolves a read of `buf.len()` bytes (a multiple of 512) at `sector`
+    /// of `device_id` into a [`ReadPlan`] for a frontend that does its own
+    /// device I/O: RAM lines are copied into `buf` now, the device reads
+    /// are left to the caller (see [`crate::read_plan`]). Executing the plan
+    /// and finishing it gives what [`Cache::read`] gives.
+    pub fn plan_read(&self, device_id: u8, sector: u64, buf: &mut [u8]) -> Result<ReadPlan> {
+        let b = self.backing(device_id)?;
+        self.check_range(&b, sector, buf.len())?;
+        Ok(crate::read_plan::plan(&self.inner, b, sector, buf))
+    }
+
+    /// Whether a write of `bytes` issued now might have to wait for room
+    /// (a free RAM buffer, a written-back slot) inside [`Cache::write`].
+    /// False only when room for every line of the write is there even if
+    /// the open segment were closed first: then the write does not wait
+    /// unless another writer takes that room meanwhile. A frontend whose
+    /// thread must not block serves the writes this says true of on
+    /// another thread.
+    pub fn write_may_wait(&self, bytes: usize) -> bool {
+        let inner = &*self.inner;
+        let lines = bytes.div_ceil(LINE_SIZE) as u64 + 1;
+        let segments = lines.div_ceil(LINES_PER_SEGMENT as u64);
+        let st = lock(&inner.state);
+        let bufs = st.free_bufs.len() as u64
+            + inner.pool_segments.saturating_sub(st.allocated_bufs) as u64;
+        let slots_free = (0..segments).all(|k| {
+            let id = st.next_id + k;
+            id <= inner.nr_segments || st.last_migrated_id >= id - inner.nr_segments
+        });
+        // writers already queued for room go first (open_segment's tickets)
+        let queued = st.room_next_ticket > st.room_serving;
+        st.stopping || queued || bufs < segments || !slots_free
     }
 
     fn read_piece(

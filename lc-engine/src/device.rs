@@ -42,6 +42,13 @@ pub trait BlockDevice: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Human-readable identity (path and major:minor where known).
     fn describe(&self) -> String;
+    /// The open file descriptor reads may go through directly (for a
+    /// frontend's own asynchronous I/O, see [`crate::read_plan`]), or
+    /// `None` when all I/O must go through this trait. Valid while the
+    /// device lives.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Alignment of every buffer the engine hands to a device.
@@ -385,6 +392,10 @@ impl BlockDevice for FileDevice {
             Some((ma, mi)) => format!("{} ({ma}:{mi})", self.path.display()),
             None => self.path.display().to_string(),
         }
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
     }
 }
 

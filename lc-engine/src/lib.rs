@@ -41,7 +41,8 @@
 //!
 //! ## Modules, one per job
 //! [`format`](mod@format) (on-disk layout), [`device`] (I/O abstraction), [`index`]
-//! (compact line index), [`cache`] (foreground paths), `flusher`,
+//! (compact line index), [`cache`] (foreground paths), [`read_plan`] (reads
+//! planned for a frontend's own I/O), `flusher`,
 //! `migrator`, `ticker` (background jobs), [`recover`] (format and resume),
 //! [`knobs`], [`stats`], [`rescue`] (offline inspection), [`sim`] (crash
 //! and fault simulation for tests).
@@ -82,6 +83,7 @@ pub mod format;
 pub mod index;
 pub mod knobs;
 mod migrator;
+pub mod read_plan;
 pub mod recover;
 pub mod rescue;
 mod segment_buffer;
@@ -96,6 +98,7 @@ pub use flusher::IO_DEPTH as SEGMENT_WRITES_IN_FLIGHT;
 pub use format::MAX_CACHE_SEGMENTS;
 pub use knobs::{Knob, KnobSpec};
 pub use migrator::MAX_WRITE_BACK_SEGMENTS;
+pub use read_plan::{DeviceRead, ReadPlan, ReadSource, ReadTarget};
 pub use recover::{
     format_cache_device, read_superblock, RecoveryReport, MAX_CACHE_BYTES, MIN_CACHE_BYTES,
 };

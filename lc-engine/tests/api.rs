@@ -674,3 +674,36 @@ fn discarding_one_of_two_missing_devices_says_which_blocks_and_never_hangs() {
         "nothing of the old device 3 written to the disk attached as 3 later"
     );
 }
+
+/// `write_may_wait` says true while every RAM buffer waits for the cache
+/// device (a frontend then writes on a thread that may wait), false when
+/// there is room.
+#[test]
+fn write_may_wait_while_every_ram_buffer_waits_for_the_cache_device() {
+    let dom = PowerDomain::new();
+    let gated = GatedDevice::new(sim_cache_disk(&dom, 8));
+    let cache = resume(gated.clone(), 2);
+    let backing = SimDisk::new(dom.clone(), 16 * MIB);
+    cache.attach_device(1, backing).unwrap();
+    assert!(!cache.write_may_wait(4096), "a new cache has room");
+    gated.hold_next_flush();
+    // fill segment 1 and open segment 2: both pool buffers in use
+    cache.write(1, 0, &pattern(1, 0, 255 * 8)).unwrap();
+    cache.write(1, 255 * 8, &pattern(1, 255 * 8, 8)).unwrap();
+    gated.wait_held();
+    assert!(
+        cache.write_may_wait(4096),
+        "no buffer is free while segment 1 waits for its flush"
+    );
+    gated.release();
+    let start = std::time::Instant::now();
+    while cache.write_may_wait(4096) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "room never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // a write too big for the free buffers may wait
+    assert!(cache.write_may_wait(3 << 20));
+}

@@ -38,6 +38,12 @@ pub struct Cli {
     /// listed as failed. lcd.service passes 90.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub wait_for_devices: u64,
+    /// Queues of each ublk device: one thread with its own io_uring per
+    /// queue, each serving up to 64 requests at once of up to 256 KiB. 0
+    /// (the default) gives one queue per CPU. A device keeps its count
+    /// while it lives; a changed count applies to devices started later.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub queues: u16,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

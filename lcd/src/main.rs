@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 (true, None) => daemon::Bus::Session,
                 (false, None) => daemon::Bus::System,
             };
+            ublk::set_queues(cli.queues);
             let frontend = match cli.frontend {
                 FrontendArg::Ublk => devices::Frontend::Ublk,
                 FrontendArg::None => devices::Frontend::None,

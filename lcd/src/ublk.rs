@@ -3,13 +3,30 @@
 //! Each device gets a ublk device whose number is the lc device id, sized as
 //! its backing device, with 512 B logical / 4 KiB physical blocks, a
 //! volatile write cache with FUA, and discard. libublk runs one thread per
-//! queue with its own io_uring; a queue thread never waits for the engine.
-//! Reads, writes and discards go to a small pool of worker threads; FLUSH
-//! and FUA complete through the engine's flush callback. A finished request
-//! is pushed on its queue's [`Completions`] and the queue's eventfd is
-//! written; each queue keeps a read of that eventfd in flight in its own
-//! ring, so the queue thread wakes, hands each result to the request's task,
-//! and the task commits it to the kernel.
+//! queue (as many queues as CPUs unless `--queues` says otherwise) with its
+//! own io_uring; a queue thread never waits for room in the cache.
+//!
+//! - A READ is resolved by the engine into a read plan
+//!   ([`Cache::plan_read`]): lines in RAM are copied at once (a RAM hit
+//!   needs no I/O), and the plan's device reads (cache device, backing
+//!   device) are submitted through the queue thread's own io_uring; when
+//!   they have landed the plan is finished (overlay, pins) and the request
+//!   committed.
+//! - A WRITE is copied into the cache on the queue thread when the engine
+//!   has room for it ([`Cache::write_may_wait`]); one that may have to wait
+//!   for room, and every DISCARD, goes to a small pool of worker threads,
+//!   and the queue thread serves its other requests meanwhile. The
+//!   [`WriteGate`] of the cache keeps queue threads from writing while a
+//!   worker's write or discard runs, so that a queue thread never ends up
+//!   waiting for room inside the engine.
+//! - FLUSH and the flush of a FUA write complete through the engine's flush
+//!   callback.
+//!
+//! A request finished on another thread is pushed on its queue's
+//! [`Completions`] and the queue's eventfd is written; each queue keeps a
+//! read of that eventfd in flight in its own ring, so the queue thread
+//! wakes, hands each result to the request's task, and the task commits it
+//! to the kernel.
 //!
 //! Devices are created with `UBLK_F_USER_RECOVERY` (and `_REISSUE` where
 //! the kernel has it): when lcd dies, the kernel keeps the device quiesced
@@ -28,17 +45,18 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lc_engine::Cache;
+use lc_engine::{Cache, ReadSource};
 
 use crate::ledger::Ledger;
 use crate::rundir::{describe, Dir, Owner};
@@ -60,11 +78,31 @@ pub const TARGET_NAME: &str = "lc";
 pub const UBLKSRVD: &str = "/run/ublksrvd";
 /// Requests in flight per queue.
 const QUEUE_DEPTH: u16 = 64;
-/// Largest request, in bytes.
+/// Largest request, in bytes: each tag has a buffer this big, so lcd's
+/// memory grows with queues × depth × this (1 MiB buffers at depth 128 broke
+/// the soak scenario's RSS bound with 3 devices; larger requests need
+/// buffers that are not per tag: USER_COPY or AUTO_BUF_REG).
 const IO_BUF_BYTES: u32 = 256 << 10;
+/// Queues per device set by `--queues` (0: one per CPU).
+static QUEUES: AtomicU16 = AtomicU16::new(0);
+
+/// Sets the number of queues of every ublk device started from now on
+/// (`lcd --queues`); 0 means one per CPU.
+pub fn set_queues(n: u16) {
+    QUEUES.store(n, Ordering::Relaxed);
+}
+
+/// Queues a new device gets: `--queues`, else one per CPU.
+fn nr_queues() -> u16 {
+    match QUEUES.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u16),
+        n => n,
+    }
+}
 /// Largest discard, in sectors (the engine walks discards line by line).
 const MAX_DISCARD_SECTORS: u32 = 8192;
-/// Worker threads per device serving reads, writes and discards.
+/// Worker threads per device: they serve the writes that may wait for room,
+/// discards, and reads of a device without a file descriptor.
 const WORKERS: usize = 4;
 
 /// Why devices cannot be exposed here, or `None` when ublk is usable.
@@ -116,6 +154,9 @@ struct Existing {
     state: u32,
     /// The process the kernel knows as the device's server.
     server_pid: i32,
+    /// Its queues and depth: a server taking it back must use the same.
+    nr_queues: u16,
+    depth: u16,
 }
 
 /// The kernel's view of ublk device `id`, if there is one. The caller has
@@ -128,6 +169,8 @@ fn existing(id: u8) -> Option<Existing> {
     Some(Existing {
         state: info.state as u32,
         server_pid: info.ublksrv_pid,
+        nr_queues: info.nr_hw_queues,
+        depth: info.queue_depth,
     })
 }
 
@@ -263,6 +306,50 @@ impl Completions {
     }
 }
 
+/// Orders the writes of one cache between lcd's queue threads and its
+/// workers. A queue thread writes only while holding `lock`, and only when
+/// no worker write or discard is under way (`parked` is 0) and the engine
+/// has room for the write; otherwise it hands the request to a worker,
+/// counting it in `parked` under `lock`. `lock` is therefore never held by
+/// anything that waits for room, and a queue thread never waits for room
+/// inside the engine (where it could wait for a segment pin that only its
+/// own finished reads release).
+struct WriteGate {
+    lock: Mutex<()>,
+    /// Writes and discards handed to workers and not yet done.
+    parked: AtomicUsize,
+}
+
+/// The write gates of the caches lcd serves, one per cache.
+static WRITE_GATES: Mutex<Vec<(Weak<Cache>, Arc<WriteGate>)>> = Mutex::new(Vec::new());
+
+/// The write gate of `cache` (shared by all its devices' queues).
+fn write_gate(cache: &Arc<Cache>) -> Arc<WriteGate> {
+    let mut gates = WRITE_GATES.lock().unwrap_or_else(|e| e.into_inner());
+    gates.retain(|(c, _)| c.strong_count() > 0);
+    if let Some((_, g)) = gates
+        .iter()
+        .find(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(cache)))
+    {
+        return g.clone();
+    }
+    let g = Arc::new(WriteGate {
+        lock: Mutex::new(()),
+        parked: AtomicUsize::new(0),
+    });
+    gates.push((Arc::downgrade(cache), g.clone()));
+    g
+}
+
+/// What became of a write the queue thread was given.
+enum WriteOutcome {
+    /// Done: the request's result.
+    Done(i32),
+    /// Its result arrives through the queue's [`Completions`] (a worker
+    /// serves it, or the engine's flush callback of a FUA write).
+    Pending,
+}
+
 /// A request handed to a worker.
 struct Job {
     tag: u16,
@@ -311,6 +398,8 @@ struct Target {
     /// Completed and durable writes, kept where the next lcd finds them.
     ledger: Ledger,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The cache's write gate.
+    gate: Arc<WriteGate>,
 }
 
 impl Target {
@@ -342,14 +431,9 @@ impl Target {
         })
     }
 
-    fn submit(&self, job: Job) {
-        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
-        };
-        if let Err(job) = sent {
-            job.completions.complete(job.tag, -libc::EIO);
-        }
+    /// Hands a read to a worker (devices without a descriptor).
+    fn submit_read(&self, job: Job) {
+        self.submit_counted(job);
     }
 
     /// Called when a FLUSH or FUA covering the writes completed before
@@ -369,8 +453,83 @@ impl Target {
         false
     }
 
-    /// Serves one request on a worker thread.
+    /// Serves one request on a worker thread; a write or discard was
+    /// counted in the gate's `parked` ([`Target::park`]) and is uncounted
+    /// once served.
     fn serve(self: &Arc<Self>, job: Job) {
+        let parked = matches!(job.op, sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_OP_DISCARD);
+        self.serve_job(job);
+        if parked {
+            self.gate.parked.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts a write or discard about to go to a worker; the caller holds
+    /// the gate's lock.
+    fn park(&self) {
+        self.gate.parked.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Hands a write or discard to a worker.
+    fn submit_parked(&self, job: Job) {
+        {
+            let _g = self.gate.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.park();
+        }
+        self.submit_counted(job);
+    }
+
+    /// Sends a job whose count is taken; a job that cannot be sent fails
+    /// with EIO and is uncounted.
+    fn submit_counted(&self, job: Job) {
+        let parked = matches!(job.op, sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_OP_DISCARD);
+        let sent = match &*self.jobs.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            if parked {
+                self.gate.parked.fetch_sub(1, Ordering::SeqCst);
+            }
+            job.completions.complete(job.tag, -libc::EIO);
+        }
+    }
+
+    /// A WRITE on the queue thread: copied into the cache now when that
+    /// cannot wait for room (see [`WriteGate`]), else handed to a worker.
+    fn write_here(self: &Arc<Self>, job: Job) -> WriteOutcome {
+        let bytes = job.nr_sectors as usize * 512;
+        let g = self.gate.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.gate.parked.load(Ordering::SeqCst) != 0 || self.cache.write_may_wait(bytes) {
+            self.park();
+            drop(g);
+            self.submit_counted(job);
+            return WriteOutcome::Pending;
+        }
+        // SAFETY: the tag's buffer holds IO_BUF_BYTES ≥ bytes (checked by
+        // the caller), filled by the kernel, untouched until commit.
+        let data = unsafe { std::slice::from_raw_parts(job.buf as *const u8, bytes) };
+        let written = self.cache.write(self.device_id, job.sector, data);
+        drop(g);
+        match written {
+            Ok(()) if job.fua => {
+                // durable once the flush is: not counted as only completed
+                self.cache
+                    .flush(self.on_durable(job.tag, job.completions.clone(), bytes as i32));
+                WriteOutcome::Pending
+            }
+            Ok(()) => {
+                self.ledger.write_completed();
+                WriteOutcome::Done(bytes as i32)
+            }
+            Err(e) => {
+                tracing::warn!(device = self.device_id, "write failed: {e}");
+                WriteOutcome::Done(errno_of(&e))
+            }
+        }
+    }
+
+    fn serve_job(self: &Arc<Self>, job: Job) {
         let bytes = job.nr_sectors as usize * 512;
         let result = match job.op {
             sys::UBLK_IO_OP_READ => {
@@ -424,6 +583,64 @@ impl Target {
     }
 }
 
+/// Reads `len` bytes at `offset` of `fd` into `ptr` through the queue
+/// thread's io_uring, resubmitting the rest after a short read.
+async fn ring_read(fd: RawFd, ptr: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: `ptr..ptr + len` is a live buffer of the request (the
+        // tag's buffer or its read plan's scratch) that nothing else touches
+        // until this read has completed: the tag's task awaits it before it
+        // finishes the plan or commits.
+        let at = unsafe { ptr.add(done) };
+        let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(fd), at, (len - done) as u32)
+            .offset(offset + done as u64)
+            .build();
+        let res = ublk_submit_sqe_async(sqe, libublk::UblkUringData::Target as u64)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match res {
+            r if r < 0 => return Err(std::io::Error::from_raw_os_error(-r)),
+            0 => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            r => done += r as usize,
+        }
+    }
+    Ok(())
+}
+
+/// A READ on the queue thread: planned by the engine, its device reads
+/// submitted in this queue's ring. `None` when a device of the plan has no
+/// descriptor (the request then goes to a worker).
+async fn read_here(target: &Target, sector: u64, out: &mut [u8]) -> Option<i32> {
+    let mut plan = match target.cache.plan_read(target.device_id, sector, out) {
+        Ok(p) => p,
+        Err(e) => return Some(errno_of(&e)),
+    };
+    let reads = plan.reads().to_vec();
+    let mut fds = Vec::with_capacity(reads.len());
+    for r in &reads {
+        fds.push(plan.raw_fd(r.source)?);
+    }
+    let mut pending = Vec::with_capacity(reads.len());
+    for (r, fd) in reads.iter().zip(fds) {
+        let t = plan.target_mut(r, out);
+        pending.push((r.source, ring_read(fd, t.as_mut_ptr(), t.len(), r.offset)));
+    }
+    let (sources, futures): (Vec<ReadSource>, Vec<_>) = pending.into_iter().unzip();
+    let results = futures_util::future::join_all(futures).await;
+    let failed = sources
+        .into_iter()
+        .zip(results)
+        .find_map(|(src, r)| r.err().map(|e| (src, e)));
+    Some(match plan.finish(out, failed) {
+        Ok(()) => out.len() as i32,
+        Err(e) => {
+            tracing::warn!(device = target.device_id, "read failed: {e}");
+            errno_of(&e)
+        }
+    })
+}
+
 /// Runs one tag: fetch a request, have it served, commit, repeat.
 async fn tag_task(
     q: &UblkQueue<'_>,
@@ -435,38 +652,51 @@ async fn tag_task(
     let buf = IoBuf::<u8>::new(IO_BUF_BYTES as usize);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
+    let result_of_tag = || TagResult {
+        slots,
+        tag: tag as usize,
+    };
     loop {
         let iod = q.get_iod(tag);
         let op = iod.op_flags & 0xff;
         let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
         let (sector, nr_sectors) = (iod.start_sector, iod.nr_sectors);
+        let fits = nr_sectors as u64 * 512 <= IO_BUF_BYTES as u64;
+        let job = |op| Job {
+            tag,
+            op,
+            fua,
+            sector,
+            nr_sectors,
+            buf: buf.as_mut_ptr() as usize,
+            completions: completions.clone(),
+        };
         let result = match op {
             sys::UBLK_IO_OP_FLUSH => {
                 target.flush(tag, completions.clone());
-                TagResult {
-                    slots,
-                    tag: tag as usize,
-                }
-                .await
+                result_of_tag().await
             }
-            sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_OP_DISCARD
-                if nr_sectors as u64 * 512 <= IO_BUF_BYTES as u64
-                    || op == sys::UBLK_IO_OP_DISCARD =>
-            {
-                target.submit(Job {
-                    tag,
-                    op,
-                    fua,
-                    sector,
-                    nr_sectors,
-                    buf: buf.as_slice().as_ptr() as usize,
-                    completions: completions.clone(),
-                });
-                TagResult {
-                    slots,
-                    tag: tag as usize,
+            sys::UBLK_IO_OP_READ if fits => {
+                // SAFETY: the tag's buffer holds IO_BUF_BYTES ≥ the request
+                // and is this task's alone until the commit below.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(buf.as_mut_ptr(), nr_sectors as usize * 512)
+                };
+                match read_here(target, sector, out).await {
+                    Some(r) => r,
+                    None => {
+                        target.submit_read(job(op));
+                        result_of_tag().await
+                    }
                 }
-                .await
+            }
+            sys::UBLK_IO_OP_WRITE if fits => match target.write_here(job(op)) {
+                WriteOutcome::Done(r) => r,
+                WriteOutcome::Pending => result_of_tag().await,
+            },
+            sys::UBLK_IO_OP_DISCARD => {
+                target.submit_parked(job(op));
+                result_of_tag().await
             }
             _ => -libc::EOPNOTSUPP,
         };
@@ -582,9 +812,12 @@ impl UblkDevice {
         }
         guard_libublk_dir([device_id])?;
         let run = Dir::open(run_dir, Owner::current()).map_err(|e| describe(&e))?;
+        // the shape of a device taken back is the kernel's, not this lcd's
+        let mut shape = (nr_queues(), QUEUE_DEPTH);
         let recover = match existing(device_id) {
             None => false,
             Some(kernel) => {
+                shape = (kernel.nr_queues.max(1), kernel.depth.max(1));
                 if let Err(why) = claim(&run, device_id, &kernel) {
                     // whatever record there is does not describe this device
                     let _ = run.remove(&record_name(device_id));
@@ -620,6 +853,7 @@ impl UblkDevice {
             );
         }
         let target = Arc::new(Target {
+            gate: write_gate(&cache),
             cache,
             device_id,
             ledger,
@@ -649,9 +883,7 @@ impl UblkDevice {
         if features & sys::UBLK_F_USER_RECOVERY_REISSUE as u64 != 0 {
             ctrl_flags |= sys::UBLK_F_USER_RECOVERY_REISSUE as u64;
         }
-        let nr_queues = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(2) as u16;
+        let (nr_queues, depth) = shape;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<UblkCtrl>, String>>();
         let t = target.clone();
         let server = std::thread::Builder::new()
@@ -680,7 +912,7 @@ impl UblkDevice {
                     .name(TARGET_NAME)
                     .id(device_id as i32)
                     .nr_queues(nr_queues)
-                    .depth(QUEUE_DEPTH)
+                    .depth(depth)
                     .io_buf_bytes(IO_BUF_BYTES)
                     .ctrl_flags(ctrl_flags)
                     .dev_flags(dev_flags)
@@ -970,6 +1202,7 @@ mod tests {
         let ledger = Ledger::open(&dir.path().join("run"), 4).unwrap();
         Rig {
             target: Arc::new(Target {
+                gate: write_gate(&cache),
                 cache,
                 device_id: 4,
                 ledger,
@@ -981,7 +1214,11 @@ mod tests {
     }
 
     impl Rig {
+        /// Serves a request on a worker, as the queue thread hands it over.
         fn serve(&self, tag: u16, op: u32, fua: bool, sector: u64, buf: &mut [u8]) -> i32 {
+            if matches!(op, sys::UBLK_IO_OP_WRITE | sys::UBLK_IO_OP_DISCARD) {
+                self.target.park();
+            }
             self.target.serve(Job {
                 tag,
                 op,
@@ -1038,6 +1275,50 @@ mod tests {
             1,
             "only the FUA line is dirty"
         );
+    }
+
+    #[test]
+    fn writes_with_room_complete_on_the_queue_thread_others_go_to_a_worker() {
+        let r = rig();
+        let (tx, rx) = mpsc::channel::<Job>();
+        *r.target.jobs.lock().unwrap() = Some(tx);
+        let mut data = vec![0x31u8; 8192];
+        let job = |tag, fua, buf: &mut [u8]| Job {
+            tag,
+            op: sys::UBLK_IO_OP_WRITE,
+            fua,
+            sector: 8,
+            nr_sectors: (buf.len() / 512) as u32,
+            buf: buf.as_mut_ptr() as usize,
+            completions: r.completions.clone(),
+        };
+        match r.target.write_here(job(1, false, &mut data)) {
+            WriteOutcome::Done(n) => assert_eq!(n, 8192),
+            WriteOutcome::Pending => panic!("a write with room waits for nothing"),
+        }
+        assert!(rx.try_recv().is_err(), "no worker was involved");
+        // a FUA write is copied at once and completes when durable
+        assert!(matches!(
+            r.target.write_here(job(2, true, &mut data)),
+            WriteOutcome::Pending
+        ));
+        assert_eq!(r.result_of(2), 8192);
+        // while a worker's write is under way, writes queue behind it
+        r.target.park();
+        let mut other = vec![0x32u8; 4096];
+        assert!(matches!(
+            r.target.write_here(job(3, false, &mut other)),
+            WriteOutcome::Pending
+        ));
+        let handed = rx.try_recv().expect("handed to a worker");
+        assert_eq!(handed.tag, 3);
+        assert_eq!(r.target.gate.parked.load(Ordering::SeqCst), 2);
+        r.target.serve(handed);
+        assert_eq!(r.result_of(3), 4096);
+        let mut back = vec![0u8; 8192];
+        r.target.cache.read(4, 8, &mut back).unwrap();
+        assert_eq!(&back[..4096], &other[..]);
+        assert_eq!(&back[4096..], &data[4096..]);
     }
 
     #[test]
@@ -1106,6 +1387,8 @@ mod tests {
         let kernel = Existing {
             state: sys::UBLK_S_DEV_QUIESCED,
             server_pid: me,
+            nr_queues: 1,
+            depth: 64,
         };
         let e = claim(&run, 3, &kernel).unwrap_err();
         assert!(e.contains("lcd has no record of serving it"), "{e}");
@@ -1118,6 +1401,8 @@ mod tests {
         let other = Existing {
             state: sys::UBLK_S_DEV_QUIESCED,
             server_pid: me + 1,
+            nr_queues: 1,
+            depth: 64,
         };
         let e = claim(&run, 3, &other).unwrap_err();
         assert!(e.contains(&format!("lcd recorded pid {me}")), "{e}");
@@ -1125,6 +1410,8 @@ mod tests {
         let dead = Existing {
             state: sys::UBLK_S_DEV_DEAD,
             server_pid: -1,
+            nr_queues: 1,
+            depth: 64,
         };
         claim(&run, 3, &dead).unwrap();
         // but not without lcd's record

@@ -21,7 +21,7 @@
 #              dm-linear split costs
 #   rawbacking the backing virtio disk itself
 #   rublk      rublk's loop target over /dev/mapper/bench-scratch, with
-#              lcd's queue shape: 2 queues, depth 64, 256 KiB buffers,
+#              lcd's queue shape in a 2-CPU guest: 2 queues, depth 64, 256 KiB buffers,
 #              user recovery
 #   lc         /dev/ublkb1: cache on /dev/mapper/bench-lc, backing on the
 #              backing disk, write-back off (migrate_threshold 0,
@@ -38,9 +38,11 @@
 #              FLUSH of the device (sync DEV); IOPS counted until durable
 #   randread   4 KiB random reads, iodepth 32, 64 MiB over R (lc: all hits
 #              on the cache device; "lc-miss": over M, all misses)
+#              "lc-ram": 32 MiB over a 768 KiB region of R written through
+#              lc just before, after a FLUSH, so all of it is in lc's open
+#              RAM segment: hits on the RAM buffer, served with no I/O
 #   randread4  diagnostic: randread at iodepth 4, 32 MiB over R, on
-#              rawcache, rublk and lc (lcd serves reads and writes on 4
-#              worker threads with blocking I/O: lcd/src/ublk.rs WORKERS)
+#              rawcache, rublk and lc
 #   seqwrite   1 MiB sequential writes, iodepth 8, 1024 MiB (4 passes over
 #              Q), then a FLUSH; MiB/s until durable
 # Space through lc: R 256 + Q 256 + rounds x (128 + 1024) MiB; 5 rounds use
@@ -55,6 +57,7 @@ R_OFF=0 R_SIZE=256M
 Q_OFF=$((512 * MIB)) Q_SIZE=256M
 M_OFF=$((1024 * MIB)) M_SIZE=256M
 RW_IO=128M RR_IO=64M RR4_IO=32M SEQ_IO=1024M
+RAM_OFF=$((64 * MIB)) RAM_SIZE=768K RAM_IO=32M
 # dm-linear split of the cache disk, in sectors: lc's part, then the scratch
 scratch=$((1024 * 2048))
 lcpart=$(($(dev_size "$DISK_cache") / 512 - scratch))
@@ -118,7 +121,7 @@ dev_path() {
         rawcache-nodm) echo "$DISK_cache" ;;
         rawbacking) echo "$DISK_backing" ;;
         rublk) echo /dev/ublkb9 ;;
-        lc | lc-miss) echo /dev/ublkb1 ;;
+        lc | lc-miss | lc-ram) echo /dev/ublkb1 ;;
     esac
 }
 
@@ -135,6 +138,12 @@ measure() {
     esac
     [ "$_d" = rawbacking ] && [ "$_w" = randread ] && _off=$M_OFF _size=$M_SIZE
     [ "$_d" = lc-miss ] && _off=$M_OFF _size=$M_SIZE
+    if [ "$_d" = lc-ram ]; then
+        _off=$RAM_OFF _size=$RAM_SIZE _args="--rw=randread --bs=4k --iodepth=32 --io_size=$RAM_IO"
+        # a FLUSH closes lc's open segment; the region then fills a new one
+        sync /dev/ublkb1 || fail "sync (FLUSH) of /dev/ublkb1 failed"
+        fio_plain pre-lc-ram --filename=/dev/ublkb1 --rw=write --bs=256k --iodepth=1 --offset=$RAM_OFF --size=$RAM_SIZE
+    fi
     [ "$_d" = rawcache-nodm ] && _off=$((_off + lcpart * 512))
     _c0=$(lc_read_counters)
     lcd_thread_jiffies >/tmp/th0
@@ -173,7 +182,7 @@ measure() {
           if (d ~ /^lc/) printf " lc_read_lines_miss=%d lc_read_lines_hit=%d lc_read_lines_hit_ram=%d", \
               y[1] - x[1], y[2] - x[2], y[3] - x[3]
           printf "\n" }' || fail "fio $_w on $_d: $_t"
-    if [ "$_d" = lc ] || [ "$_d" = lc-miss ]; then
+    if [ "$_d" = lc ] || [ "$_d" = lc-miss ] || [ "$_d" = lc-ram ]; then
         lcd_thread_jiffies >/tmp/th1
         echo "LC-BENCH-THREADS $_w.$_d.r$_r lcd CPU ms by thread: $(awk 'NR == FNR { a[$1] = $2; next }
             { d = $2 - a[$1]; if (d > 0) printf "%s=%d ", $1, d * 10 }' /tmp/th0 /tmp/th1)"
@@ -197,7 +206,7 @@ format_and_resume 1 "$LCDEV"
 create_device 1 "$DISK_backing" 1
 set_knob device 1 migrate_threshold y 0
 set_knob cache 1 allow_migrate b false
-info "lc: cache 1 on $LCDEV ($((lcpart / 2048)) MiB, $(cache_status 1 nr_segments) segments), device /dev/ublkb1 on $DISK_backing; write-back off (migrate_threshold 0, allow_migrate 0); lcd: 2 queues x depth 64, 256 KiB buffers (lcd/src/ublk.rs)"
+info "lc: cache 1 on $LCDEV ($((lcpart / 2048)) MiB, $(cache_status 1 nr_segments) segments), device /dev/ublkb1 on $DISK_backing; write-back off (migrate_threshold 0, allow_migrate 0); lcd: $(ls /sys/block/ublkb1/mq 2>/dev/null | wc -l) queues x depth 64, 256 KiB buffers (lcd/src/ublk.rs)"
 # lc's regions R and Q, written through lc: every measured write through lc
 # replaces a cached line, as every raw write lands on written blocks
 fio_plain pre-lc-r --filename=/dev/ublkb1 --rw=write --bs=1M --iodepth=8 --offset=$R_OFF --size=$R_SIZE
@@ -230,7 +239,10 @@ while [ $r -le $ROUNDS ]; do
         for d in $order; do
             case $w.$d in randread4.rawbacking | randread4.rawcache-nodm) continue ;; esac
             measure $w $d $r
-            [ $w = randread ] && [ $d = lc ] && measure randread lc-miss $r
+            if [ $w = randread ] && [ $d = lc ]; then
+                measure randread lc-miss $r
+                measure randread lc-ram $r
+            fi
         done
     done
     r=$((r + 1))
