@@ -536,6 +536,7 @@ async fn get_knob(c: &CacheProxy<'_>, k: Knob) -> zbus::Result<u64> {
         Knob::UpdateInterval => c.update_interval().await?,
         Knob::FlushCurrentBufferInterval => c.flush_current_buffer_interval().await?,
         Knob::BarrierDeadlineMs => c.barrier_deadline_ms().await?,
+        Knob::WriteBackQueueDepth => c.write_back_queue_depth().await?,
     })
 }
 
@@ -548,6 +549,7 @@ async fn set_knob(c: &CacheProxy<'_>, k: Knob, v: u64) -> zbus::Result<()> {
         Knob::UpdateInterval => c.set_update_interval(v).await,
         Knob::FlushCurrentBufferInterval => c.set_flush_current_buffer_interval(v).await,
         Knob::BarrierDeadlineMs => c.set_barrier_deadline_ms(v).await,
+        Knob::WriteBackQueueDepth => c.set_write_back_queue_depth(v).await,
     }
 }
 
@@ -630,6 +632,7 @@ async fn wrong_property_type(inp: &mut Input<'_>, conn: &zbus::Connection) {
                 "UpdateInterval",
                 "FlushCurrentBufferInterval",
                 "BarrierDeadlineMs",
+                "WriteBackQueueDepth",
                 "LastFlushedSegmentId",
                 "Id",
                 "NoSuchProperty",

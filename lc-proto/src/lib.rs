@@ -248,6 +248,12 @@ pub trait Cache {
     /// Sets it.
     #[zbus(property)]
     fn set_flush_current_buffer_interval(&self, v: u64) -> zbus::Result<()>;
+    /// Write-back writes in flight per backing device.
+    #[zbus(property)]
+    fn write_back_queue_depth(&self) -> zbus::Result<u64>;
+    /// Sets it.
+    #[zbus(property)]
+    fn set_write_back_queue_depth(&self, v: u64) -> zbus::Result<()>;
     /// Milliseconds a FLUSH/FUA waits for the segment to fill.
     #[zbus(property)]
     fn barrier_deadline_ms(&self) -> zbus::Result<u64>;

@@ -28,7 +28,7 @@ pub struct KnobDoc {
 }
 
 /// The cache knobs, in display order.
-pub const CACHE_KNOBS: [KnobDoc; 7] = [
+pub const CACHE_KNOBS: [KnobDoc; 8] = [
     KnobDoc {
         name: "commit_super_block_interval",
         help: "seconds between superblock record commits (0: only when needed)",
@@ -83,6 +83,14 @@ pub const CACHE_KNOBS: [KnobDoc; 7] = [
         min: 1,
         max: 10_000,
         default: 3,
+        switch: false,
+    },
+    KnobDoc {
+        name: "write_back_queue_depth",
+        help: "write-back writes in flight per backing device",
+        min: 1,
+        max: 64,
+        default: 16,
         switch: false,
     },
 ];
@@ -166,6 +174,7 @@ pub async fn get_cache(c: &CacheProxy<'_>, name: &str) -> zbus::Result<u64> {
         "update_interval" => c.update_interval().await?,
         "flush_current_buffer_interval" => c.flush_current_buffer_interval().await?,
         "barrier_deadline_ms" => c.barrier_deadline_ms().await?,
+        "write_back_queue_depth" => c.write_back_queue_depth().await?,
         other => unreachable!("cache knob {other} is in CACHE_KNOBS"),
     })
 }
@@ -180,6 +189,7 @@ pub async fn set_cache(c: &CacheProxy<'_>, name: &str, v: u64) -> zbus::Result<(
         "update_interval" => c.set_update_interval(v).await,
         "flush_current_buffer_interval" => c.set_flush_current_buffer_interval(v).await,
         "barrier_deadline_ms" => c.set_barrier_deadline_ms(v).await,
+        "write_back_queue_depth" => c.set_write_back_queue_depth(v).await,
         other => unreachable!("cache knob {other} is in CACHE_KNOBS"),
     }
 }

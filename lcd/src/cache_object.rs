@@ -218,6 +218,21 @@ impl CacheObject {
         self.set(Knob::BarrierDeadlineMs, v, hdr, conn).await
     }
 
+    #[zbus(property)]
+    fn write_back_queue_depth(&self) -> u64 {
+        self.cache.knob(Knob::WriteBackQueueDepth)
+    }
+
+    #[zbus(property)]
+    async fn set_write_back_queue_depth(
+        &self,
+        v: u64,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<()> {
+        self.set(Knob::WriteBackQueueDepth, v, hdr, conn).await
+    }
+
     #[zbus(property(emits_changed_signal = "false"))]
     fn last_flushed_segment_id(&self) -> u64 {
         self.cache.recent_status().last_flushed_segment_id
