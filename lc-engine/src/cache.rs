@@ -250,6 +250,15 @@ impl State {
         }
     }
 
+    /// Id of the segment that cache line `idx` belongs to now. A cache
+    /// line index alone does not name one copy of a line: once its slot is
+    /// written back, a newer segment reuses it (and may put the same
+    /// backing line at the same place); with the segment id it does, as
+    /// segment ids are never reused.
+    fn segment_of(&self, idx: u32) -> u64 {
+        self.slot_ids[idx as usize / LINES_PER_SEGMENT]
+    }
+
     fn in_current(&self, idx: u32) -> bool {
         self.current
             .as_ref()
@@ -341,13 +350,16 @@ pub(crate) fn mask_of(s0: usize, n: usize) -> u8 {
 /// How a line write treats an older copy of the same line.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WriteMode {
-    /// Discard the sectors in the mask from cache line `expect`, which had
-    /// dirty bits `bits` when the discard looked (`fetched`: the data passed
-    /// is that line as read from the cache device). If the index no longer
-    /// says so (a write got in while the lock was released), nothing is
-    /// changed and the discard looks again.
+    /// Discard the sectors in the mask from cache line `expect` of segment
+    /// `segment`, which had dirty bits `bits` when the discard looked
+    /// (`fetched`: the data passed is that line as read from the cache
+    /// device). If the index no longer says so (a write got in while the
+    /// lock was released, or the slot was written back and reused, maybe
+    /// with the same line at the same place), nothing is changed and the
+    /// discard looks again.
     Discard {
         expect: u32,
+        segment: u64,
         bits: u8,
         fetched: bool,
     },
@@ -596,6 +608,7 @@ impl Inner {
         drop(st);
         let res = self.dev.read_at(out, line_offset(idx));
         self.unpin(slot);
+        crate::sim::line_fetched();
         let res = match res {
             Ok(()) => {
                 self.stats.success(ErrorCounter::CacheRead);
@@ -616,6 +629,7 @@ impl Inner {
     fn write_line(&self, key: LineKey, mask: u8, data: &[u8], mode: WriteMode) -> Result<bool> {
         let WriteMode::Discard {
             expect,
+            segment,
             bits: seen,
             fetched,
         } = mode;
@@ -626,6 +640,7 @@ impl Inner {
             }
             let existing = st.index.lookup(key);
             let still = existing == Some(expect)
+                && st.segment_of(expect) == segment
                 && st.index.info(expect).is_some_and(|i| i.dirty_bits == seen);
             if !still {
                 return Ok(false);
@@ -688,8 +703,10 @@ impl Inner {
         let mut fills: Vec<Fill<'_>> = Vec::with_capacity(pieces.len());
         // counted after the mutex is released: (hit, on_buffer, full)
         let mut counts: Vec<(bool, bool, bool)> = Vec::with_capacity(pieces.len());
-        // data of an older copy read from the device: (cache line, line image)
-        let mut fetched: Option<(u32, AlignedBuf)> = None;
+        // data of an older copy read from the device: (cache line, its
+        // segment, line image); the segment id tells that copy from a newer
+        // one a reused slot holds at the same cache line
+        let mut fetched: Option<(u32, u64, AlignedBuf)> = None;
         let mut next = 0;
         let mut pos = 0;
         let mut st = lock(&self.state);
@@ -783,8 +800,12 @@ impl Inner {
                             continue;
                         }
                         RamLine::Absent => {
-                            match fetched.take().filter(|(i, _)| *i == idx) {
-                                Some((_, b)) => old = Some((b, old_bits & !mask)),
+                            let segment = st.segment_of(idx);
+                            match fetched
+                                .take()
+                                .filter(|(i, seg, _)| *i == idx && *seg == segment)
+                            {
+                                Some((_, _, b)) => old = Some((b, old_bits & !mask)),
                                 None => {
                                     if !fills.is_empty() {
                                         st = self.unlocked(st, &mut fills, || {});
@@ -794,7 +815,7 @@ impl Inner {
                                     let (g, res) = self.fetch_line(st, idx, &mut b);
                                     st = g;
                                     match res {
-                                        Ok(Fetched::Device) => fetched = Some((idx, b)),
+                                        Ok(Fetched::Device) => fetched = Some((idx, segment, b)),
                                         Ok(_) => {}
                                         Err(e) => break Err(e),
                                     }
@@ -1542,6 +1563,7 @@ impl Cache {
                     st.index.remove(idx);
                     break;
                 }
+                let segment = st.segment_of(idx);
                 let fetched = matches!(st.ram_line(idx), RamLine::Absent);
                 if fetched {
                     let (g, res) = inner.fetch_line(st, idx, &mut line);
@@ -1553,6 +1575,7 @@ impl Cache {
                 drop(st);
                 let mode = WriteMode::Discard {
                     expect: idx,
+                    segment,
                     bits,
                     fetched,
                 };

@@ -4,10 +4,14 @@
 //!
 //! They implement [`BlockDevice`] exactly as the engine uses real devices, so
 //! every engine path runs unchanged over them.
+//!
+//! [`pause_next_line_fetch`] stops the engine itself at one race window
+//! (a cached line just read from the cache device, the cache mutex not yet
+//! taken again) so a test can run a whole interleaving through it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::device::BlockDevice;
 
@@ -427,6 +431,68 @@ impl BlockDevice for FaultyDevice {
     }
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
+    }
+}
+
+/// A thread of the engine stopped by [`pause_next_line_fetch`].
+#[derive(Default)]
+pub struct LineFetchPause {
+    /// (a thread waits here, the test let it go)
+    gate: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl LineFetchPause {
+    /// Waits until a thread has stopped at the pause.
+    pub fn wait_held(&self) {
+        let mut g = self.gate.lock().expect("pause");
+        while !g.0 {
+            g = self.cv.wait(g).expect("pause");
+        }
+    }
+
+    /// Lets the stopped thread (or the next one to arrive) go on.
+    pub fn release(&self) {
+        self.gate.lock().expect("pause").1 = true;
+        self.cv.notify_all();
+    }
+
+    fn hold(&self) {
+        let mut g = self.gate.lock().expect("pause");
+        g.0 = true;
+        self.cv.notify_all();
+        while !g.1 {
+            g = self.cv.wait(g).expect("pause");
+        }
+    }
+}
+
+static LINE_FETCH_PAUSE_ARMED: AtomicBool = AtomicBool::new(false);
+static LINE_FETCH_PAUSE: Mutex<Option<Arc<LineFetchPause>>> = Mutex::new(None);
+
+/// Stops the next thread of any cache in this process that reads a cached
+/// line from its cache device (a write merging an older copy, a read, a
+/// discard) right after the read, with the segment slot unpinned and the
+/// cache mutex released, until [`LineFetchPause::release`]. Meanwhile the
+/// test may run anything through the cache (write-back, slot reuse), as
+/// the scheduler could between those two steps. Process-wide: for a test
+/// binary of its own. Costs the engine one atomic load per such read.
+pub fn pause_next_line_fetch() -> Arc<LineFetchPause> {
+    let pause = Arc::new(LineFetchPause::default());
+    *LINE_FETCH_PAUSE.lock().expect("pause") = Some(pause.clone());
+    LINE_FETCH_PAUSE_ARMED.store(true, Ordering::SeqCst);
+    pause
+}
+
+/// Where the engine stops for [`pause_next_line_fetch`].
+pub(crate) fn line_fetched() {
+    if !LINE_FETCH_PAUSE_ARMED.load(Ordering::Relaxed) {
+        return;
+    }
+    let pause = LINE_FETCH_PAUSE.lock().expect("pause").take();
+    LINE_FETCH_PAUSE_ARMED.store(false, Ordering::SeqCst);
+    if let Some(p) = pause {
+        p.hold();
     }
 }
 
