@@ -33,11 +33,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::cache::{line_offset, lock, mask_of, Backing, Inner, RamLine};
-use crate::segment_buffer::SegmentBuffer;
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::{LINES_PER_SEGMENT, LINE_SIZE, SECTORS_PER_LINE, SECTOR_SIZE, SEGMENT_SIZE};
 use crate::index::LineKey;
+use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
 
 /// Which device a [`DeviceRead`] reads.

@@ -111,7 +111,7 @@ fn format_resume_inspect_tune_and_free_a_cache() {
     assert_eq!(nr_segments.split_whitespace().nth(1), Some("63"));
     let io: Vec<&str> = text
         .lines()
-        .filter(|l| l.trim_start().starts_with("read") || l.trim_start().starts_with("write"))
+        .filter(|l| matches!(l.split_whitespace().next(), Some("read" | "write")))
         .collect();
     assert_eq!(io.len(), 6, "read/write × 4 KiB/partial/all:\n{text}");
 
@@ -162,7 +162,7 @@ fn format_resume_inspect_tune_and_free_a_cache() {
     let j = rig.lcctl(&["--json", "get", "--cache", "3"]).json();
     assert_eq!(j["cache"], 3);
     let knobs = j["knobs"].as_object().unwrap();
-    assert_eq!(knobs.len(), 7);
+    assert_eq!(knobs.len(), 8);
     assert_eq!(knobs["nr_max_batched_migration"], 8);
     assert_eq!(
         rig.lcctl(&["get", "barrier_deadline_ms", "--cache", "3"])
