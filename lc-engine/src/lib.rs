@@ -41,11 +41,13 @@
 //!
 //! ## Modules, one per job
 //! [`format`](mod@format) (on-disk layout), [`device`] (I/O abstraction), [`index`]
-//! (compact line index), [`cache`] (foreground paths), [`read_plan`] (reads
+//! (compact line index), [`cache`] (foreground paths), `segment_buffer`
+//! (a segment's RAM lines, filled outside the lock), [`read_plan`] (reads
 //! planned for a frontend's own I/O), `flusher`,
 //! `migrator`, `ticker` (background jobs), [`recover`] (format and resume),
-//! [`knobs`], [`stats`], [`rescue`] (offline inspection), [`sim`] (crash
-//! and fault simulation for tests).
+//! [`knobs`], [`stats`], [`figures`] (what read-only status calls are
+//! served from), [`rescue`] (offline inspection), [`sim`] (crash and fault
+//! simulation for tests).
 //!
 //! ## On-disk format, version 1
 //! All integers little-endian. Sector = 512 B, line = 4 KiB, segment = 1 MiB.
