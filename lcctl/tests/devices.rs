@@ -271,10 +271,18 @@ fn detach_writes_dirty_data_back_and_shows_progress() {
     rig.lcctl(&["set", "allow_migrate", "0", "--cache", "1"])
         .ok();
 
-    // the same device id picks the cached data up
-    let j = rig
-        .lcctl(&["--json", "attach", &backing, "--cache", "1", "--id", "7"])
-        .json();
+    // lcd has no record of device 7's disk: the id is listed failed and
+    // no disk takes it silently; the administrator names its disk on purpose
+    rig.lcctl(&["attach", &backing, "--cache", "1", "--id", "7"])
+        .fails(4, &format!("lcctl repoint 7 {backing}"));
+    let listed = rig.lcctl(&["--json", "list"]).json();
+    assert!(
+        listed["devices"][0]["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("no record")),
+        "{listed}"
+    );
+    let j = rig.lcctl(&["--json", "repoint", "7", &backing]).json();
     assert_eq!(j["nr_dirty_caches"], BLOCKS);
     let text = rig.lcctl(&["list"]).ok().to_string();
     assert!(

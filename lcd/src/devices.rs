@@ -334,7 +334,15 @@ pub async fn create(
         } else {
             device_id
         };
-        if d.devices.contains_key(&id) {
+        if let Some(e) = d.devices.get(&id) {
+            if e.unrecorded() {
+                return Err(LcdError::Busy(format!(
+                    "cache {} holds dirty data of device {id}, whose disk lcd has no record \
+                     of: if {backing} is that disk, say so (lcctl repoint {id} {backing}); \
+                     to give that data up: lcctl detach {id} --discard-dirty",
+                    e.cache_id
+                )));
+            }
             return Err(LcdError::Busy(format!(
                 "device {id} exists; choose another id or remove it first"
             )));
