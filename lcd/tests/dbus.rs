@@ -673,16 +673,26 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
         e.starts_with("NotFound") && e.contains("resume it first"),
         "{e}"
     );
-    let e = err(m.create_device(3, "/nonexistent/disk", 1).await);
+    let e = err(m.create_device(4, "/nonexistent/disk", 1).await);
     assert!(e.starts_with("NotFound"), "{e}");
-    let e = err(m.create_device(3, &cache, 1).await);
+    let e = err(m.create_device(4, &cache, 1).await);
     assert!(
         e.starts_with("Busy") && e.contains("cache device of cache 1"),
         "{e}"
     );
-    assert!(m.list_devices().await.unwrap().is_empty());
+    // lcd has no record of device 3's disk: listed failed, taken on purpose
+    let listed = m.list_devices().await.unwrap();
+    assert!(
+        listed.len() == 1 && listed[0].id == 3 && listed[0].state.contains("no record"),
+        "{listed:?}"
+    );
+    let e = err(m.create_device(3, &backing, 1).await);
+    assert!(
+        e.starts_with("Busy") && e.contains("lcctl repoint 3"),
+        "{e}"
+    );
 
-    let info = m.create_device(3, &backing, 1).await.unwrap();
+    let info = m.repoint_device(3, &backing).await.unwrap();
     assert_eq!((info.id, info.cache_id, info.node.as_str()), (3, 1, ""));
     assert!(info.state.starts_with("no block device: "), "{info:?}");
     assert_eq!(info.size_bytes, 4 << 20);
