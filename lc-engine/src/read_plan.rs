@@ -249,46 +249,39 @@ impl ReadPlan {
     /// Adds a backing read of `bytes` at `sector` into the caller's buffer
     /// at `pos`, merged with the previous read where they are contiguous.
     fn push_backing(&mut self, sector: u64, pos: usize, bytes: usize) {
-        let offset = sector * SECTOR_SIZE as u64;
-        if let Some(last) = self.reads.last_mut() {
-            let adjacent = matches!(last.target, ReadTarget::Out(o) if o + last.len == pos);
-            if last.source == ReadSource::Backing
-                && adjacent
-                && last.offset + last.len as u64 == offset
-            {
-                last.len += bytes;
-                return;
-            }
-        }
-        self.reads.push(DeviceRead {
-            source: ReadSource::Backing,
-            offset,
-            len: bytes,
-            target: ReadTarget::Out(pos),
-        });
+        self.push_out(ReadSource::Backing, sector * SECTOR_SIZE as u64, bytes, pos);
     }
 
     /// Adds a read of whole cache line `idx` into the caller's buffer at
     /// `pos`, merged with the previous read where the lines are neighbours
     /// in one segment.
     fn push_cache(&mut self, idx: u32, pos: usize) {
-        let offset = line_offset(idx);
+        self.push_out(ReadSource::Cache, line_offset(idx), LINE_SIZE, pos);
+    }
+
+    /// Adds a read of `len` bytes at device `offset` into the caller's
+    /// buffer at `pos`, merged with the previous read when both are of one
+    /// device, contiguous on it and in the buffer (and, on the cache
+    /// device, in one segment).
+    fn push_out(&mut self, source: ReadSource, offset: u64, len: usize, pos: usize) {
         let slot_of = |o: u64| o / SEGMENT_SIZE as u64;
         if let Some(last) = self.reads.last_mut() {
             let adjacent = matches!(last.target, ReadTarget::Out(o) if o + last.len == pos);
-            if last.source == ReadSource::Cache
+            let one_segment =
+                source == ReadSource::Backing || slot_of(last.offset) == slot_of(offset);
+            if last.source == source
                 && adjacent
                 && last.offset + last.len as u64 == offset
-                && slot_of(last.offset) == slot_of(offset)
+                && one_segment
             {
-                last.len += LINE_SIZE;
+                last.len += len;
                 return;
             }
         }
         self.reads.push(DeviceRead {
-            source: ReadSource::Cache,
+            source,
             offset,
-            len: LINE_SIZE,
+            len,
             target: ReadTarget::Out(pos),
         });
     }
