@@ -271,7 +271,7 @@ _lcctl() {
             return 0
             ;;
         lcctl__subcmd__get)
-            opts="-h --cache --device --json --bus --help"
+            opts="-h --cache --device --json --bus --help commit_super_block_interval nr_max_batched_migration allow_migrate force_migrate update_interval flush_current_buffer_interval barrier_deadline_ms write_back_queue_depth migrate_threshold"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -611,7 +611,7 @@ _lcctl() {
             return 0
             ;;
         lcctl__subcmd__set)
-            opts="-h --cache --device --json --bus --help"
+            opts="-h --cache --device --json --bus --help commit_super_block_interval nr_max_batched_migration allow_migrate force_migrate update_interval flush_current_buffer_interval barrier_deadline_ms write_back_queue_depth migrate_threshold"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -84,15 +84,15 @@ complete -c lcctl -n "__fish_lcctl_using_subcommand list" -l bus -d 'The bus lcd
 complete -c lcctl -n "__fish_lcctl_using_subcommand list" -l json -d 'Print the result as JSON on stdout (shapes in lcctl(8), JSON OUTPUT)'
 complete -c lcctl -n "__fish_lcctl_using_subcommand list" -s h -l help -d 'Print help'
 complete -c lcctl -n "__fish_lcctl_using_subcommand get" -l cache -d 'A cache\'s knobs (default: the cache chosen by switch-to)' -r
-complete -c lcctl -n "__fish_lcctl_using_subcommand get" -l device -d 'A device\'s knobs (migrate_threshold)' -r
+complete -c lcctl -n "__fish_lcctl_using_subcommand get" -l device -d 'A device\'s knobs' -r
 complete -c lcctl -n "__fish_lcctl_using_subcommand get" -l bus -d 'The bus lcd serves on: system, session, or a D-Bus address such as unix:path=/run/lc/bus' -r
 complete -c lcctl -n "__fish_lcctl_using_subcommand get" -l json -d 'Print the result as JSON on stdout (shapes in lcctl(8), JSON OUTPUT)'
 complete -c lcctl -n "__fish_lcctl_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c lcctl -n "__fish_lcctl_using_subcommand set" -l cache -d 'A cache\'s knobs (default: the cache chosen by switch-to)' -r
-complete -c lcctl -n "__fish_lcctl_using_subcommand set" -l device -d 'A device\'s knobs (migrate_threshold)' -r
+complete -c lcctl -n "__fish_lcctl_using_subcommand set" -l device -d 'A device\'s knobs' -r
 complete -c lcctl -n "__fish_lcctl_using_subcommand set" -l bus -d 'The bus lcd serves on: system, session, or a D-Bus address such as unix:path=/run/lc/bus' -r
 complete -c lcctl -n "__fish_lcctl_using_subcommand set" -l json -d 'Print the result as JSON on stdout (shapes in lcctl(8), JSON OUTPUT)'
-complete -c lcctl -n "__fish_lcctl_using_subcommand set" -s h -l help -d 'Print help'
+complete -c lcctl -n "__fish_lcctl_using_subcommand set" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c lcctl -n "__fish_lcctl_using_subcommand flush" -l bus -d 'The bus lcd serves on: system, session, or a D-Bus address such as unix:path=/run/lc/bus' -r
 complete -c lcctl -n "__fish_lcctl_using_subcommand flush" -l json -d 'Print the result as JSON on stdout (shapes in lcctl(8), JSON OUTPUT)'
 complete -c lcctl -n "__fish_lcctl_using_subcommand flush" -s h -l help -d 'Print help'

@@ -448,7 +448,7 @@ async fn cache_call(op: u8, inp: &mut Input<'_>, conn: &zbus::Connection) {
         (13, 0) | (14, _) => {
             if let Some(s) = outcome("Status", within("Status", c.status()).await) {
                 assert_eq!(s.id, id);
-                assert_eq!((s.counters.len(), s.errors.len()), (16, 5));
+                assert_eq!(s.counters.len(), 16);
             }
         }
         (_, 1) => {

@@ -1,34 +1,44 @@
 //! The tunables of a cache, kept under dm-lc's names, with their ranges.
 //!
-//! One table ([`Knob::ALL`]) defines every knob's name, default and range;
-//! the daemon and the client derive their lists from it.
+//! The knobs are defined once, in lc-knobs' table ([`lc_knobs::cache_knobs!`]):
+//! this module makes the engine's [`Knob`] enum and [`Knob::ALL`] from it,
+//! and keeps each cache's current values ([`Knobs`]), validated against the
+//! table's ranges.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
-/// A settable per-cache knob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Knob {
-    /// Seconds between automatic record commits (0 = only when needed).
-    CommitSuperBlockInterval,
-    /// Segments written back per migration batch.
-    NrMaxBatchedMigration,
-    /// Write-back allowed (set by the daemon's policy loop or the admin).
-    AllowMigrate,
-    /// Write-back forced regardless of policy.
-    ForceMigrate,
-    /// Seconds between runs of the daemon's migration policy loop.
-    UpdateInterval,
-    /// Seconds a partial segment may wait before it is written (0 = off).
-    FlushCurrentBufferInterval,
-    /// Milliseconds a FLUSH/FUA waits for the current segment to fill.
-    BarrierDeadlineMs,
-    /// Write-back writes in flight per backing device.
-    WriteBackQueueDepth,
+/// Makes [`Knob`] and [`Knob::ALL`] from the table's entries.
+macro_rules! engine_knobs {
+    ([] $($variant:ident ($name:ident, $setter:ident, $property:literal, $ty:ident)
+        = $default:literal in $min:literal ..= $max:literal, $unit:literal, $help:literal;)*) => {
+        /// A settable per-cache knob (one per entry of lc-knobs' table).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Knob {
+            $(
+                #[doc = $help]
+                $variant,
+            )*
+        }
+
+        impl Knob {
+            /// Every knob, in display order.
+            pub const ALL: [KnobSpec; [$(stringify!($variant)),*].len()] = [$(KnobSpec {
+                knob: Knob::$variant,
+                name: stringify!($name),
+                default: $default,
+                min: $min,
+                max: $max,
+                help: $help,
+            }),*];
+        }
+    };
 }
 
-/// Static description of a knob.
+lc_knobs::cache_knobs!(engine_knobs);
+
+/// Static description of a knob, as lc-knobs' table gives it.
 #[derive(Debug, Clone, Copy)]
 pub struct KnobSpec {
     /// The knob.
@@ -47,74 +57,6 @@ pub struct KnobSpec {
 }
 
 impl Knob {
-    /// Every knob, in display order.
-    pub const ALL: [KnobSpec; 8] = [
-        KnobSpec {
-            knob: Knob::CommitSuperBlockInterval,
-            name: "commit_super_block_interval",
-            default: 0,
-            min: 0,
-            max: 86_400,
-            help: "seconds between superblock record commits (0: only when needed)",
-        },
-        KnobSpec {
-            knob: Knob::NrMaxBatchedMigration,
-            name: "nr_max_batched_migration",
-            default: 8,
-            min: 1,
-            max: 4096,
-            help: "segments written back per migration batch",
-        },
-        KnobSpec {
-            knob: Knob::AllowMigrate,
-            name: "allow_migrate",
-            default: 0,
-            min: 0,
-            max: 1,
-            help: "1: write dirty data back to the backing devices",
-        },
-        KnobSpec {
-            knob: Knob::ForceMigrate,
-            name: "force_migrate",
-            default: 0,
-            min: 0,
-            max: 1,
-            help: "1: write back regardless of backing-device load",
-        },
-        KnobSpec {
-            knob: Knob::UpdateInterval,
-            name: "update_interval",
-            default: 1,
-            min: 1,
-            max: 3600,
-            help: "seconds between runs of the migration policy",
-        },
-        KnobSpec {
-            knob: Knob::FlushCurrentBufferInterval,
-            name: "flush_current_buffer_interval",
-            default: 0,
-            min: 0,
-            max: 86_400,
-            help: "seconds a partial segment may wait before it is written (0: off)",
-        },
-        KnobSpec {
-            knob: Knob::BarrierDeadlineMs,
-            name: "barrier_deadline_ms",
-            default: 3,
-            min: 1,
-            max: 10_000,
-            help: "milliseconds a FLUSH/FUA waits for the current segment to fill",
-        },
-        KnobSpec {
-            knob: Knob::WriteBackQueueDepth,
-            name: "write_back_queue_depth",
-            default: 16,
-            min: 1,
-            max: 64,
-            help: "write-back writes in flight per backing device",
-        },
-    ];
-
     /// The knob's description.
     pub fn spec(self) -> &'static KnobSpec {
         Self::ALL

@@ -1,10 +1,16 @@
 //! lc-proto: the contract between `lcd` and `lcctl`.
 //!
 //! The D-Bus names (fixed by the product design), the named errors, the
-//! serde types both sides exchange and the `#[proxy]` traits clients use.
-//! Nothing else is shared between the daemon and the client.
+//! serde types both sides exchange, the `#[proxy]` traits clients use and
+//! the knob table ([`knobs`], lc-knobs re-exported: the knob properties of
+//! the proxies below are generated from it, and [`knob_value`] /
+//! [`set_knob_value`] read and write any knob of it by name). Nothing else
+//! is shared between the daemon and the client.
 
 use serde::{Deserialize, Serialize};
+
+pub use lc_knobs as knobs;
+use lc_knobs::{DbusType, KnobSpec, Owner};
 
 /// Well-known bus name of the daemon.
 pub const BUS_NAME: &str = "org.lc.Lcd1";
@@ -19,8 +25,9 @@ pub const DEVICE_INTERFACE: &str = "org.lc.Lcd1.Device";
 /// Prefix of the daemon's named errors.
 pub const ERROR_PREFIX: &str = "org.lc.Lcd1.Error";
 /// Version of the API the Manager's `Version` property reports; a client
-/// refuses a daemon whose version it does not know.
-pub const API_VERSION: u32 = 1;
+/// refuses a daemon whose version it does not know. Version 2: `Status()`
+/// reports its error counters as a named struct ([`ErrorCounts`]).
+pub const API_VERSION: u32 = 2;
 
 /// Object path of cache `id`.
 pub fn cache_path(id: u8) -> String {
@@ -189,114 +196,186 @@ pub struct CacheStatus {
     pub nr_dirty_caches: u64,
     /// The 16 counters, index = write<<3 | hit<<2 | on_buffer<<1 | fullsize.
     pub counters: Vec<u64>,
-    /// Errors: cache read, cache write, backing read, backing write, write-back retries.
-    pub errors: Vec<u64>,
+    /// The error counters.
+    pub errors: ErrorCounts,
     /// `healthy`, or `failing: <what> (<n> since <UTC time>, last: <error>): <what
     /// it means and what to do>; …` while a kind of device I/O keeps failing
     /// (it ends with the next success of that kind).
     pub health: String,
 }
 
-/// `org.lc.Lcd1.Cache` at `/org/lc/Lcd1/cache/<id>`: dm-lc's per-cache
-/// sysfs knobs as properties (changes need root) and its actions.
-#[zbus::proxy(interface = "org.lc.Lcd1.Cache", default_service = "org.lc.Lcd1")]
-pub trait Cache {
-    /// Everything lc-mgr's status printed.
-    fn status(&self) -> Result<CacheStatus, LcdError>;
-    /// Writes the superblock record now.
-    fn commit_super_block(&self) -> Result<(), LcdError>;
-    /// Seals the partial current segment and writes it.
-    fn flush_current_buffer(&self) -> Result<(), LcdError>;
-    /// Zeroes the 16 counters.
-    fn clear_stat(&self) -> Result<(), LcdError>;
-    /// Cache id.
-    #[zbus(property)]
-    fn id(&self) -> zbus::Result<u8>;
-    /// Seconds between record commits (0: only when needed).
-    #[zbus(property)]
-    fn commit_super_block_interval(&self) -> zbus::Result<u64>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_commit_super_block_interval(&self, v: u64) -> zbus::Result<()>;
-    /// Segments written back per batch.
-    #[zbus(property)]
-    fn nr_max_batched_migration(&self) -> zbus::Result<u64>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_nr_max_batched_migration(&self, v: u64) -> zbus::Result<()>;
-    /// Write-back allowed.
-    #[zbus(property)]
-    fn allow_migrate(&self) -> zbus::Result<bool>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_allow_migrate(&self, v: bool) -> zbus::Result<()>;
-    /// Write-back forced.
-    #[zbus(property)]
-    fn force_migrate(&self) -> zbus::Result<bool>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_force_migrate(&self, v: bool) -> zbus::Result<()>;
-    /// Seconds between runs of the migration policy.
-    #[zbus(property)]
-    fn update_interval(&self) -> zbus::Result<u64>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_update_interval(&self, v: u64) -> zbus::Result<()>;
-    /// Seconds a partial segment may wait (0: off).
-    #[zbus(property)]
-    fn flush_current_buffer_interval(&self) -> zbus::Result<u64>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_flush_current_buffer_interval(&self, v: u64) -> zbus::Result<()>;
-    /// Write-back writes in flight per backing device.
-    #[zbus(property)]
-    fn write_back_queue_depth(&self) -> zbus::Result<u64>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_write_back_queue_depth(&self, v: u64) -> zbus::Result<()>;
-    /// Milliseconds a FLUSH/FUA waits for the segment to fill.
-    #[zbus(property)]
-    fn barrier_deadline_ms(&self) -> zbus::Result<u64>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_barrier_deadline_ms(&self, v: u64) -> zbus::Result<()>;
-    /// Highest segment id written to the cache device.
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn last_flushed_segment_id(&self) -> zbus::Result<u64>;
-    /// Highest segment id written back.
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn last_migrated_segment_id(&self) -> zbus::Result<u64>;
+/// The error counters of a cache's `Status()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, zbus::Type)]
+pub struct ErrorCounts {
+    /// Failed reads of the cache device.
+    pub cache_read: u64,
+    /// Failed writes (and flushes) of the cache device.
+    pub cache_write: u64,
+    /// Failed reads of backing devices.
+    pub backing_read: u64,
+    /// Failed writes (and flushes) of backing devices.
+    pub backing_write: u64,
+    /// Write-back attempts that were retried.
+    pub migration_retries: u64,
 }
 
-/// `org.lc.Lcd1.Device` at `/org/lc/Lcd1/device/<id>`.
-#[zbus::proxy(interface = "org.lc.Lcd1.Device", default_service = "org.lc.Lcd1")]
-pub trait Device {
-    /// Everything about the device at once.
-    fn info(&self) -> Result<DeviceInfo, LcdError>;
-    /// Device id.
-    #[zbus(property)]
-    fn id(&self) -> zbus::Result<u8>;
-    /// Cache it is served through.
-    #[zbus(property)]
-    fn cache_id(&self) -> zbus::Result<u8>;
-    /// Backing device identity (path, major:minor).
-    #[zbus(property)]
-    fn dev(&self) -> zbus::Result<String>;
-    /// Block device node (`/dev/ublkbN`), empty when there is none.
-    #[zbus(property)]
-    fn node(&self) -> zbus::Result<String>;
-    /// Write-back policy threshold, percent (0..=100).
-    #[zbus(property)]
-    fn migrate_threshold(&self) -> zbus::Result<u8>;
-    /// Sets it.
-    #[zbus(property)]
-    fn set_migrate_threshold(&self, v: u8) -> zbus::Result<()>;
-    /// Dirty lines of this device (read it; no change signal).
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn nr_dirty_caches(&self) -> zbus::Result<u64>;
-    /// `running`, `detaching`, `no block device: <why>` or `failed: <why>`.
-    #[zbus(property)]
-    fn state(&self) -> zbus::Result<String>;
+/// `org.lc.Lcd1.Cache`'s proxy, with a knob property per cache entry of
+/// the table (the proxy macro must see every method of the trait, and the
+/// `self` of its generated bodies takes its hygiene from the signatures:
+/// the whole trait is therefore written inside this macro).
+macro_rules! cache_proxy {
+    ([] $($variant:ident ($name:ident, $setter:ident, $property:literal, $ty:ident)
+        = $default:literal in $min:literal ..= $max:literal, $unit:literal, $help:literal;)*) => {
+        /// `org.lc.Lcd1.Cache` at `/org/lc/Lcd1/cache/<id>`: dm-lc's per-cache
+        /// sysfs knobs as properties (changes need root; a getter and a setter
+        /// per entry of [`knobs::CACHE_KNOBS`]) and its actions.
+        #[zbus::proxy(interface = "org.lc.Lcd1.Cache", default_service = "org.lc.Lcd1")]
+        pub trait Cache {
+            /// Everything lc-mgr's status printed.
+            fn status(&self) -> Result<CacheStatus, LcdError>;
+            /// Writes the superblock record now.
+            fn commit_super_block(&self) -> Result<(), LcdError>;
+            /// Seals the partial current segment and writes it.
+            fn flush_current_buffer(&self) -> Result<(), LcdError>;
+            /// Zeroes the 16 counters.
+            fn clear_stat(&self) -> Result<(), LcdError>;
+            /// Cache id.
+            #[zbus(property)]
+            fn id(&self) -> zbus::Result<u8>;
+            /// Highest segment id written to the cache device.
+            #[zbus(property(emits_changed_signal = "false"))]
+            fn last_flushed_segment_id(&self) -> zbus::Result<u64>;
+            /// Highest segment id written back.
+            #[zbus(property(emits_changed_signal = "false"))]
+            fn last_migrated_segment_id(&self) -> zbus::Result<u64>;
+            $(
+                #[doc = $help]
+                #[zbus(property)]
+                fn $name(&self) -> zbus::Result<$ty>;
+                #[doc = concat!("Sets ", stringify!($name), ".")]
+                #[zbus(property)]
+                fn $setter(&self, v: $ty) -> zbus::Result<()>;
+            )*
+        }
+    };
+}
+
+lc_knobs::cache_knobs!(cache_proxy);
+
+/// `org.lc.Lcd1.Device`'s proxy, with a knob property per device entry of
+/// the table.
+macro_rules! device_proxy {
+    ([] $($variant:ident ($name:ident, $setter:ident, $property:literal, $ty:ident)
+        = $default:literal in $min:literal ..= $max:literal, $unit:literal, $help:literal;)*) => {
+        /// `org.lc.Lcd1.Device` at `/org/lc/Lcd1/device/<id>`; its knob
+        /// properties are the entries of [`knobs::DEVICE_KNOBS`].
+        #[zbus::proxy(interface = "org.lc.Lcd1.Device", default_service = "org.lc.Lcd1")]
+        pub trait Device {
+            /// Everything about the device at once.
+            fn info(&self) -> Result<DeviceInfo, LcdError>;
+            /// Device id.
+            #[zbus(property)]
+            fn id(&self) -> zbus::Result<u8>;
+            /// Cache it is served through.
+            #[zbus(property)]
+            fn cache_id(&self) -> zbus::Result<u8>;
+            /// Backing device identity (path, major:minor).
+            #[zbus(property)]
+            fn dev(&self) -> zbus::Result<String>;
+            /// Block device node (`/dev/ublkbN`), empty when there is none.
+            #[zbus(property)]
+            fn node(&self) -> zbus::Result<String>;
+            /// Dirty lines of this device (read it; no change signal).
+            #[zbus(property(emits_changed_signal = "false"))]
+            fn nr_dirty_caches(&self) -> zbus::Result<u64>;
+            /// `running`, `detaching`, `no block device: <why>` or `failed: <why>`.
+            #[zbus(property)]
+            fn state(&self) -> zbus::Result<String>;
+            $(
+                #[doc = $help]
+                #[zbus(property)]
+                fn $name(&self) -> zbus::Result<$ty>;
+                #[doc = concat!("Sets ", stringify!($name), ".")]
+                #[zbus(property)]
+                fn $setter(&self, v: $ty) -> zbus::Result<()>;
+            )*
+        }
+    };
+}
+
+lc_knobs::device_knobs!(device_proxy);
+
+/// The interface and object path that hold `knob` of cache or device `id`.
+fn knob_object(knob: &KnobSpec, id: u8) -> (&'static str, String) {
+    match knob.owner {
+        Owner::Cache => (CACHE_INTERFACE, cache_path(id)),
+        Owner::Device => (DEVICE_INTERFACE, device_path(id)),
+    }
+}
+
+/// Reads any knob of the table from cache or device `id` (as its owner
+/// says), a switch as 0 or 1.
+pub async fn knob_value(conn: &zbus::Connection, knob: &KnobSpec, id: u8) -> zbus::Result<u64> {
+    let (interface, path) = knob_object(knob, id);
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(BUS_NAME)
+        .path(path)
+        .build()
+        .await?;
+    let name = zbus::names::InterfaceName::try_from(interface)?;
+    let v = props.get(name, knob.property).await?;
+    let wrong = || {
+        zbus::Error::Failure(format!(
+            "lcd sent {} as {:?}, not {:?}",
+            knob.property,
+            v.value_signature(),
+            knob.dbus_type
+        ))
+    };
+    Ok(match knob.dbus_type {
+        DbusType::U64 => u64::try_from(&v).map_err(|_| wrong())?,
+        DbusType::U8 => u8::try_from(&v).map_err(|_| wrong())?.into(),
+        DbusType::Bool => bool::try_from(&v).map_err(|_| wrong())?.into(),
+    })
+}
+
+/// Why a knob could not be set.
+#[derive(Debug)]
+pub enum SetKnobError {
+    /// The value does not fit the property's D-Bus type (a device knob
+    /// is a byte): refused before anything is sent.
+    DoesNotFit,
+    /// The bus call failed (lcd refused the value, or the bus broke).
+    Bus(zbus::Error),
+}
+
+/// Sets any knob of the table on cache or device `id`; lcd checks the range.
+pub async fn set_knob_value(
+    conn: &zbus::Connection,
+    knob: &KnobSpec,
+    id: u8,
+    value: u64,
+) -> Result<(), SetKnobError> {
+    let v: zbus::Variant<'_> = match knob.dbus_type {
+        DbusType::U64 => value.into(),
+        DbusType::U8 => u8::try_from(value)
+            .map_err(|_| SetKnobError::DoesNotFit)?
+            .into(),
+        DbusType::Bool => (value != 0).into(),
+    };
+    let (interface, path) = knob_object(knob, id);
+    let bus = SetKnobError::Bus;
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(BUS_NAME)
+        .path(path)
+        .build()
+        .await
+        .map_err(bus)?;
+    let name = zbus::names::InterfaceName::try_from(interface).map_err(bus)?;
+    props
+        .set(name, knob.property, &v)
+        .await
+        .map_err(|e| bus(e.into()))
 }
 
 #[cfg(test)]

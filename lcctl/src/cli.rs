@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::knobs::KnobName;
+
 /// A cache or device id: 1..=255.
 fn id_parser() -> clap::builder::RangedI64ValueParser<u8> {
     clap::value_parser!(u8).range(1..=255)
@@ -177,6 +179,7 @@ pub enum Command {
     /// With KNOB, prints its value alone; without, a table of every knob.
     Get {
         /// Knob name (see KNOBS in lcctl(8)); every knob when omitted.
+        #[arg(value_parser = KnobName)]
         knob: Option<String>,
         /// Whose knobs.
         #[command(flatten)]
@@ -185,6 +188,7 @@ pub enum Command {
     /// Set a knob of a cache (--cache) or of a device (--device).
     Set {
         /// Knob name (see KNOBS in lcctl(8)).
+        #[arg(value_parser = KnobName)]
         knob: String,
         /// New value: a number; 0/1, true/false or on/off for the switches.
         value: String,
@@ -213,7 +217,7 @@ pub struct KnobTarget {
     /// A cache's knobs (default: the cache chosen by switch-to).
     #[arg(long, value_name = "ID", value_parser = id_parser(), conflicts_with = "device")]
     pub cache: Option<u8>,
-    /// A device's knobs (migrate_threshold).
+    /// A device's knobs.
     #[arg(long, value_name = "ID", value_parser = id_parser())]
     pub device: Option<u8>,
 }

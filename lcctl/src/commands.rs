@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::cli::{Cli, Command, KnobTarget};
 use crate::client::Client;
 use crate::error::{Exit, Failure, Result};
-use crate::knobs::{self, CACHE_KNOBS, DEVICE_KNOBS};
+use crate::knobs::{self, KnobSpec, CACHE_KNOBS, DEVICE_KNOBS};
 use crate::render::{bytes, escape, indent, or_dash, percent, ratio, table};
 use crate::selection;
 
@@ -443,15 +443,11 @@ impl Progress {
 
 /// The knobs of a cache, as a JSON object name → value.
 async fn cache_knobs(c: &Client, id: u8) -> Result<Map<String, Value>> {
-    let cp = c.cache(id).await?;
-    let mut knobs = Map::new();
-    for k in &CACHE_KNOBS {
-        let v = knobs::get_cache(&cp, k.name)
-            .await
-            .map_err(c.zbus_err(&format!("cache {id}")))?;
-        knobs.insert(k.name.to_string(), v.into());
+    let mut values = Map::new();
+    for k in CACHE_KNOBS {
+        values.insert(k.name.to_string(), knobs::get(c, k, id).await?.into());
     }
-    Ok(knobs)
+    Ok(values)
 }
 
 /// The 16 counters of a status, as the rows of the I/O table.
@@ -565,19 +561,15 @@ async fn status(c: &Client, only: Option<u8>) -> Result<Output> {
                     st.last_migrated_segment_id.to_string(),
                 ),
             ];
-            for k in &CACHE_KNOBS {
+            for k in CACHE_KNOBS {
                 kv.push((k.name.to_string(), knobs[k.name].to_string()));
             }
-            let e = |i: usize| st.errors.get(i).copied().unwrap_or(0);
+            let e = &st.errors;
             kv.push((
                 "errors".to_string(),
                 format!(
                     "cache read {}, cache write {}, backing read {}, backing write {}, write-back retries {}",
-                    e(0),
-                    e(1),
-                    e(2),
-                    e(3),
-                    e(4)
+                    e.cache_read, e.cache_write, e.backing_read, e.backing_write, e.migration_retries
                 ),
             ));
             text.push_str(&indent(&table(
@@ -714,28 +706,15 @@ fn target(t: &KnobTarget) -> Result<(&'static str, u8)> {
 
 async fn get(c: &Client, knob: Option<&str>, t: &KnobTarget) -> Result<Output> {
     let (kind, id) = target(t)?;
-    let what = format!("{kind} {id}");
+    let specs: Vec<&KnobSpec> = match (kind, knob) {
+        ("cache", Some(k)) => vec![knobs::cache_knob(k)?],
+        ("cache", None) => CACHE_KNOBS.iter().collect(),
+        (_, Some(k)) => vec![knobs::device_knob(k)?],
+        (_, None) => DEVICE_KNOBS.iter().collect(),
+    };
     let mut values = Map::new();
-    if kind == "cache" {
-        let names: Vec<&str> = match knob {
-            Some(k) => vec![knobs::cache_knob(k)?.name],
-            None => CACHE_KNOBS.iter().map(|k| k.name).collect(),
-        };
-        let cp = c.cache(id).await?;
-        for n in names {
-            let v = knobs::get_cache(&cp, n).await.map_err(c.zbus_err(&what))?;
-            values.insert(n.to_string(), v.into());
-        }
-    } else {
-        let names: Vec<&str> = match knob {
-            Some(k) => vec![knobs::device_knob(k)?.name],
-            None => DEVICE_KNOBS.iter().map(|k| k.name).collect(),
-        };
-        let dp = c.device(id).await?;
-        for n in names {
-            let v = knobs::get_device(&dp, n).await.map_err(c.zbus_err(&what))?;
-            values.insert(n.to_string(), v.into());
-        }
+    for k in specs {
+        values.insert(k.name.to_string(), knobs::get(c, k, id).await?.into());
     }
     let text = match knob {
         Some(k) => values[k].to_string(),
@@ -756,33 +735,14 @@ async fn get(c: &Client, knob: Option<&str>, t: &KnobTarget) -> Result<Output> {
 async fn set(c: &Client, knob: &str, value: &str, t: &KnobTarget) -> Result<Output> {
     let (kind, id) = target(t)?;
     let what = format!("{kind} {id}");
-    let now = if kind == "cache" {
-        let k = knobs::cache_knob(knob)?;
-        let v = knobs::parse_value(k, value)?;
-        let cp = c.cache(id).await?;
-        knobs::set_cache(&cp, k.name, v)
-            .await
-            .map_err(c.zbus_err(&what))?;
-        knobs::get_cache(&cp, k.name)
-            .await
-            .map_err(c.zbus_err(&what))?
+    let k = if kind == "cache" {
+        knobs::cache_knob(knob)?
     } else {
-        let k = knobs::device_knob(knob)?;
-        let v = knobs::parse_value(k, value)?;
-        let dp = c.device(id).await?;
-        knobs::set_device(&dp, k.name, v)
-            .await
-            .map_err(|e| match e {
-                knobs::SetDeviceError::Range => Failure::new(
-                    Exit::Usage,
-                    format!("{} must be in {}..={}, got {v}", k.name, k.min, k.max),
-                ),
-                knobs::SetDeviceError::Bus(e) => crate::error::from_zbus(e, &c.bus, &what),
-            })?;
-        knobs::get_device(&dp, k.name)
-            .await
-            .map_err(c.zbus_err(&what))?
+        knobs::device_knob(knob)?
     };
+    let v = knobs::parse_value(k, value)?;
+    knobs::set(c, k, id, v).await?;
+    let now = knobs::get(c, k, id).await?;
     Ok(Output {
         text: format!("{what}: {knob} = {now}"),
         json: json!({ kind: id, "knobs": { knob: now } }),

@@ -14,10 +14,10 @@ use lc_manpage::{commands_section, preamble, section, wrap};
 
 use crate::cli::Cli;
 use crate::error::Exit;
-use crate::knobs::{KnobDoc, CACHE_KNOBS, DEVICE_KNOBS};
+use crate::knobs::{KnobSpec, CACHE_KNOBS, DEVICE_KNOBS};
 
 /// Date on the page's title line; change it when the page changes.
-const DATE: &str = "2026-12-03";
+const DATE: &str = "2026-12-04";
 
 /// Every generated file: its path relative to the repository root and
 /// its content.
@@ -61,19 +61,16 @@ pub fn man_page() -> String {
     wrap(&page)
 }
 
-fn knob_entries(roff: &mut Roff, knobs: &[KnobDoc]) {
+fn knob_entries(roff: &mut Roff, knobs: &[KnobSpec]) {
     for k in knobs {
         roff.control("TP", []);
         roff.text([bold(k.name)]);
-        let range = if k.switch {
-            "0 or 1".to_string()
-        } else {
-            format!("{}..{}", k.min, k.max)
-        };
         roff.text([roman(format!(
-            "{}. Range {range}, default {}.",
+            "{}. Range {}, default {}. D-Bus property {}.",
             upper_first(k.help),
-            k.default
+            k.range_text(),
+            k.default,
+            k.property
         ))]);
     }
 }
@@ -95,10 +92,34 @@ fn knobs_section() -> Roff {
          the knobs of each cache, so they survive a restart of lcd.",
     )]);
     roff.control("SS", ["Cache knobs (--cache ID)"]);
-    knob_entries(&mut roff, &CACHE_KNOBS);
+    knob_entries(&mut roff, CACHE_KNOBS);
     roff.control("SS", ["Device knobs (--device ID)"]);
-    knob_entries(&mut roff, &DEVICE_KNOBS);
+    knob_entries(&mut roff, DEVICE_KNOBS);
     roff
+}
+
+/// README's knob table (between the `knobs` markers), in Markdown.
+pub fn readme_knobs() -> String {
+    let mut md = String::from(
+        "| knob | of | range | default | unit | D-Bus property | what it does |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for k in CACHE_KNOBS.iter().chain(DEVICE_KNOBS) {
+        let owner = match k.owner {
+            crate::knobs::Owner::Cache => "cache",
+            crate::knobs::Owner::Device => "device",
+        };
+        md.push_str(&format!(
+            "| `{}` | {owner} | {} | {} | {} | `{}` | {} |\n",
+            k.name,
+            k.range_text(),
+            k.default,
+            k.unit,
+            k.property,
+            k.help
+        ));
+    }
+    md
 }
 
 /// EXIT STATUS: every status of [`Exit`].

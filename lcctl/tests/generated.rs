@@ -33,6 +33,32 @@ fn committed_files_are_up_to_date() {
     );
 }
 
+/// README's knob table is the one lc-knobs defines (rewritten between its
+/// markers by `LC_UPDATE_GENERATED=1`).
+#[test]
+fn readme_knob_table_is_the_table() {
+    const START: &str = "<!-- knobs: generated from lc-knobs (LC_UPDATE_GENERATED=1 cargo test -p lcctl --test generated) -->\n";
+    const END: &str = "<!-- /knobs -->";
+    let path = repo_root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let start = readme.find(START).expect("README.md has the knobs marker") + START.len();
+    let end = start
+        + readme[start..]
+            .find(END)
+            .expect("README.md has the end marker");
+    let want = lcctl::manual::readme_knobs();
+    if std::env::var_os("LC_UPDATE_GENERATED").is_some_and(|v| v == "1") {
+        let new = format!("{}{want}{}", &readme[..start], &readme[end..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    assert_eq!(
+        &readme[start..end],
+        want,
+        "README.md's knob table differs from lc-knobs: run `LC_UPDATE_GENERATED=1 cargo test -p lcctl --test generated`"
+    );
+}
+
 #[test]
 fn man_page_is_lint_clean() {
     let Ok(out) = Command::new("mandoc")
@@ -66,7 +92,7 @@ fn man_page_documents_every_command_knob_and_exit_status() {
     }
     for k in lcctl::knobs::CACHE_KNOBS
         .iter()
-        .chain(&lcctl::knobs::DEVICE_KNOBS)
+        .chain(lcctl::knobs::DEVICE_KNOBS)
     {
         assert!(page.contains(&format!("\\fB{}\\fR", k.name)), "{}", k.name);
     }
@@ -91,8 +117,8 @@ fn man_page_documents_every_command_knob_and_exit_status() {
     }
 }
 
-/// lcctl's knob table (names, ranges, defaults) is the engine's: lcctl
-/// itself cannot use the engine, so a test keeps them in step.
+/// The knobs lcctl knows (lc-knobs' table, through lc-proto) are the ones
+/// the engine validates, with the same ranges and defaults.
 #[test]
 fn knob_table_matches_the_engine() {
     let engine: Vec<_> = lc_engine::Knob::ALL
@@ -104,7 +130,7 @@ fn knob_table_matches_the_engine() {
         .map(|k| (k.name, k.min, k.max, k.default))
         .collect();
     assert_eq!(ours, engine);
-    for k in &lcctl::knobs::CACHE_KNOBS {
-        assert_eq!(k.switch, k.max == 1, "{}", k.name);
+    for k in lcctl::knobs::CACHE_KNOBS {
+        assert_eq!(k.is_switch(), k.max == 1, "{}", k.name);
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use lc_engine::{Cache, Knob};
-use lc_proto::{CacheStatus, LcdError};
+use lc_proto::{CacheStatus, ErrorCounts, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
@@ -66,13 +66,13 @@ impl CacheObject {
             last_migrated_segment_id: s.last_migrated_segment_id,
             nr_dirty_caches: s.nr_dirty_caches,
             counters: e.counters.to_vec(),
-            errors: vec![
-                e.cache_read_errors,
-                e.cache_write_errors,
-                e.backing_read_errors,
-                e.backing_write_errors,
-                e.migration_retries,
-            ],
+            errors: ErrorCounts {
+                cache_read: e.cache_read_errors,
+                cache_write: e.cache_write_errors,
+                backing_read: e.backing_read_errors,
+                backing_write: e.backing_write_errors,
+                migration_retries: e.migration_retries,
+            },
             health: s.health.describe(),
         })
     }

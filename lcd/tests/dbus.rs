@@ -368,7 +368,7 @@ async fn each_cache_is_an_object_with_its_knobs_and_status() {
     let st = c.status().await.unwrap();
     assert_eq!((st.id, st.nr_segments, st.nr_caches), (5, 7, 7 * 255));
     assert_eq!(st.counters.len(), 16);
-    assert_eq!(st.errors, [0; 5]);
+    assert_eq!(st.errors, lc_proto::ErrorCounts::default());
     c.commit_super_block().await.unwrap();
     c.flush_current_buffer().await.unwrap();
     c.clear_stat().await.unwrap();

@@ -64,23 +64,43 @@ mgr_prop() { get "$ROOT" "$MANAGER" "$1"; }
 cache_prop() { get "$ROOT/cache/$1" org.lc.Lcd1.Cache "$2"; }
 dev_prop() { get "$ROOT/device/$1" org.lc.Lcd1.Device "$2"; }
 
-# cache_status ID FIELD: one field of Cache.Status(); FIELD is one of
-# nr_segments nr_caches static_ram index_ram current_segment cursor
-# last_flushed last_durable last_migrated nr_dirty writes reads errors
+# cache_status ID FIELD...: fields of cache ID's status as lcctl reports it
+# (`lcctl --json status ID`, lcctl(8) JSON OUTPUT): FIELD is a key of its
+# "status" object (nr_segments, nr_caches, static_ram_bytes, index_ram_bytes,
+# current_segment_id, cursor, last_flushed_segment_id,
+# last_durable_segment_id, last_migrated_segment_id, nr_dirty_caches, health),
+# or writes / reads (the sums of the 8 write and the 8 read counters),
+# read_misses / read_hits / read_hits_on_buffer (read lines by outcome), or
+# errors (the sum of the named error counters); prints them on one line.
+# Reads lcctl's pretty JSON with awk: the guest has no JSON tool.
 cache_status() {
-    _s=$(obj_call "$ROOT/cache/$1" org.lc.Lcd1.Cache Status)
-    # drop the device string, then: sig id nr_segments nr_caches static index
-    # cur cursor flushed durable migrated dirty 16 c0..c15 5 e0..e4
-    echo "$_s" | sed 's/"[^"]*"//g' | awk -v f="$2" '
-        $13 != 16 || $30 != 5 { print "layout?"; exit }
-        { w = 0; r = 0; e = 0
-          for (i = 0; i < 16; i++) { if (i >= 8) w += $(14 + i); else r += $(14 + i) }
-          for (i = 31; i <= 35; i++) e += $i
-          v["nr_segments"] = $3; v["nr_caches"] = $4; v["static_ram"] = $5; v["index_ram"] = $6
-          v["current_segment"] = $7; v["cursor"] = $8; v["last_flushed"] = $9
-          v["last_durable"] = $10; v["last_migrated"] = $11; v["nr_dirty"] = $12
-          v["writes"] = w; v["reads"] = r; v["errors"] = e
-          print v[f] }'
+    _id=$1
+    shift
+    _s=$(lcctl --json status "$_id" 2>&1) || fail "lcctl --json status $_id failed: $_s"
+    echo "$_s" | awk -v fields="$*" '
+        /^ *"status": \{/ { in_s = 1; next }
+        in_s && /^ *"counters": \[/ { in_c = 1; n = 0; next }
+        in_c && /\]/ { in_c = 0; next }
+        in_c { gsub(/[ ,]/, ""); c[n] = $0; if (n >= 8) w += $0; else r += $0; n++; next }
+        in_s && /^ *"errors": \{/ { in_e = 1; ne = 0; next }
+        in_e && /\}/ { in_e = 0; next }
+        in_e { v = $0; sub(/.*": */, "", v); sub(/,$/, "", v); e += v; ne++; next }
+        in_s && /^ *\}/ { in_s = 0; next }
+        in_s && match($0, /"[a-z_]+": /) {
+            k = substr($0, RSTART + 1, RLENGTH - 4); v = substr($0, RSTART + RLENGTH)
+            sub(/,$/, "", v); gsub(/"/, "", v); val[k] = v }
+        END {
+            if (n != 16 || ne != 5) { print "lcctl status layout? (" n " counters, " ne " error counters)"; exit 1 }
+            val["writes"] = w; val["reads"] = r; val["errors"] = e
+            # counter i = write*8 + hit*4 + on_buffer*2 + fullsize
+            val["read_misses"] = c[0] + c[1] + c[2] + c[3]
+            val["read_hits"] = c[4] + c[5] + c[6] + c[7]
+            val["read_hits_on_buffer"] = c[6] + c[7]
+            nf = split(fields, f, " "); out = ""
+            for (i = 1; i <= nf; i++) {
+                if (!(f[i] in val)) { print "no field " f[i] " in lcctl status"; exit 1 }
+                out = out (i > 1 ? " " : "") val[f[i]] }
+            print out }'
 }
 
 # wait_until SECONDS WHAT COMMAND...: polls COMMAND every 0.2 s

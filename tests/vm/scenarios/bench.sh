@@ -110,10 +110,7 @@ lcd_thread_jiffies() {
 }
 
 # read counters of lc's cache 1: "miss hit hit_on_buffer" (lines)
-lc_read_counters() {
-    obj_call "$ROOT/cache/1" org.lc.Lcd1.Cache Status | sed 's/"[^"]*"//g' |
-        awk '{ print $14 + $15 + $16 + $17, $18 + $19 + $20 + $21, $20 + $21 }'
-}
+lc_read_counters() { cache_status 1 read_misses read_hits read_hits_on_buffer; }
 
 dev_path() {
     case $1 in
@@ -248,7 +245,7 @@ while [ $r -le $ROUNDS ]; do
     r=$((r + 1))
 done
 log "$ROUNDS rounds took $(awk -v a="$t1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
-info "lc after the rounds: $(cache_status 1 nr_dirty) dirty lines, current segment $(cache_status 1 current_segment) of $(cache_status 1 nr_segments)"
+info "lc after the rounds: $(cache_status 1 nr_dirty_caches) dirty lines, current segment $(cache_status 1 current_segment_id) of $(cache_status 1 nr_segments)"
 expect_eq "lc's Cache.Status error counters" 0 "$(cache_status 1 errors)"
 
 rublk del -n 9 >/tmp/rublk.out 2>&1 || { cat /tmp/rublk.out; fail "rublk del -n 9 failed"; }

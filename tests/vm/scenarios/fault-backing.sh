@@ -62,7 +62,7 @@ lcctl status 1 | grep -E '^ *errors ' | sed 's/^/[lcctl status] /'
 
 # ---- the backing device comes back: write-back completes by itself
 dm_set lcback linear
-all_clean() { [ "$(cache_status 1 nr_dirty)" -eq 0 ]; }
+all_clean() { [ "$(cache_status 1 nr_dirty_caches)" -eq 0 ]; }
 wait_until 120 "write-back to empty the cache after the backing device came back" all_clean
 dd if=$d of=/dev/null bs=1M skip=84 count=4 iflag=direct 2>/tmp/dd.err ||
     fail "reading uncached data after the backing device came back: expected success, saw: $(cat /tmp/dd.err)"

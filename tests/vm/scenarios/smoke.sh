@@ -20,7 +20,7 @@ echo "$caches" | grep -q '"running"' ||
 id=$(cache_prop 1 Id)
 expect_eq "Cache.Id of /org/lc/Lcd1/cache/1" "y 1" "$id"
 segs=$(cache_status 1 nr_segments)
-log "Cache.Status: $segs segments, static RAM $(cache_status 1 static_ram) bytes"
+log "Cache.Status: $segs segments, static RAM $(cache_status 1 static_ram_bytes) bytes"
 [ "$segs" -gt 0 ] 2>/dev/null || fail "Cache.Status: expected nr_segments > 0, saw '$segs'"
 
 fe=$(mgr_prop BlockFrontend)

@@ -138,7 +138,7 @@ soak_hammer() {
 # beyond the cache's static RAM (segment buffers and index) + 128 MiB.
 soak_rss() {
     trap 'exit 0' TERM
-    _lim=$(($(cache_status 1 static_ram) / 1024 + 131072))
+    _lim=$(($(cache_status 1 static_ram_bytes) / 1024 + 131072))
     _max=0
     _shown=0
     _n=0
@@ -422,7 +422,7 @@ peak=$(cat /run/soak-rss-max)
 hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
 [ "$hwm" -le "$peak" ] || peak=$hwm
 echo "LC-MAX peak-rss-kib $peak"
-static=$(($(cache_status 1 static_ram) / 1024))
+static=$(($(cache_status 1 static_ram_bytes) / 1024))
 echo "LC-VALUE static-ram-kib $static"
 echo "LC-VALUE rss-warm-kib $rss_warm"
 echo "LC-VALUE rss-end-kib $rss_end"
