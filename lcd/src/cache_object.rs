@@ -47,199 +47,132 @@ impl CacheObject {
     }
 }
 
-#[interface(name = "org.lc.Lcd1.Cache")]
-impl CacheObject {
-    async fn status(&self) -> Result<CacheStatus, LcdError> {
-        let s = self.cache.recent_status();
-        let e = &s.stats;
-        Ok(CacheStatus {
-            id: s.cache_id,
-            device: s.device,
-            nr_segments: s.nr_segments,
-            nr_caches: s.nr_caches,
-            static_ram_bytes: s.static_ram_bytes,
-            index_ram_bytes: s.index_ram_bytes,
-            current_segment_id: s.current_segment_id,
-            cursor: s.cursor,
-            last_flushed_segment_id: s.last_flushed_segment_id,
-            last_durable_segment_id: s.last_durable_segment_id,
-            last_migrated_segment_id: s.last_migrated_segment_id,
-            nr_dirty_caches: s.nr_dirty_caches,
-            counters: e.counters.to_vec(),
-            errors: ErrorCounts {
-                cache_read: e.cache_read_errors,
-                cache_write: e.cache_write_errors,
-                backing_read: e.backing_read_errors,
-                backing_write: e.backing_write_errors,
-                migration_retries: e.migration_retries,
-            },
-            health: s.health.describe(),
-        })
-    }
+/// Makes the interface: the methods and read-only properties below, and a
+/// knob property (getter and root-only setter, validated by the engine) per
+/// entry of lc-knobs' cache table. The whole impl is written inside the
+/// macro, as the interface macro must see every method at once.
+macro_rules! cache_interface {
+    ([] $($variant:ident ($name:ident, $setter:ident, $property:literal, $ty:ident)
+        = $default:literal in $min:literal ..= $max:literal, $unit:literal, $help:literal;)*) => {
+        #[interface(name = "org.lc.Lcd1.Cache")]
+        impl CacheObject {
+            async fn status(&self) -> Result<CacheStatus, LcdError> {
+                let s = self.cache.recent_status();
+                let e = &s.stats;
+                Ok(CacheStatus {
+                    id: s.cache_id,
+                    device: s.device,
+                    nr_segments: s.nr_segments,
+                    nr_caches: s.nr_caches,
+                    static_ram_bytes: s.static_ram_bytes,
+                    index_ram_bytes: s.index_ram_bytes,
+                    current_segment_id: s.current_segment_id,
+                    cursor: s.cursor,
+                    last_flushed_segment_id: s.last_flushed_segment_id,
+                    last_durable_segment_id: s.last_durable_segment_id,
+                    last_migrated_segment_id: s.last_migrated_segment_id,
+                    nr_dirty_caches: s.nr_dirty_caches,
+                    counters: e.counters.to_vec(),
+                    errors: ErrorCounts {
+                        cache_read: e.cache_read_errors,
+                        cache_write: e.cache_write_errors,
+                        backing_read: e.backing_read_errors,
+                        backing_write: e.backing_write_errors,
+                        migration_retries: e.migration_retries,
+                    },
+                    health: s.health.describe(),
+                })
+            }
 
-    async fn commit_super_block(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), LcdError> {
-        require_root(conn, &hdr).await?;
-        let cache = self.cache.clone();
-        blocking(move || cache.commit_super_block().map_err(to_dbus)).await
-    }
+            async fn commit_super_block(
+                &self,
+                #[zbus(header)] hdr: Header<'_>,
+                #[zbus(connection)] conn: &Connection,
+            ) -> Result<(), LcdError> {
+                require_root(conn, &hdr).await?;
+                let cache = self.cache.clone();
+                blocking(move || cache.commit_super_block().map_err(to_dbus)).await
+            }
 
-    async fn flush_current_buffer(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), LcdError> {
-        require_root(conn, &hdr).await?;
-        self.cache.flush_current_buffer();
-        Ok(())
-    }
+            async fn flush_current_buffer(
+                &self,
+                #[zbus(header)] hdr: Header<'_>,
+                #[zbus(connection)] conn: &Connection,
+            ) -> Result<(), LcdError> {
+                require_root(conn, &hdr).await?;
+                self.cache.flush_current_buffer();
+                Ok(())
+            }
 
-    async fn clear_stat(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), LcdError> {
-        require_root(conn, &hdr).await?;
-        self.cache.clear_stat();
-        Ok(())
-    }
+            async fn clear_stat(
+                &self,
+                #[zbus(header)] hdr: Header<'_>,
+                #[zbus(connection)] conn: &Connection,
+            ) -> Result<(), LcdError> {
+                require_root(conn, &hdr).await?;
+                self.cache.clear_stat();
+                Ok(())
+            }
 
-    #[zbus(property(emits_changed_signal = "const"))]
-    fn id(&self) -> u8 {
-        self.cache.id()
-    }
+            #[zbus(property(emits_changed_signal = "const"))]
+            fn id(&self) -> u8 {
+                self.cache.id()
+            }
 
-    #[zbus(property)]
-    fn commit_super_block_interval(&self) -> u64 {
-        self.cache.knob(Knob::CommitSuperBlockInterval)
-    }
+        $(
+            #[doc = $help]
+            #[zbus(property)]
+            fn $name(&self) -> $ty {
+                KnobValue::from_knob(self.cache.knob(Knob::$variant))
+            }
 
-    #[zbus(property)]
-    async fn set_commit_super_block_interval(
-        &self,
-        v: u64,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::CommitSuperBlockInterval, v, hdr, conn).await
-    }
+            #[zbus(property)]
+            async fn $setter(
+                &self,
+                v: $ty,
+                #[zbus(header)] hdr: Option<Header<'_>>,
+                #[zbus(connection)] conn: &Connection,
+            ) -> fdo::Result<()> {
+                self.set(Knob::$variant, v.to_knob(), hdr, conn).await
+            }
+        )*
 
-    #[zbus(property)]
-    fn nr_max_batched_migration(&self) -> u64 {
-        self.cache.knob(Knob::NrMaxBatchedMigration)
-    }
+            #[zbus(property(emits_changed_signal = "false"))]
+            fn last_flushed_segment_id(&self) -> u64 {
+                self.cache.recent_status().last_flushed_segment_id
+            }
 
-    #[zbus(property)]
-    async fn set_nr_max_batched_migration(
-        &self,
-        v: u64,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::NrMaxBatchedMigration, v, hdr, conn).await
-    }
+            #[zbus(property(emits_changed_signal = "false"))]
+            fn last_migrated_segment_id(&self) -> u64 {
+                self.cache.recent_status().last_migrated_segment_id
+            }
+        }
+    };
+}
 
-    #[zbus(property)]
-    fn allow_migrate(&self) -> bool {
-        self.cache.knob(Knob::AllowMigrate) != 0
-    }
+lc_proto::knobs::cache_knobs!(cache_interface);
 
-    #[zbus(property)]
-    async fn set_allow_migrate(
-        &self,
-        v: bool,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::AllowMigrate, v as u64, hdr, conn).await
-    }
+/// A knob's D-Bus value type (as lc-knobs' table names it) to and from the
+/// engine's u64.
+trait KnobValue: Sized {
+    fn from_knob(v: u64) -> Self;
+    fn to_knob(self) -> u64;
+}
 
-    #[zbus(property)]
-    fn force_migrate(&self) -> bool {
-        self.cache.knob(Knob::ForceMigrate) != 0
+impl KnobValue for u64 {
+    fn from_knob(v: u64) -> Self {
+        v
     }
-
-    #[zbus(property)]
-    async fn set_force_migrate(
-        &self,
-        v: bool,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::ForceMigrate, v as u64, hdr, conn).await
+    fn to_knob(self) -> u64 {
+        self
     }
+}
 
-    #[zbus(property)]
-    fn update_interval(&self) -> u64 {
-        self.cache.knob(Knob::UpdateInterval)
+impl KnobValue for bool {
+    fn from_knob(v: u64) -> Self {
+        v != 0
     }
-
-    #[zbus(property)]
-    async fn set_update_interval(
-        &self,
-        v: u64,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::UpdateInterval, v, hdr, conn).await
-    }
-
-    #[zbus(property)]
-    fn flush_current_buffer_interval(&self) -> u64 {
-        self.cache.knob(Knob::FlushCurrentBufferInterval)
-    }
-
-    #[zbus(property)]
-    async fn set_flush_current_buffer_interval(
-        &self,
-        v: u64,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::FlushCurrentBufferInterval, v, hdr, conn)
-            .await
-    }
-
-    #[zbus(property)]
-    fn barrier_deadline_ms(&self) -> u64 {
-        self.cache.knob(Knob::BarrierDeadlineMs)
-    }
-
-    #[zbus(property)]
-    async fn set_barrier_deadline_ms(
-        &self,
-        v: u64,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::BarrierDeadlineMs, v, hdr, conn).await
-    }
-
-    #[zbus(property)]
-    fn write_back_queue_depth(&self) -> u64 {
-        self.cache.knob(Knob::WriteBackQueueDepth)
-    }
-
-    #[zbus(property)]
-    async fn set_write_back_queue_depth(
-        &self,
-        v: u64,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<()> {
-        self.set(Knob::WriteBackQueueDepth, v, hdr, conn).await
-    }
-
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn last_flushed_segment_id(&self) -> u64 {
-        self.cache.recent_status().last_flushed_segment_id
-    }
-
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn last_migrated_segment_id(&self) -> u64 {
-        self.cache.recent_status().last_migrated_segment_id
+    fn to_knob(self) -> u64 {
+        self as u64
     }
 }
