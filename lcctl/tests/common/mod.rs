@@ -26,9 +26,15 @@ pub fn lcd_binary() -> &'static Path {
     LCD.get_or_init(|| {
         let dir = profile_dir();
         let release = dir.file_name().is_some_and(|n| n == "release");
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
             .args(["build", "-p", "lcd", "--locked", "--profile"])
-            .arg(if release { "release" } else { "test" })
+            .arg(if release { "release" } else { "test" });
+        // the features the tests were built with (tests/knob-table/run)
+        if let Some(f) = std::env::var_os("LC_TEST_CARGO_FEATURES") {
+            cargo.arg("--features").arg(f);
+        }
+        let status = cargo
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo to build lcd");
