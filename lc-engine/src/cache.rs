@@ -1762,7 +1762,11 @@ impl Drop for Cache {
     fn drop(&mut self) {
         if !lock(&self.threads).is_empty() {
             if let Err(e) = self.shutdown() {
-                tracing::error!(cache = self.inner.cache_id, "clean stop failed: {e}");
+                tracing::error!(
+                    cache = self.inner.cache_id,
+                    "clean stop failed: {}",
+                    crate::error::describe(&e)
+                );
             }
         }
     }

@@ -160,7 +160,8 @@ fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
                 } else if let Err(e) = res {
                     tracing::error!(
                         cache = inner.cache_id,
-                        "periodic superblock commit failed: {e}"
+                        "periodic superblock commit failed: {}",
+                        crate::error::describe(&e)
                     );
                 }
             }
