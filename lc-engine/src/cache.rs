@@ -9,7 +9,8 @@
 //! Device reads of cached lines happen outside it, with the line's segment
 //! slot *pinned* so the flusher cannot overwrite or discard it meanwhile.
 //! The background jobs live in their own files: `flusher.rs`,
-//! `migrator.rs`, `ticker.rs`; format and resume in [`crate::recover`].
+//! `migrator.rs`, `ticker.rs`; format and resume in [`crate::recover`];
+//! line geometry in `geometry.rs`, the status records in [`crate::status`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -23,11 +24,16 @@ use crate::error::{DeviceRole, Error, Result};
 use crate::figures::{Figures, RecentFigures};
 use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
+use crate::geometry::{
+    line_in_segment, line_index, line_offset, line_pieces, mask_of, slot_of_line,
+    SEGMENT_DATA_BYTES,
+};
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
 use crate::read_plan::ReadPlan;
 use crate::segment_buffer::SegmentBuffer;
-use crate::stats::{ErrorCounter, Health, Stats, StatsSnapshot};
+use crate::stats::{ErrorCounter, Stats};
+pub use crate::status::{CacheStatus, DeviceStatus, DrainProgress};
 
 /// Called once when a FLUSH (or the flush part of a FUA write) completes.
 pub type FlushCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -164,60 +170,9 @@ pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Bytes of data lines in a segment (its RAM buffer; the header is built apart).
-pub(crate) const SEGMENT_DATA_BYTES: usize = LINES_PER_SEGMENT * LINE_SIZE;
-
-/// Offset of cache line `idx` in its segment's RAM data buffer.
-fn line_in_segment(idx: u32) -> usize {
-    idx as usize % LINES_PER_SEGMENT
-}
-
-/// Line index of line `i` of segment slot `slot`.
-pub(crate) fn line_index(slot: u64, i: usize) -> u32 {
-    (slot as usize * LINES_PER_SEGMENT + i) as u32
-}
-
-/// Device offset of the data of cache line `idx`.
-pub(crate) fn line_offset(idx: u32) -> u64 {
-    let slot = idx as u64 / LINES_PER_SEGMENT as u64;
-    let i = idx as u64 % LINES_PER_SEGMENT as u64;
-    segment_offset(slot) + (1 + i) * LINE_SIZE as u64
-}
-
 /// A detach (or any drain) fails once write-back has failed this many times
 /// in a row (about 2.5 s of backoff), rather than waiting for the device.
 pub const DRAIN_GIVES_UP_AFTER: u64 = 8;
-
-/// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(10u64 << attempt.min(8)).min(Duration::from_secs(2))
-}
-
-/// Runs background I/O `op` until it succeeds, calling `on_error` after each
-/// failure and sleeping with exponential backoff. Background I/O never gives
-/// up on its own (nothing is dropped); it returns false only when the cache
-/// is stopping and `op` has failed more than `attempts_when_stopping` times.
-pub(crate) fn retry_io(
-    inner: &Inner,
-    attempts_when_stopping: u32,
-    mut on_error: impl FnMut(&std::io::Error),
-    mut op: impl FnMut() -> std::io::Result<()>,
-) -> bool {
-    let mut attempt = 0;
-    loop {
-        match op() {
-            Ok(()) => return true,
-            Err(e) => {
-                on_error(&e);
-                if lock(&inner.state).stopping && attempt >= attempts_when_stopping {
-                    return false;
-                }
-                std::thread::sleep(backoff(attempt));
-                attempt += 1;
-            }
-        }
-    }
-}
 
 /// Where the data of a cache line is in RAM (see [`State::ram_line`]).
 pub(crate) enum RamLine<'a> {
@@ -241,7 +196,7 @@ impl State {
 
     /// Where the data of cache line `idx` is in RAM, if it is.
     pub(crate) fn ram_line(&self, idx: u32) -> RamLine<'_> {
-        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        let slot = slot_of_line(idx);
         let i = line_in_segment(idx);
         match self.ram_buffer(slot) {
             None => RamLine::Absent,
@@ -256,95 +211,14 @@ impl State {
     /// backing line at the same place); with the segment id it does, as
     /// segment ids are never reused.
     fn segment_of(&self, idx: u32) -> u64 {
-        self.slot_ids[idx as usize / LINES_PER_SEGMENT]
+        self.slot_ids[slot_of_line(idx) as usize]
     }
 
     fn in_current(&self, idx: u32) -> bool {
         self.current
             .as_ref()
-            .is_some_and(|c| c.slot == idx as u64 / LINES_PER_SEGMENT as u64)
+            .is_some_and(|c| c.slot == slot_of_line(idx))
     }
-}
-
-/// Status of a cache at one moment (what dm-lc's lc-mgr printed and more).
-#[derive(Debug, Clone, Default)]
-pub struct CacheStatus {
-    /// Cache id.
-    pub cache_id: u8,
-    /// Cache device identity.
-    pub device: String,
-    /// Segments on the cache device.
-    pub nr_segments: u64,
-    /// Cache lines on the cache device.
-    pub nr_caches: u64,
-    /// RAM held by the index and segment buffers, in bytes.
-    pub static_ram_bytes: u64,
-    /// Bytes of that held by the index alone.
-    pub index_ram_bytes: u64,
-    /// Id of the segment being filled (0 before the first write).
-    pub current_segment_id: u64,
-    /// Lines used in the current segment (dm-lc's cursor).
-    pub cursor: u64,
-    /// Highest segment id written to the cache device.
-    pub last_flushed_segment_id: u64,
-    /// Highest segment id written and flushed.
-    pub last_durable_segment_id: u64,
-    /// Highest segment id written back to the backing devices.
-    pub last_migrated_segment_id: u64,
-    /// `last_migrated_segment_id` as recorded on the device.
-    pub persisted_migrated_segment_id: u64,
-    /// Dirty lines over all devices.
-    pub nr_dirty_caches: u64,
-    /// Counters.
-    pub stats: StatsSnapshot,
-    /// Knob values by dm-lc name.
-    pub knobs: Vec<(&'static str, u64)>,
-    /// Which kinds of device I/O are failing now.
-    pub health: Health,
-}
-
-/// Status of one attached device.
-#[derive(Debug, Clone)]
-pub struct DeviceStatus {
-    /// Device id.
-    pub device_id: u8,
-    /// Backing device identity (path, major:minor).
-    pub dev: String,
-    /// Size in 512 B sectors.
-    pub size_sectors: u64,
-    /// Dirty lines of this device in the cache.
-    pub nr_dirty_caches: u64,
-    /// Policy threshold in percent.
-    pub migrate_threshold: u8,
-}
-
-/// Progress of a detach (write-back of one device's data).
-#[derive(Debug, Clone, Copy)]
-pub struct DrainProgress {
-    /// Segments written back since the detach began.
-    pub done: u64,
-    /// Segments that must be written back in all.
-    pub total: u64,
-}
-
-/// Splits a sector range into per-line pieces: (line, first sector in line, sectors).
-pub(crate) fn line_pieces(sector: u64, nr: u64) -> impl Iterator<Item = (u64, usize, usize)> {
-    let end = sector + nr;
-    let mut s = sector;
-    std::iter::from_fn(move || {
-        if s >= end {
-            return None;
-        }
-        let line = s / SECTORS_PER_LINE as u64;
-        let s0 = (s % SECTORS_PER_LINE as u64) as usize;
-        let n = ((SECTORS_PER_LINE - s0) as u64).min(end - s) as usize;
-        s += n as u64;
-        Some((line, s0, n))
-    })
-}
-
-pub(crate) fn mask_of(s0: usize, n: usize) -> u8 {
-    (((1u16 << n) - 1) << s0) as u8
 }
 
 /// How a line write treats an older copy of the same line.
@@ -590,7 +464,7 @@ impl Inner {
         idx: u32,
         out: &mut [u8],
     ) -> (MutexGuard<'a, State>, Result<Fetched>) {
-        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        let slot = slot_of_line(idx);
         match st.ram_line(idx) {
             RamLine::Ready(data) => {
                 out.copy_from_slice(data);
@@ -1216,7 +1090,7 @@ impl Cache {
             .filter_map(|i| st.index.info(i).map(|info| (i, info)))
             .filter(|(_, info)| !attached.contains_key(&info.key.device_id))
             .filter(|(i, _)| {
-                let seg = st.slot_ids[*i as usize / LINES_PER_SEGMENT];
+                let seg = st.slot_ids[slot_of_line(*i) as usize];
                 seg > st.last_migrated_id && seg <= target
             })
             .map(|(_, info)| info.key.device_id)
@@ -1769,18 +1643,5 @@ impl Drop for Cache {
                 );
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_split_at_line_boundaries() {
-        let v: Vec<_> = line_pieces(6, 12).collect();
-        assert_eq!(v, vec![(0, 6, 2), (1, 0, 8), (2, 0, 2)]);
-        assert_eq!(mask_of(6, 2), 0xC0);
-        assert_eq!(mask_of(0, 8), 0xFF);
     }
 }

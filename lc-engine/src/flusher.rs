@@ -28,10 +28,11 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::cache::{lock, retry_io, Inner, Waiter};
+use crate::cache::{lock, Inner, Waiter};
 use crate::device::AlignedBuf;
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
+use crate::retry::retry_io;
 use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
 

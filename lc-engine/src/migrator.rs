@@ -49,12 +49,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner, State};
+use crate::cache::{lock, read_lock, Backing, Inner, State};
 use crate::device::AlignedBuf;
 use crate::error::Error;
 use crate::format::*;
+use crate::geometry::{line_index, slot_of_line};
 use crate::index::LineKey;
 use crate::knobs::Knob;
+use crate::retry::{backoff, retry_io};
 use crate::stats::ErrorCounter;
 
 /// Most segments the write-back window holds in RAM (1 MiB each at most),
@@ -151,7 +153,7 @@ impl BlockedWriteBack {
 fn bits_to_write(st: &State, key: LineKey, idx: u32, meta_bits: u8) -> u8 {
     match st.index.lookup(key) {
         Some(i) if i == idx => meta_bits,
-        Some(newer) if st.slot_ids[newer as usize / LINES_PER_SEGMENT] > st.durable_id => {
+        Some(newer) if st.slot_ids[slot_of_line(newer) as usize] > st.durable_id => {
             // only sectors the newer copy still holds dirty (a discard may
             // have dropped some)
             meta_bits & st.index.info(newer).map_or(0, |i| i.dirty_bits)

@@ -32,10 +32,11 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cache::{line_offset, lock, mask_of, Backing, Inner, RamLine};
+use crate::cache::{lock, Backing, Inner, RamLine};
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
-use crate::format::{LINES_PER_SEGMENT, LINE_SIZE, SECTORS_PER_LINE, SECTOR_SIZE, SEGMENT_SIZE};
+use crate::format::{LINE_SIZE, SECTORS_PER_LINE, SECTOR_SIZE, SEGMENT_SIZE};
+use crate::geometry::{line_offset, mask_of, slot_of_line};
 use crate::index::LineKey;
 use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
@@ -154,7 +155,7 @@ fn try_plan(
     let mut backing_sectors = 0u64;
     let st = lock(&inner.state);
     let mut pos = 0usize;
-    for (ln, s0, n) in crate::cache::line_pieces(sector, (out.len() / SECTOR_SIZE) as u64) {
+    for (ln, s0, n) in crate::geometry::line_pieces(sector, (out.len() / SECTOR_SIZE) as u64) {
         let bytes = n * SECTOR_SIZE;
         let full = n == SECTORS_PER_LINE;
         let piece_sector = ln * SECTORS_PER_LINE as u64 + s0 as u64;
@@ -197,7 +198,7 @@ fn try_plan(
                 true
             }
             RamLine::Absent => {
-                let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+                let slot = slot_of_line(idx);
                 inner.pin(slot);
                 plan.pinned.push(slot);
                 if full && !needs_backing {

@@ -21,10 +21,11 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::cache::{line_index, Cache, CacheOptions, Inner, State};
+use crate::cache::{Cache, CacheOptions, Inner, State};
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
+use crate::geometry::line_index;
 use crate::index::{Index, LineKey};
 use crate::knobs::Knobs;
 use crate::stats::Stats;
