@@ -13,7 +13,7 @@
 //! line geometry in `geometry.rs`, the status records in [`crate::status`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -30,6 +30,7 @@ use crate::geometry::{
 };
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
+use crate::pin::SlotPins;
 use crate::read_plan::ReadPlan;
 use crate::segment_buffer::SegmentBuffer;
 use crate::stats::{ErrorCounter, Stats};
@@ -145,7 +146,8 @@ pub(crate) struct Inner {
     pub migrate_cv: Condvar,
     pub ticker_cv: Condvar,
     pub flusher_tx: Mutex<Option<Sender<FlushJob>>>,
-    pub pins: Vec<AtomicU32>,
+    /// Pins on segment slots read outside the mutex.
+    pub pins: Arc<SlotPins>,
     /// Shared by each write-back write (which checks that its line still
     /// needs it first), held exclusively by discard while it discards the
     /// backing devices, so write-back never writes into a discarded range
@@ -249,21 +251,6 @@ pub struct Cache {
 }
 
 impl Inner {
-    pub(crate) fn pin(&self, slot: u64) {
-        self.pins[slot as usize].fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub(crate) fn unpin(&self, slot: u64) {
-        self.pins[slot as usize].fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Waits until no reader has slot `slot` pinned.
-    pub(crate) fn wait_unpinned(&self, slot: u64) {
-        while self.pins[slot as usize].load(Ordering::SeqCst) != 0 {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-
     pub(crate) fn send_job(&self, job: FlushJob) {
         if let Some(tx) = lock(&self.flusher_tx).as_ref() {
             let _ = tx.send(job);
@@ -478,10 +465,10 @@ impl Inner {
             }
             RamLine::Absent => {}
         }
-        self.pin(slot);
+        let pin = self.pins.pin(&st, slot);
         drop(st);
         let res = self.dev.read_at(out, line_offset(idx));
-        self.unpin(slot);
+        drop(pin);
         crate::sim::line_fetched();
         let res = match res {
             Ok(()) => {

@@ -324,7 +324,7 @@ fn seal(inner: &Inner, seg: &mut SegmentWrite) {
         &mut seg.header,
         (0..seg.length).map(|i| seg.data.line_crc(i)),
     );
-    inner.wait_unpinned(seg.slot);
+    inner.pins.wait_unpinned(seg.slot);
 }
 
 /// Writes a prepared segment, header and data in one request; false only
@@ -454,7 +454,7 @@ fn commit(inner: &Inner, unflushed: &mut UnflushedSegments) -> Result<()> {
             .collect()
     };
     for slot in slots {
-        inner.wait_unpinned(slot);
+        inner.pins.wait_unpinned(slot);
         if let Err(e) = inner.dev.discard(segment_offset(slot), SEGMENT_SIZE as u64) {
             tracing::warn!(
                 cache = inner.cache_id,

@@ -45,7 +45,8 @@
 //! (compact line index), [`cache`] (foreground paths), `segment_buffer`
 //! (a segment's RAM lines, filled outside the lock), [`read_plan`] (reads
 //! planned for a frontend's own I/O), `flusher`,
-//! `migrator`, `ticker` (background jobs), `retry` (background I/O retried
+//! `migrator`, `ticker` (background jobs), `pin` (segment-slot pins, an
+//! RAII guard each), `retry` (background I/O retried
 //! with backoff), [`recover`] (format and resume),
 //! [`knobs`], [`stats`], [`status`] (the status records), [`figures`]
 //! (what read-only status calls are served from), [`error`], [`rescue`]
@@ -88,6 +89,7 @@ mod geometry;
 pub mod index;
 pub mod knobs;
 mod migrator;
+mod pin;
 pub mod read_plan;
 pub mod recover;
 pub mod rescue;

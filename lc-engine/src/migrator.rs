@@ -56,6 +56,7 @@ use crate::format::*;
 use crate::geometry::{line_index, slot_of_line};
 use crate::index::LineKey;
 use crate::knobs::Knob;
+use crate::pin::SlotPin;
 use crate::retry::{backoff, retry_io};
 use crate::stats::ErrorCounter;
 
@@ -69,7 +70,8 @@ const MAX_RUN_BYTES: usize = 1 << 20;
 /// A segment in the window.
 struct WindowSegment {
     id: u64,
-    slot: u64,
+    /// Its slot, pinned while the segment is in the window.
+    pin: SlotPin,
     /// Header block followed by the `length` data lines.
     buf: AlignedBuf,
     /// Its lines that are pending or in flight.
@@ -404,7 +406,7 @@ impl Migrator<'_> {
             if self.window.len() >= limit {
                 return Ok(());
             }
-            let id = {
+            let (id, pin) = {
                 let st = lock(&inner.state);
                 if st.stopping {
                     return Err(None);
@@ -413,23 +415,17 @@ impl Migrator<'_> {
                     return Ok(());
                 }
                 let id = self.window.back().map_or(st.last_migrated_id, |s| s.id) + 1;
-                inner.pin(slot_of(id, inner.nr_segments));
-                id
+                (id, inner.pins.pin(&st, slot_of(id, inner.nr_segments)))
             };
-            match self.load(id) {
-                Ok(()) => {}
-                Err(e) => {
-                    inner.unpin(slot_of(id, inner.nr_segments));
-                    return Err(e);
-                }
-            }
+            // (a segment that cannot join drops its pin)
+            self.load(id, pin)?;
         }
     }
 
-    /// Reads segment `id` (its slot pinned) and adds it to the window.
-    fn load(&mut self, id: u64) -> Result<(), Option<Blocked>> {
+    /// Reads segment `id` (its slot pinned by `pin`) and adds it to the window.
+    fn load(&mut self, id: u64, pin: SlotPin) -> Result<(), Option<Blocked>> {
         let inner = self.inner;
-        let slot = slot_of(id, inner.nr_segments);
+        let slot = pin.slot();
         let mut head = AlignedBuf::zeroed(LINE_SIZE);
         let off = segment_offset(slot);
         let mut header = None;
@@ -512,7 +508,7 @@ impl Migrator<'_> {
         }
         let mut seg = WindowSegment {
             id,
-            slot,
+            pin,
             buf,
             outstanding: 0,
             lines: chosen.iter().map(|(k, p)| (*k, p.idx)).collect(),
@@ -632,17 +628,19 @@ impl Migrator<'_> {
         }
         let inner = self.inner;
         let freed: Vec<WindowSegment> = self.window.drain(..done).collect();
+        let last = freed.last().expect("done > 0").id;
         let mut st = lock(&inner.state);
-        for seg in &freed {
+        for seg in freed {
             for &(key, idx) in &seg.lines {
                 if st.index.lookup(key) == Some(idx) {
                     st.index.remove(idx);
                 }
             }
-            inner.unpin(seg.slot);
+            // its slot's pin goes with it
+            drop(seg.pin);
         }
         st.write_back_blocked = None;
-        st.last_migrated_id = freed.last().expect("done > 0").id;
+        st.last_migrated_id = last;
         st.migrate_urgent = false;
         drop(st);
         inner.progress_cv.notify_all();
@@ -708,9 +706,8 @@ impl Migrator<'_> {
                 Err(_) => break,
             }
         }
-        for seg in self.window.drain(..) {
-            self.inner.unpin(seg.slot);
-        }
+        // the window's pins go with it
+        self.window.clear();
     }
 }
 

@@ -17,7 +17,6 @@
 //! (after a process crash it may still be in the device's volatile cache).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
@@ -28,6 +27,7 @@ use crate::format::*;
 use crate::geometry::line_index;
 use crate::index::{Index, LineKey};
 use crate::knobs::Knobs;
+use crate::pin::SlotPins;
 use crate::stats::Stats;
 
 fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -218,7 +218,7 @@ impl Cache {
             migrate_cv: Condvar::new(),
             ticker_cv: Condvar::new(),
             flusher_tx: Mutex::new(None),
-            pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
+            pins: SlotPins::new(nr),
             migration_io: RwLock::new(()),
             devices: RwLock::new(BTreeMap::new()),
             figures: Default::default(),
