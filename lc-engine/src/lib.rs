@@ -95,6 +95,7 @@ pub mod recover;
 pub mod rescue;
 mod retry;
 mod segment_buffer;
+mod segment_log;
 pub mod sim;
 pub mod stats;
 pub mod status;

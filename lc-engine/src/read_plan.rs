@@ -155,7 +155,7 @@ fn try_plan(
     let mut scratch_lines = 0usize;
     let mut ram_overlay: Vec<(usize, [u8; LINE_SIZE])> = Vec::new();
     let mut backing_sectors = 0u64;
-    let st = lock(&inner.state);
+    let st = lock(&inner.metadata);
     let mut pos = 0usize;
     for (ln, s0, n) in crate::geometry::line_pieces(sector, (out.len() / SECTOR_SIZE) as u64) {
         let bytes = n * SECTOR_SIZE;

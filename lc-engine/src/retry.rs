@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::cache::{lock, Inner};
+use std::sync::Mutex;
+
+use crate::cache::{lock, Metadata};
 
 /// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
@@ -16,7 +18,7 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 /// up on its own (nothing is dropped); it returns false only when the cache
 /// is stopping and `op` has failed more than `attempts_when_stopping` times.
 pub(crate) fn retry_io(
-    inner: &Inner,
+    metadata: &Mutex<Metadata>,
     attempts_when_stopping: u32,
     mut on_error: impl FnMut(&std::io::Error),
     mut op: impl FnMut() -> std::io::Result<()>,
@@ -27,7 +29,7 @@ pub(crate) fn retry_io(
             Ok(()) => return true,
             Err(e) => {
                 on_error(&e);
-                if lock(&inner.state).stopping && attempt >= attempts_when_stopping {
+                if lock(metadata).stopping && attempt >= attempts_when_stopping {
                     return false;
                 }
                 std::thread::sleep(backoff(attempt));
