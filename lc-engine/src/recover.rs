@@ -219,8 +219,16 @@ impl Cache {
     }
 }
 
-fn replay(st: &mut Metadata, slot: u64, h: &SegmentHeader) {
-    st.log.slot_ids[slot as usize] = h.global_id;
+/// Replays segment header `h` of slot `slot`: the slot's id, its lines into
+/// the index, and the last segment of each device it holds lines of.
+fn replay(
+    index: &mut Index,
+    log: &mut SegmentLog,
+    write_back: &mut WriteBackDemand,
+    slot: u64,
+    h: &SegmentHeader,
+) {
+    log.slot_ids[slot as usize] = h.global_id;
     for (i, m) in h.metablocks.iter().enumerate() {
         if m.device_id == 0 {
             continue; // a line invalidated before the segment was sealed
@@ -229,8 +237,8 @@ fn replay(st: &mut Metadata, slot: u64, h: &SegmentHeader) {
             device_id: m.device_id,
             line: m.sector / SECTORS_PER_LINE as u64,
         };
-        st.index.insert(key, line_index(slot, i), m.dirty_bits);
-        st.write_back.last_segment_of_device[m.device_id as usize] = h.global_id;
+        index.insert(key, line_index(slot, i), m.dirty_bits);
+        write_back.last_segment_of_device[m.device_id as usize] = h.global_id;
     }
 }
 
@@ -265,7 +273,7 @@ fn verify_oldest(
         others.extend(pending.drain(..).map(|(s, h, _)| (s, h.global_id)));
         return Ok(false);
     }
-    replay(st, slot, &h);
+    replay(&mut st.index, &mut st.log, &mut st.write_back, slot, &h);
     report.replayed_segments += 1;
     report.verified_segments += 1;
     Ok(true)
@@ -330,7 +338,7 @@ fn replay_log(
                             .is_some_and(|(_, h, _)| h.global_id <= vouched)
                         {
                             let (slot, h, _) = pending.pop_front().expect("non-empty");
-                            replay(st, slot, &h);
+                            replay(&mut st.index, &mut st.log, &mut st.write_back, slot, &h);
                             report.replayed_segments += 1;
                         }
                         // A real log has at most a pool's worth of segments
