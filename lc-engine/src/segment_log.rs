@@ -15,8 +15,11 @@ use crate::segment_buffer::SegmentBuffer;
 pub(crate) struct OpenSegment {
     pub id: u64,
     pub slot: u64,
+    /// Its data lines.
     pub buf: Arc<SegmentBuffer>,
+    /// Lines taken so far.
     pub length: usize,
+    /// When it was opened (the ticker seals an old partial segment).
     pub opened_at: Instant,
 }
 
@@ -37,6 +40,7 @@ pub(crate) struct SegmentLog {
     pub next_id: u64,
     /// Id of the segment each slot holds (0: none known).
     pub slot_ids: Vec<u64>,
+    /// Closed (sealed and handed to the flusher).
     pub last_closed_id: u64,
     /// Written to the cache device (maybe not yet flushed).
     pub last_flushed_id: u64,
