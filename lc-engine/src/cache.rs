@@ -1,18 +1,25 @@
 //! A cache: its shared state and the foreground paths (write, read, flush,
 //! discard, attach, detach, status).
 //!
-//! One mutex guards the metadata (index, current segment, ids); a write
+//! One mutex guards the metadata (`Metadata`), split by owner: the
+//! index, the segment log (`segment_log.rs`: ids, open segment, slot ids),
+//! the RAM buffer pool (`segment_buffer.rs`), write-back's demand
+//! (`migrator.rs`: urgent flag, drain target, last segment per device),
+//! the FLUSH waiters and the committed record beside the flusher
+//! (`flusher.rs`), and the writers' queue for room (here); a write
 //! takes it once per request (not per line) to look its lines up and
 //! reserve their places in the open segment, then copies the data and
 //! computes the lines' checksums outside it (`segment_buffer.rs`). It is
 //! never held across device I/O.
 //! Device reads of cached lines happen outside it, with the line's segment
-//! slot *pinned* so the flusher cannot overwrite or discard it meanwhile.
+//! slot *pinned* (a guard from `pin.rs`) so the flusher cannot overwrite or
+//! discard it meanwhile.
 //! The background jobs live in their own files: `flusher.rs`,
-//! `migrator.rs`, `ticker.rs`; format and resume in [`crate::recover`].
+//! `migrator.rs`, `ticker.rs`; format and resume in [`crate::recover`];
+//! line geometry in `geometry.rs`, the status records in [`crate::status`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -21,13 +28,23 @@ use std::time::{Duration, Instant};
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
 use crate::figures::{Figures, RecentFigures};
+use crate::flusher::{CommittedRecord, FlushWaiters, Waiter};
 use crate::flusher::{FlushJob, SegmentWrite};
 use crate::format::*;
+use crate::geometry::{
+    line_in_segment, line_index, line_offset, line_pieces, mask_of, slot_of_line,
+    SEGMENT_DATA_BYTES,
+};
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
+use crate::migrator::WriteBackDemand;
+use crate::pin::SlotPins;
 use crate::read_plan::ReadPlan;
+use crate::segment_buffer::BufferPool;
 use crate::segment_buffer::SegmentBuffer;
-use crate::stats::{ErrorCounter, Health, Stats, StatsSnapshot};
+use crate::segment_log::{OpenSegment, SegmentLog};
+use crate::stats::{ErrorCounter, Stats};
+pub use crate::status::{CacheStatus, DeviceStatus, DrainProgress};
 
 /// Called once when a FLUSH (or the flush part of a FUA write) completes.
 pub type FlushCallback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -64,63 +81,62 @@ pub struct Backing {
     detaching: AtomicBool,
 }
 
-/// The segment currently being filled in RAM.
-pub(crate) struct OpenSegment {
-    pub id: u64,
-    pub slot: u64,
-    pub buf: Arc<SegmentBuffer>,
-    pub length: usize,
-    pub opened_at: Instant,
-}
-
-/// A FLUSH waiting for segment `target` to be durable.
-pub(crate) struct Waiter {
-    pub target: u64,
-    pub done: FlushCallback,
-}
-
-/// Metadata guarded by the cache mutex.
-pub(crate) struct State {
+/// The cache's metadata, guarded by its one mutex, by owner: each part
+/// is changed by the job its doc names, and functions that need one part
+/// take only that part.
+pub(crate) struct Metadata {
+    /// Where each cached line is (every path).
     pub index: Index,
-    pub current: Option<OpenSegment>,
-    /// Id the next opened segment gets.
-    pub next_id: u64,
-    /// Closed segments not yet written, by slot.
-    pub ram: Vec<Option<Arc<SegmentBuffer>>>,
-    pub free_bufs: Vec<SegmentBuffer>,
-    pub allocated_bufs: usize,
-    /// Id of the segment each slot holds (0: none known).
-    pub slot_ids: Vec<u64>,
-    pub last_closed_id: u64,
-    /// Written to the cache device (maybe not yet flushed).
-    pub last_flushed_id: u64,
-    /// Written and flushed.
-    pub durable_id: u64,
-    pub last_migrated_id: u64,
-    /// `last_migrated_id` as the record block on the device says.
-    pub persisted_migrated_id: u64,
-    pub record_sequence: u64,
-    pub waiters: Vec<Waiter>,
-    /// When the first FLUSH began waiting on the current segment.
-    pub barrier_since: Option<Instant>,
-    /// A writer waits for a segment that is not yet written back.
-    pub migrate_urgent: bool,
-    /// Write-back must reach at least this id (detach).
-    pub drain_target: u64,
-    /// Highest segment id that held a line of each device id (detach must
-    /// see every segment up to it written back before the id is reused).
-    pub last_segment_of_device: Vec<u64>,
-    pub last_commit: Instant,
+    /// Segment ids, the open segment, slot ids (writers open and close
+    /// segments; the flusher and write-back move the log's ids).
+    pub log: SegmentLog,
+    /// The RAM segment buffers (writers take them, the flusher gives them
+    /// back).
+    pub buffers: BufferPool,
+    /// What write-back is asked to do (writers, drains) and what stops it.
+    pub write_back: WriteBackDemand,
+    /// FLUSHes waiting for durability (the flusher completes them).
+    pub flush_waiters: FlushWaiters,
+    /// The superblock record as last written (the flusher).
+    pub record: CommittedRecord,
+    /// The queue of writers waiting for room.
+    pub room: RoomQueue,
+    /// The cache is stopping: every path gives up.
     pub stopping: bool,
-    /// Write-back is stopped by dirty data beyond a backing device's end.
-    pub write_back_blocked: Option<crate::migrator::BlockedWriteBack>,
-    /// Writers that had to wait for write-back to free a slot queue in
-    /// ticket order: the next
-    /// ticket to hand out, and the ticket whose writer may go on now. While
-    /// the queue is not empty, arriving writers queue behind it, so the
-    /// lines of a freed segment go to the writers that waited longest.
-    pub room_next_ticket: u64,
-    pub room_serving: u64,
+}
+
+/// Writers that had to wait for write-back to free a slot queue in ticket
+/// order: the next ticket to hand out, and the ticket whose writer may go
+/// on now. While the queue is not empty, arriving writers queue behind it,
+/// so the lines of a freed segment go to the writers that waited longest.
+#[derive(Default)]
+pub(crate) struct RoomQueue {
+    pub next_ticket: u64,
+    pub serving: u64,
+}
+
+impl RoomQueue {
+    /// Whether writers wait in the queue.
+    fn is_waited_on(&self) -> bool {
+        self.next_ticket > self.serving
+    }
+
+    /// Hands out the next ticket.
+    fn take_ticket(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        t
+    }
+
+    /// Ends the turn of the writer holding `ticket` (if it is its turn);
+    /// true: the next writer may go on.
+    fn end_turn(&mut self, ticket: Option<u64>) -> bool {
+        let ends = ticket.is_some_and(|t| t == self.serving);
+        if ends {
+            self.serving += 1;
+        }
+        ends
+    }
 }
 
 /// What the cache shares with its background threads.
@@ -129,24 +145,24 @@ pub(crate) struct Inner {
     pub dev: Arc<dyn BlockDevice>,
     pub sb: SuperBlockHeader,
     pub nr_segments: u64,
-    pub pool_segments: usize,
     pub knobs: Knobs,
     pub stats: Stats,
-    pub state: Mutex<State>,
+    pub metadata: Mutex<Metadata>,
     /// Writers waiting for a buffer or a written-back slot; detach and
     /// sync waiters too. Notified whenever ids advance.
     pub progress_cv: Condvar,
     pub migrate_cv: Condvar,
     pub ticker_cv: Condvar,
     pub flusher_tx: Mutex<Option<Sender<FlushJob>>>,
-    pub pins: Vec<AtomicU32>,
+    /// Pins on segment slots read outside the mutex.
+    pub pins: Arc<SlotPins>,
     /// Shared by each write-back write (which checks that its line still
     /// needs it first), held exclusively by discard while it discards the
     /// backing devices, so write-back never writes into a discarded range
     /// after the discard.
     pub migration_io: RwLock<()>,
-    /// Attached backing devices (read on every I/O, so not under `state`).
-    /// Lock order: `state` before `devices`.
+    /// Attached backing devices (read on every I/O, so not under `metadata`).
+    /// Lock order: `metadata` before `devices`.
     pub devices: RwLock<BTreeMap<u8, Arc<Backing>>>,
     /// What read-only status calls are served from.
     pub figures: RecentFigures,
@@ -164,62 +180,11 @@ pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Bytes of data lines in a segment (its RAM buffer; the header is built apart).
-pub(crate) const SEGMENT_DATA_BYTES: usize = LINES_PER_SEGMENT * LINE_SIZE;
-
-/// Offset of cache line `idx` in its segment's RAM data buffer.
-fn line_in_segment(idx: u32) -> usize {
-    idx as usize % LINES_PER_SEGMENT
-}
-
-/// Line index of line `i` of segment slot `slot`.
-pub(crate) fn line_index(slot: u64, i: usize) -> u32 {
-    (slot as usize * LINES_PER_SEGMENT + i) as u32
-}
-
-/// Device offset of the data of cache line `idx`.
-pub(crate) fn line_offset(idx: u32) -> u64 {
-    let slot = idx as u64 / LINES_PER_SEGMENT as u64;
-    let i = idx as u64 % LINES_PER_SEGMENT as u64;
-    segment_offset(slot) + (1 + i) * LINE_SIZE as u64
-}
-
 /// A detach (or any drain) fails once write-back has failed this many times
 /// in a row (about 2.5 s of backoff), rather than waiting for the device.
 pub const DRAIN_GIVES_UP_AFTER: u64 = 8;
 
-/// Exponential backoff for retried I/O: 10 ms doubling up to 2 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(10u64 << attempt.min(8)).min(Duration::from_secs(2))
-}
-
-/// Runs background I/O `op` until it succeeds, calling `on_error` after each
-/// failure and sleeping with exponential backoff. Background I/O never gives
-/// up on its own (nothing is dropped); it returns false only when the cache
-/// is stopping and `op` has failed more than `attempts_when_stopping` times.
-pub(crate) fn retry_io(
-    inner: &Inner,
-    attempts_when_stopping: u32,
-    mut on_error: impl FnMut(&std::io::Error),
-    mut op: impl FnMut() -> std::io::Result<()>,
-) -> bool {
-    let mut attempt = 0;
-    loop {
-        match op() {
-            Ok(()) => return true,
-            Err(e) => {
-                on_error(&e);
-                if lock(&inner.state).stopping && attempt >= attempts_when_stopping {
-                    return false;
-                }
-                std::thread::sleep(backoff(attempt));
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Where the data of a cache line is in RAM (see [`State::ram_line`]).
+/// Where the data of a cache line is in RAM (see [`Metadata::ram_line`]).
 pub(crate) enum RamLine<'a> {
     /// Not in RAM: on the cache device.
     Absent,
@@ -230,18 +195,19 @@ pub(crate) enum RamLine<'a> {
     Busy(Arc<SegmentBuffer>, usize),
 }
 
-impl State {
-    /// The RAM buffer of slot `slot`, if the slot's segment is in RAM.
+impl Metadata {
+    /// The RAM buffer of slot `slot`, if the slot's segment is in RAM (the
+    /// open one, or a closed one not yet durable).
     fn ram_buffer(&self, slot: u64) -> Option<&Arc<SegmentBuffer>> {
-        match &self.current {
+        match &self.log.current {
             Some(cur) if cur.slot == slot => Some(&cur.buf),
-            _ => self.ram[slot as usize].as_ref(),
+            _ => self.buffers.ram[slot as usize].as_ref(),
         }
     }
 
     /// Where the data of cache line `idx` is in RAM, if it is.
     pub(crate) fn ram_line(&self, idx: u32) -> RamLine<'_> {
-        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+        let slot = slot_of_line(idx);
         let i = line_in_segment(idx);
         match self.ram_buffer(slot) {
             None => RamLine::Absent,
@@ -249,102 +215,6 @@ impl State {
             Some(b) => RamLine::Ready(b.line(i)),
         }
     }
-
-    /// Id of the segment that cache line `idx` belongs to now. A cache
-    /// line index alone does not name one copy of a line: once its slot is
-    /// written back, a newer segment reuses it (and may put the same
-    /// backing line at the same place); with the segment id it does, as
-    /// segment ids are never reused.
-    fn segment_of(&self, idx: u32) -> u64 {
-        self.slot_ids[idx as usize / LINES_PER_SEGMENT]
-    }
-
-    fn in_current(&self, idx: u32) -> bool {
-        self.current
-            .as_ref()
-            .is_some_and(|c| c.slot == idx as u64 / LINES_PER_SEGMENT as u64)
-    }
-}
-
-/// Status of a cache at one moment (what dm-lc's lc-mgr printed and more).
-#[derive(Debug, Clone, Default)]
-pub struct CacheStatus {
-    /// Cache id.
-    pub cache_id: u8,
-    /// Cache device identity.
-    pub device: String,
-    /// Segments on the cache device.
-    pub nr_segments: u64,
-    /// Cache lines on the cache device.
-    pub nr_caches: u64,
-    /// RAM held by the index and segment buffers, in bytes.
-    pub static_ram_bytes: u64,
-    /// Bytes of that held by the index alone.
-    pub index_ram_bytes: u64,
-    /// Id of the segment being filled (0 before the first write).
-    pub current_segment_id: u64,
-    /// Lines used in the current segment (dm-lc's cursor).
-    pub cursor: u64,
-    /// Highest segment id written to the cache device.
-    pub last_flushed_segment_id: u64,
-    /// Highest segment id written and flushed.
-    pub last_durable_segment_id: u64,
-    /// Highest segment id written back to the backing devices.
-    pub last_migrated_segment_id: u64,
-    /// `last_migrated_segment_id` as recorded on the device.
-    pub persisted_migrated_segment_id: u64,
-    /// Dirty lines over all devices.
-    pub nr_dirty_caches: u64,
-    /// Counters.
-    pub stats: StatsSnapshot,
-    /// Knob values by dm-lc name.
-    pub knobs: Vec<(&'static str, u64)>,
-    /// Which kinds of device I/O are failing now.
-    pub health: Health,
-}
-
-/// Status of one attached device.
-#[derive(Debug, Clone)]
-pub struct DeviceStatus {
-    /// Device id.
-    pub device_id: u8,
-    /// Backing device identity (path, major:minor).
-    pub dev: String,
-    /// Size in 512 B sectors.
-    pub size_sectors: u64,
-    /// Dirty lines of this device in the cache.
-    pub nr_dirty_caches: u64,
-    /// Policy threshold in percent.
-    pub migrate_threshold: u8,
-}
-
-/// Progress of a detach (write-back of one device's data).
-#[derive(Debug, Clone, Copy)]
-pub struct DrainProgress {
-    /// Segments written back since the detach began.
-    pub done: u64,
-    /// Segments that must be written back in all.
-    pub total: u64,
-}
-
-/// Splits a sector range into per-line pieces: (line, first sector in line, sectors).
-pub(crate) fn line_pieces(sector: u64, nr: u64) -> impl Iterator<Item = (u64, usize, usize)> {
-    let end = sector + nr;
-    let mut s = sector;
-    std::iter::from_fn(move || {
-        if s >= end {
-            return None;
-        }
-        let line = s / SECTORS_PER_LINE as u64;
-        let s0 = (s % SECTORS_PER_LINE as u64) as usize;
-        let n = ((SECTORS_PER_LINE - s0) as u64).min(end - s) as usize;
-        s += n as u64;
-        Some((line, s0, n))
-    })
-}
-
-pub(crate) fn mask_of(s0: usize, n: usize) -> u8 {
-    (((1u16 << n) - 1) << s0) as u8
 }
 
 /// How a line write treats an older copy of the same line.
@@ -375,21 +245,6 @@ pub struct Cache {
 }
 
 impl Inner {
-    pub(crate) fn pin(&self, slot: u64) {
-        self.pins[slot as usize].fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub(crate) fn unpin(&self, slot: u64) {
-        self.pins[slot as usize].fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Waits until no reader has slot `slot` pinned.
-    pub(crate) fn wait_unpinned(&self, slot: u64) {
-        while self.pins[slot as usize].load(Ordering::SeqCst) != 0 {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-
     pub(crate) fn send_job(&self, job: FlushJob) {
         if let Some(tx) = lock(&self.flusher_tx).as_ref() {
             let _ = tx.send(job);
@@ -397,10 +252,12 @@ impl Inner {
     }
 
     /// Seals the current segment and hands it to the flusher. Caller holds the lock.
-    pub(crate) fn close_current(&self, st: &mut State) {
-        let Some(cur) = st.current.take() else { return };
+    pub(crate) fn close_current(&self, st: &mut Metadata) {
+        let Some(cur) = st.log.current.take() else {
+            return;
+        };
         if cur.length == 0 {
-            st.current = Some(cur);
+            st.log.current = Some(cur);
             return;
         }
         let OpenSegment {
@@ -428,7 +285,7 @@ impl Inner {
             .collect();
         let header = SegmentHeader {
             global_id: id,
-            durable_id: st.durable_id,
+            durable_id: st.log.durable_id,
             lap,
             length: length as u32,
             uuid: self.sb.uuid,
@@ -439,9 +296,9 @@ impl Inner {
         let mut head = AlignedBuf::zeroed(LINE_SIZE);
         header.write_to(&mut head);
         let data = buf;
-        st.ram[slot as usize] = Some(data.clone());
-        st.last_closed_id = id;
-        st.barrier_since = None;
+        st.buffers.ram[slot as usize] = Some(data.clone());
+        st.log.last_closed_id = id;
+        st.flush_waiters.barrier_since = None;
         self.send_job(FlushJob::Segment(SegmentWrite::new(
             id, slot, head, data, length,
         )));
@@ -456,32 +313,32 @@ impl Inner {
     /// [`Inner::end_turn`] once its request has its lines.
     fn open_segment<'a>(
         &'a self,
-        mut st: MutexGuard<'a, State>,
+        mut st: MutexGuard<'a, Metadata>,
         mut ticket: Option<&mut Option<u64>>,
-    ) -> Result<MutexGuard<'a, State>> {
+    ) -> Result<MutexGuard<'a, Metadata>> {
         loop {
             if st.stopping {
                 return Err(Error::Stopped);
             }
             if let Some(t) = ticket.as_deref_mut() {
-                if t.is_none() && st.room_next_ticket > st.room_serving {
-                    *t = Some(take_ticket(&mut st));
+                if t.is_none() && st.room.is_waited_on() {
+                    *t = Some(st.room.take_ticket());
                 }
-                if t.is_some_and(|t| t != st.room_serving) {
+                if t.is_some_and(|t| t != st.room.serving) {
                     st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
             }
             // another writer may have opened (or even filled) one while we waited
-            match &st.current {
-                Some(c) if c.length < LINES_PER_SEGMENT => return Ok(st),
+            match &st.log.current {
+                Some(c) if !c.is_full() => return Ok(st),
                 Some(_) => {
                     self.close_current(&mut st);
                     continue;
                 }
                 None => {}
             }
-            let id = st.next_id;
+            let id = st.log.next_id;
             if id >= segment_id_limit(self.nr_segments) {
                 // its lap would not fit the header: refuse, never truncate
                 return Err(Error::io(
@@ -493,8 +350,8 @@ impl Inner {
                     std::io::Error::from_raw_os_error(libc::ENOSPC),
                 ));
             }
-            let slot_free = id <= self.nr_segments || st.last_migrated_id >= id - self.nr_segments;
-            let buf_free = !st.free_bufs.is_empty() || st.allocated_bufs < self.pool_segments;
+            let slot_free = st.log.slot_free_for(id, self.nr_segments);
+            let buf_free = st.buffers.available() > 0;
             if slot_free && buf_free {
                 break;
             }
@@ -502,34 +359,28 @@ impl Inner {
             // short, and a queue there would hand the lines out one by one)
             if let Some(t) = ticket.as_deref_mut().filter(|_| !slot_free) {
                 if t.is_none() {
-                    *t = Some(take_ticket(&mut st));
+                    *t = Some(st.room.take_ticket());
                 }
             }
             if !slot_free {
-                st.migrate_urgent = true;
+                st.write_back.urgent = true;
                 self.migrate_cv.notify_all();
             }
             // Waiting is right while the devices work (the flusher or
             // write-back frees room soon); while the device that must free
             // room fails, the write fails instead of hanging with no sign.
-            if let Some(e) = self.no_room_error(buf_free, slot_free) {
+            if let Some(e) = self.no_room_error(&st.buffers, buf_free, slot_free) {
                 return Err(e);
             }
             st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        let buf = Arc::new(match st.free_bufs.pop() {
-            Some(b) => b,
-            None => {
-                st.allocated_bufs += 1;
-                SegmentBuffer::new()
-            }
-        });
-        let id = st.next_id;
+        let buf = st.buffers.take();
+        let id = st.log.next_id;
         let slot = slot_of(id, self.nr_segments);
         debug_assert!((0..LINES_PER_SEGMENT).all(|i| st.index.info(line_index(slot, i)).is_none()));
-        st.next_id += 1;
-        st.slot_ids[slot as usize] = id;
-        st.current = Some(OpenSegment {
+        st.log.next_id += 1;
+        st.log.slot_ids[slot as usize] = id;
+        st.log.current = Some(OpenSegment {
             id,
             slot,
             buf,
@@ -543,7 +394,12 @@ impl Inner {
     /// Why a writer that needs room it cannot get now must fail rather
     /// than wait: every RAM buffer is full while the cache device fails
     /// writes, or every slot holds dirty data while write-back fails.
-    fn no_room_error(&self, buf_free: bool, slot_free: bool) -> Option<Error> {
+    fn no_room_error(
+        &self,
+        buffers: &BufferPool,
+        buf_free: bool,
+        slot_free: bool,
+    ) -> Option<Error> {
         let eio = || std::io::Error::from_raw_os_error(libc::EIO);
         let health = self.stats.health();
         if !buf_free {
@@ -553,7 +409,7 @@ impl Inner {
                     format!(
                         "accepting a write: all {} RAM segment buffers wait to be written to the \
                          cache device, which fails writes ({})",
-                        self.pool_segments,
+                        buffers.capacity,
                         f.describe()
                     ),
                     eio(),
@@ -586,11 +442,11 @@ impl Inner {
     /// lock released: the caller looks the line up again).
     fn fetch_line<'a>(
         &'a self,
-        st: MutexGuard<'a, State>,
+        st: MutexGuard<'a, Metadata>,
         idx: u32,
         out: &mut [u8],
-    ) -> (MutexGuard<'a, State>, Result<Fetched>) {
-        let slot = idx as u64 / LINES_PER_SEGMENT as u64;
+    ) -> (MutexGuard<'a, Metadata>, Result<Fetched>) {
+        let slot = slot_of_line(idx);
         match st.ram_line(idx) {
             RamLine::Ready(data) => {
                 out.copy_from_slice(data);
@@ -600,14 +456,14 @@ impl Inner {
                 drop(st);
                 buf.wait_line(i);
                 drop(buf);
-                return (lock(&self.state), Ok(Fetched::LookAgain));
+                return (lock(&self.metadata), Ok(Fetched::LookAgain));
             }
             RamLine::Absent => {}
         }
-        self.pin(slot);
+        let pin = self.pins.pin(&st, slot);
         drop(st);
         let res = self.dev.read_at(out, line_offset(idx));
-        self.unpin(slot);
+        drop(pin);
         crate::sim::line_fetched();
         let res = match res {
             Ok(()) => {
@@ -620,7 +476,7 @@ impl Inner {
                 Err(Error::io(DeviceRole::Cache, "reading a cached line", e))
             }
         };
-        (lock(&self.state), res)
+        (lock(&self.metadata), res)
     }
 
     /// Discards the sectors in `mask` from `key` (see [`WriteMode::Discard`];
@@ -633,14 +489,14 @@ impl Inner {
             bits: seen,
             fetched,
         } = mode;
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.metadata);
         loop {
             if st.stopping {
                 return Err(Error::Stopped);
             }
             let existing = st.index.lookup(key);
             let still = existing == Some(expect)
-                && st.segment_of(expect) == segment
+                && st.log.segment_of(expect) == segment
                 && st.index.info(expect).is_some_and(|i| i.dirty_bits == seen);
             if !still {
                 return Ok(false);
@@ -650,7 +506,7 @@ impl Inner {
                 st.index.remove(expect);
                 return Ok(true);
             }
-            if st.in_current(expect) {
+            if st.log.in_current(expect) {
                 // the open segment holds the newest data in place
                 st.index.set_dirty(expect, keep);
                 return Ok(true);
@@ -668,15 +524,11 @@ impl Inner {
                 RamLine::Absent if fetched => image.copy_from_slice(&data[..LINE_SIZE]),
                 RamLine::Absent => return Ok(false),
             }
-            if st
-                .current
-                .as_ref()
-                .is_none_or(|c| c.length == LINES_PER_SEGMENT)
-            {
+            if st.log.needs_segment() {
                 st = self.open_segment(st, None)?;
                 continue;
             }
-            let cur = st.current.as_mut().expect("opened above");
+            let cur = st.log.current.as_mut().expect("opened above");
             let i = cur.length;
             cur.length += 1;
             let (id, slot) = (cur.id, cur.slot);
@@ -685,7 +537,7 @@ impl Inner {
                 copy_sectors(line, &image, keep);
             });
             st.index.replace(expect, line_index(slot, i), keep);
-            st.last_segment_of_device[key.device_id as usize] = id;
+            st.write_back.last_segment_of_device[key.device_id as usize] = id;
             return Ok(true);
         }
     }
@@ -709,13 +561,13 @@ impl Inner {
         let mut fetched: Option<(u32, u64, AlignedBuf)> = None;
         let mut next = 0;
         let mut pos = 0;
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.metadata);
         // writers wait for room: queue behind them
         let mut ticket = None;
-        if st.room_next_ticket > st.room_serving {
-            let t = take_ticket(&mut st);
+        if st.room.is_waited_on() {
+            let t = st.room.take_ticket();
             ticket = Some(t);
-            while st.room_serving != t && !st.stopping {
+            while st.room.serving != t && !st.stopping {
                 st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         }
@@ -736,8 +588,8 @@ impl Inner {
             let full = mask == 0xFF;
             let existing = st.index.lookup(key);
             if let Some(idx) = existing {
-                if st.in_current(idx) {
-                    let cur = st.current.as_ref().expect("in_current");
+                if st.log.in_current(idx) {
+                    let cur = st.log.current.as_ref().expect("in_current");
                     let i = line_in_segment(idx);
                     if cur.buf.is_busy(i) {
                         // another writer fills it now: let it finish
@@ -761,11 +613,7 @@ impl Inner {
                     continue;
                 }
             }
-            if st
-                .current
-                .as_ref()
-                .is_none_or(|c| c.length == LINES_PER_SEGMENT)
-            {
+            if st.log.needs_segment() {
                 // the lines this request filled must be complete before
                 // it may wait for room (the flusher waits for them)
                 if !fills.is_empty() {
@@ -775,7 +623,7 @@ impl Inner {
                     Ok(g) => g,
                     Err(e) => {
                         // (the fills are done: the mutex was released above)
-                        self.end_turn(&mut lock(&self.state), ticket);
+                        self.end_turn(&mut lock(&self.metadata).room, ticket);
                         for (hit, on_buffer, full) in counts {
                             self.stats.count(true, hit, on_buffer, full);
                         }
@@ -800,7 +648,7 @@ impl Inner {
                             continue;
                         }
                         RamLine::Absent => {
-                            let segment = st.segment_of(idx);
+                            let segment = st.log.segment_of(idx);
                             match fetched
                                 .take()
                                 .filter(|(i, seg, _)| *i == idx && *seg == segment)
@@ -827,7 +675,7 @@ impl Inner {
                     bits |= old_bits;
                 }
             }
-            let cur = st.current.as_mut().expect("opened above");
+            let cur = st.log.current.as_mut().expect("opened above");
             let i = cur.length;
             cur.length += 1;
             let (id, slot) = (cur.id, cur.slot);
@@ -848,12 +696,12 @@ impl Inner {
                     st.index.insert(key, new_idx, bits);
                 }
             }
-            st.last_segment_of_device[key.device_id as usize] = id;
+            st.write_back.last_segment_of_device[key.device_id as usize] = id;
             counts.push((existing.is_some(), false, full));
             next += 1;
             pos += bytes;
         };
-        self.end_turn(&mut st, ticket);
+        self.end_turn(&mut st.room, ticket);
         drop(st);
         run_fills(&mut fills);
         for (hit, on_buffer, full) in counts {
@@ -864,9 +712,8 @@ impl Inner {
 
     /// Ends the turn of the writer holding `ticket` in the queue for room
     /// (if it is its turn), letting the next one go on.
-    fn end_turn(&self, st: &mut State, ticket: Option<u64>) {
-        if ticket.is_some_and(|t| t == st.room_serving) {
-            st.room_serving += 1;
+    fn end_turn(&self, room: &mut RoomQueue, ticket: Option<u64>) {
+        if room.end_turn(ticket) {
             self.progress_cv.notify_all();
         }
     }
@@ -875,40 +722,40 @@ impl Inner {
     /// waits for this writer while it waits), runs `wait`, and locks again.
     fn unlocked<'a>(
         &'a self,
-        st: MutexGuard<'a, State>,
+        st: MutexGuard<'a, Metadata>,
         fills: &mut Vec<Fill<'_>>,
         wait: impl FnOnce(),
-    ) -> MutexGuard<'a, State> {
+    ) -> MutexGuard<'a, Metadata> {
         drop(st);
         run_fills(fills);
         wait();
-        lock(&self.state)
+        lock(&self.metadata)
     }
 
     /// Registers a FLUSH; `done` runs when every earlier write is durable.
     pub(crate) fn flush(&self, done: FlushCallback) {
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.metadata);
         if st.stopping {
             drop(st);
             return done(Err(Error::Stopped));
         }
-        let target = match &st.current {
+        let target = match &st.log.current {
             Some(c) if c.length > 0 => {
                 let id = c.id;
-                if st.barrier_since.is_none() {
-                    st.barrier_since = Some(Instant::now());
+                if st.flush_waiters.barrier_since.is_none() {
+                    st.flush_waiters.barrier_since = Some(Instant::now());
                     self.ticker_cv.notify_all();
                 }
                 id
             }
-            _ => st.last_closed_id,
+            _ => st.log.last_closed_id,
         };
-        if st.durable_id >= target {
+        if st.log.durable_id >= target {
             drop(st);
             return done(Ok(()));
         }
-        let closed = target <= st.last_closed_id;
-        st.waiters.push(Waiter { target, done });
+        let closed = target <= st.log.last_closed_id;
+        st.flush_waiters.waiting.push(Waiter { target, done });
         drop(st);
         if closed {
             self.send_job(FlushJob::Barrier);
@@ -954,13 +801,6 @@ fn run_fills(fills: &mut Vec<Fill<'_>>) {
             line[at..at + f.data.len()].copy_from_slice(f.data);
         });
     }
-}
-
-/// Hands out the next ticket of the queue of writers waiting for room.
-fn take_ticket(st: &mut State) -> u64 {
-    let t = st.room_next_ticket;
-    st.room_next_ticket += 1;
-    t
 }
 
 /// Where [`Inner::fetch_line`] found a line.
@@ -1078,7 +918,7 @@ impl Cache {
             )));
         }
         // the lines this id already holds (from an earlier life) must fit
-        let st = lock(&self.inner.state);
+        let st = lock(&self.inner.metadata);
         let dirty_end = st.index.dirty_end_sector(device_id);
         if dirty_end > size_sectors {
             return Err(Error::BackingTooSmall {
@@ -1097,8 +937,8 @@ impl Cache {
         }
         // discarded lines still in the log come back at the next resume as
         // this id's: no disk may take the id before write-back passed them
-        let last = st.last_segment_of_device[device_id as usize];
-        if st.index.nr_dirty(device_id) == 0 && st.last_migrated_id < last {
+        let last = st.write_back.last_segment_of_device[device_id as usize];
+        if st.index.nr_dirty(device_id) == 0 && st.log.last_migrated_id < last {
             drop(st);
             drop(devices);
             let waits_for = self.first_missing_device_before(last).unwrap_or(0);
@@ -1138,11 +978,14 @@ impl Cache {
         backing.detaching.store(true, Ordering::SeqCst);
         let res = (|| loop {
             self.inner.flush_sync()?;
-            let target = lock(&self.inner.state).last_segment_of_device[device_id as usize];
+            let target =
+                lock(&self.inner.metadata).write_back.last_segment_of_device[device_id as usize];
             self.drain_to(target, &mut progress)?;
             // a write that passed the check just before the flag was set
             // may have landed after `target`: go round once more
-            if lock(&self.inner.state).last_segment_of_device[device_id as usize] == target {
+            if lock(&self.inner.metadata).write_back.last_segment_of_device[device_id as usize]
+                == target
+            {
                 return self.commit_super_block();
             }
         })();
@@ -1150,7 +993,7 @@ impl Cache {
             backing.detaching.store(false, Ordering::SeqCst);
             return Err(e);
         }
-        debug_assert_eq!(lock(&self.inner.state).index.nr_dirty(device_id), 0);
+        debug_assert_eq!(lock(&self.inner.metadata).index.nr_dirty(device_id), 0);
         let mut devices = self
             .inner
             .devices
@@ -1164,7 +1007,7 @@ impl Cache {
     /// this cache (0: none): the smallest backing device it can be attached
     /// to.
     pub fn dirty_end_sector(&self, device_id: u8) -> u64 {
-        lock(&self.inner.state).index.dirty_end_sector(device_id)
+        lock(&self.inner.metadata).index.dirty_end_sector(device_id)
     }
 
     /// Drops every dirty line of `device_id`, which must not be attached,
@@ -1184,7 +1027,7 @@ impl Cache {
             return Err(Error::InvalidArgument("device ids are 1..=255".into()));
         }
         let (dropped, target) = {
-            let mut st = lock(&self.inner.state);
+            let mut st = lock(&self.inner.metadata);
             if read_lock(&self.inner.devices).contains_key(&device_id) {
                 return Err(Error::InvalidArgument(format!(
                     "device {device_id} is attached; detach it (which writes its data back) \
@@ -1192,7 +1035,10 @@ impl Cache {
                 )));
             }
             let dropped = st.index.remove_device(device_id);
-            (dropped, st.last_segment_of_device[device_id as usize])
+            (
+                dropped,
+                st.write_back.last_segment_of_device[device_id as usize],
+            )
         };
         self.inner.migrate_cv.notify_all();
         self.inner.flush_sync()?;
@@ -1210,14 +1056,14 @@ impl Cache {
     /// A device that is not attached whose dirty lines lie in a segment up
     /// to `target` (write-back cannot pass it), if any.
     fn first_missing_device_before(&self, target: u64) -> Option<u8> {
-        let st = lock(&self.inner.state);
+        let st = lock(&self.inner.metadata);
         let attached = read_lock(&self.inner.devices);
         (0..st.index.nr_lines() as u32)
             .filter_map(|i| st.index.info(i).map(|info| (i, info)))
             .filter(|(_, info)| !attached.contains_key(&info.key.device_id))
             .filter(|(i, _)| {
-                let seg = st.slot_ids[*i as usize / LINES_PER_SEGMENT];
-                seg > st.last_migrated_id && seg <= target
+                let seg = st.log.slot_ids[slot_of_line(*i) as usize];
+                seg > st.log.last_migrated_id && seg <= target
             })
             .map(|(_, info)| info.key.device_id)
             .next()
@@ -1226,9 +1072,9 @@ impl Cache {
     /// Whether nothing of `device_id` can come back at the next resume:
     /// write-back has passed the last segment that held a line of it.
     pub fn device_lines_gone_for_good(&self, device_id: u8) -> bool {
-        let st = lock(&self.inner.state);
+        let st = lock(&self.inner.metadata);
         st.index.nr_dirty(device_id) == 0
-            && st.last_migrated_id >= st.last_segment_of_device[device_id as usize]
+            && st.log.last_migrated_id >= st.write_back.last_segment_of_device[device_id as usize]
     }
 
     /// Forces write-back until `last_migrated_segment_id` reaches `target`,
@@ -1239,27 +1085,27 @@ impl Cache {
         // errors so far: a drain gives up only after a failure of its own
         // (a device fixed since the last failure gets its next retry)
         let errors_before = self.write_back_errors();
-        let mut st = lock(&self.inner.state);
-        let start = st.last_migrated_id.min(target);
-        st.drain_target = st.drain_target.max(target);
+        let mut st = lock(&self.inner.metadata);
+        let start = st.log.last_migrated_id.min(target);
+        st.write_back.drain_target = st.write_back.drain_target.max(target);
         self.inner.migrate_cv.notify_all();
         loop {
             // A write may have opened the target segment after the caller's
             // FLUSH; with the device idle nothing else would close it.
-            if st.current.as_ref().is_some_and(|c| c.id <= target) {
+            if st.log.current.as_ref().is_some_and(|c| c.id <= target) {
                 self.inner.close_current(&mut st);
             }
             progress(DrainProgress {
-                done: st.last_migrated_id.min(target) - start,
+                done: st.log.last_migrated_id.min(target) - start,
                 total: target - start,
             });
-            if st.last_migrated_id >= target {
+            if st.log.last_migrated_id >= target {
                 return Ok(());
             }
             if st.stopping {
                 return Err(Error::Stopped);
             }
-            if let Some(blocked) = st.write_back_blocked {
+            if let Some(blocked) = st.write_back.blocked {
                 return Err(blocked.error());
             }
             if let Some(e) = self.write_back_failing(errors_before) {
@@ -1321,14 +1167,15 @@ impl Cache {
         let _fresh = self.inner.figures.forget_when_done();
         self.backing(device_id)?;
         self.inner.flush_sync()?;
-        let target = lock(&self.inner.state).last_segment_of_device[device_id as usize];
+        let target =
+            lock(&self.inner.metadata).write_back.last_segment_of_device[device_id as usize];
         self.drain_to(target, &mut progress)
     }
 
     /// Attached devices.
     pub fn devices(&self) -> Vec<DeviceStatus> {
         let devices: Vec<Arc<Backing>> = read_lock(&self.inner.devices).values().cloned().collect();
-        let st = lock(&self.inner.state);
+        let st = lock(&self.inner.metadata);
         devices
             .iter()
             .map(|b| DeviceStatus {
@@ -1345,7 +1192,7 @@ impl Cache {
     /// building the whole list.
     pub fn device_status(&self, device_id: u8) -> Option<DeviceStatus> {
         let b = self.backing(device_id).ok()?;
-        let nr_dirty_caches = lock(&self.inner.state).index.nr_dirty(b.id);
+        let nr_dirty_caches = lock(&self.inner.metadata).index.nr_dirty(b.id);
         Some(DeviceStatus {
             device_id: b.id,
             dev: b.dev.describe(),
@@ -1370,13 +1217,13 @@ impl Cache {
 
     /// The device ids this cache holds dirty lines of, attached or not.
     pub fn dirty_device_ids(&self) -> Vec<u8> {
-        let st = lock(&self.inner.state);
+        let st = lock(&self.inner.metadata);
         (1..=255u8).filter(|&d| st.index.nr_dirty(d) > 0).collect()
     }
 
     /// Dirty lines cached for `device_id`.
     pub fn nr_dirty_caches(&self, device_id: u8) -> u64 {
-        lock(&self.inner.state).index.nr_dirty(device_id)
+        lock(&self.inner.metadata).index.nr_dirty(device_id)
     }
 
     /// Writes `data` (a multiple of 512 bytes) at `sector` of device
@@ -1441,15 +1288,12 @@ impl Cache {
         let inner = &*self.inner;
         let lines = bytes.div_ceil(LINE_SIZE) as u64 + 1;
         let segments = lines.div_ceil(LINES_PER_SEGMENT as u64);
-        let st = lock(&inner.state);
-        let bufs = st.free_bufs.len() as u64
-            + inner.pool_segments.saturating_sub(st.allocated_bufs) as u64;
-        let slots_free = (0..segments).all(|k| {
-            let id = st.next_id + k;
-            id <= inner.nr_segments || st.last_migrated_id >= id - inner.nr_segments
-        });
+        let st = lock(&inner.metadata);
+        let bufs = st.buffers.available() as u64;
+        let slots_free =
+            (0..segments).all(|k| st.log.slot_free_for(st.log.next_id + k, inner.nr_segments));
         // writers already queued for room go first (open_segment's tickets)
-        let queued = st.room_next_ticket > st.room_serving;
+        let queued = st.room.is_waited_on();
         st.stopping || queued || bufs < segments || !slots_free
     }
 
@@ -1465,7 +1309,7 @@ impl Cache {
         let inner = &*self.inner;
         let mask = mask_of(s0, n);
         let full = n == SECTORS_PER_LINE;
-        let mut st = lock(&inner.state);
+        let mut st = lock(&inner.metadata);
         let key = LineKey {
             device_id: b.id,
             line: ln,
@@ -1554,7 +1398,7 @@ impl Cache {
             // A write may change the line while the lock is released to
             // read it from the device: then look again.
             loop {
-                let mut st = lock(&inner.state);
+                let mut st = lock(&inner.metadata);
                 let Some(idx) = st.index.lookup(key) else {
                     break;
                 };
@@ -1563,7 +1407,7 @@ impl Cache {
                     st.index.remove(idx);
                     break;
                 }
-                let segment = st.segment_of(idx);
+                let segment = st.log.segment_of(idx);
                 let fetched = matches!(st.ram_line(idx), RamLine::Absent);
                 if fetched {
                     let (g, res) = inner.fetch_line(st, idx, &mut line);
@@ -1629,7 +1473,7 @@ impl Cache {
     /// Seals the partial current segment and queues it for writing.
     pub fn flush_current_buffer(&self) {
         let _fresh = self.inner.figures.forget_when_done();
-        let mut st = lock(&self.inner.state);
+        let mut st = lock(&self.inner.metadata);
         self.inner.close_current(&mut st);
     }
 
@@ -1641,34 +1485,34 @@ impl Cache {
 
     /// Bytes of RAM this cache holds for its index and segment buffers.
     pub fn static_ram_bytes(&self) -> u64 {
-        let st = lock(&self.inner.state);
-        self.static_ram(&st)
+        let st = lock(&self.inner.metadata);
+        self.static_ram(&st.index, &st.buffers)
     }
 
-    fn static_ram(&self, st: &State) -> u64 {
+    fn static_ram(&self, index: &Index, buffers: &BufferPool) -> u64 {
         let per_segment = 8 + 8 + 4; // slot id, RAM buffer pointer, pin count
-        (st.index.ram_bytes()
-            + self.inner.pool_segments * SEGMENT_DATA_BYTES
+        (index.ram_bytes()
+            + buffers.capacity * SEGMENT_DATA_BYTES
             + self.inner.nr_segments as usize * per_segment) as u64
     }
 
     /// Status snapshot.
     pub fn status(&self) -> CacheStatus {
         let inner = &*self.inner;
-        let st = lock(&inner.state);
+        let st = lock(&inner.metadata);
         CacheStatus {
             cache_id: inner.cache_id,
             device: inner.dev.describe(),
             nr_segments: inner.nr_segments,
             nr_caches: inner.nr_segments * LINES_PER_SEGMENT as u64,
-            static_ram_bytes: self.static_ram(&st),
+            static_ram_bytes: self.static_ram(&st.index, &st.buffers),
             index_ram_bytes: st.index.ram_bytes() as u64,
-            current_segment_id: st.current.as_ref().map_or(0, |c| c.id),
-            cursor: st.current.as_ref().map_or(0, |c| c.length as u64),
-            last_flushed_segment_id: st.last_flushed_id,
-            last_durable_segment_id: st.durable_id,
-            last_migrated_segment_id: st.last_migrated_id,
-            persisted_migrated_segment_id: st.persisted_migrated_id,
+            current_segment_id: st.log.current.as_ref().map_or(0, |c| c.id),
+            cursor: st.log.current.as_ref().map_or(0, |c| c.length as u64),
+            last_flushed_segment_id: st.log.last_flushed_id,
+            last_durable_segment_id: st.log.durable_id,
+            last_migrated_segment_id: st.log.last_migrated_id,
+            persisted_migrated_segment_id: st.record.persisted_migrated_id,
             nr_dirty_caches: (1..=255u8).map(|d| st.index.nr_dirty(d)).sum(),
             stats: inner.stats.snapshot(),
             knobs: Knob::ALL
@@ -1709,7 +1553,7 @@ impl Cache {
     fn recent_figures(&self) -> Figures {
         self.inner.figures.get(|| {
             let status = self.status();
-            let st = lock(&self.inner.state);
+            let st = lock(&self.inner.metadata);
             let mut nr_dirty = Box::new([0u64; 256]);
             for (d, n) in nr_dirty.iter_mut().enumerate().skip(1) {
                 *n = st.index.nr_dirty(d as u8);
@@ -1724,7 +1568,7 @@ impl Cache {
     pub fn migrate_all(&self) -> Result<()> {
         let _fresh = self.inner.figures.forget_when_done();
         self.flush_sync()?;
-        let target = lock(&self.inner.state).last_closed_id;
+        let target = lock(&self.inner.metadata).log.last_closed_id;
         self.drain_to(target, &mut |_| {})
     }
 
@@ -1739,9 +1583,9 @@ impl Cache {
 
     fn stop_threads(&self) {
         {
-            let mut st = lock(&self.inner.state);
+            let mut st = lock(&self.inner.metadata);
             st.stopping = true;
-            let waiters = std::mem::take(&mut st.waiters);
+            let waiters = std::mem::take(&mut st.flush_waiters.waiting);
             drop(st);
             for w in waiters {
                 (w.done)(Err(Error::Stopped));
@@ -1762,21 +1606,12 @@ impl Drop for Cache {
     fn drop(&mut self) {
         if !lock(&self.threads).is_empty() {
             if let Err(e) = self.shutdown() {
-                tracing::error!(cache = self.inner.cache_id, "clean stop failed: {e}");
+                tracing::error!(
+                    cache = self.inner.cache_id,
+                    "clean stop failed: {}",
+                    crate::error::describe(&e)
+                );
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_split_at_line_boundaries() {
-        let v: Vec<_> = line_pieces(6, 12).collect();
-        assert_eq!(v, vec![(0, 6, 2), (1, 0, 8), (2, 0, 2)]);
-        assert_eq!(mask_of(6, 2), 0xC0);
-        assert_eq!(mask_of(0, 8), 0xFF);
     }
 }

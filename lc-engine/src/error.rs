@@ -1,5 +1,10 @@
 //! The engine's one error type: what went wrong, in words a storage
 //! administrator can act on, with the underlying I/O error kept as source.
+//!
+//! A message says what failed and what to do; the operating system's error
+//! is only the [`std::error::Error::source`], never repeated in the message,
+//! so a printer of the whole chain (anyhow's `{:#}`, [`describe`]) shows it
+//! once. Whoever shows an engine error to a person prints the chain.
 
 use std::io;
 
@@ -28,7 +33,9 @@ impl std::fmt::Display for DeviceRole {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O error on a device.
-    #[error("I/O error on the {role} while {context}: {source}; check the device (dmesg, SMART) and retry")]
+    #[error(
+        "I/O error on the {role} while {context} (check the device: dmesg, SMART; then retry)"
+    )]
     Io {
         /// Device the error happened on.
         role: DeviceRole,
@@ -39,7 +46,9 @@ pub enum Error {
         source: io::Error,
     },
     /// Opening a device failed.
-    #[error("cannot open {path}: {source}; check that the path exists and is a block device or regular file")]
+    #[error(
+        "cannot open {path} (check that the path exists and is a block device or regular file)"
+    )]
     Open {
         /// The path given.
         path: String,
@@ -175,6 +184,55 @@ impl Error {
             Error::DiscardUnfinished { .. } => libc::EBUSY,
             Error::Stopped => libc::ESHUTDOWN,
             _ => libc::EIO,
+        }
+    }
+}
+
+/// `e` and its causes (each [`std::error::Error::source`]) as one line,
+/// joined by ": ": what to show a person, so the operating system's error
+/// behind an [`Error::Io`] or [`Error::Open`] appears exactly once.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enoent() -> io::Error {
+        io::Error::from_raw_os_error(libc::ENOENT)
+    }
+
+    #[test]
+    fn chain_printers_show_the_os_error_exactly_once() {
+        let makers: [fn() -> Error; 2] = [
+            || Error::io(DeviceRole::Cache, "reading a cached line", enoent()),
+            || Error::Open {
+                path: "/dev/nothing".into(),
+                source: enoent(),
+            },
+        ];
+        let os = enoent().to_string();
+        for make in makers {
+            let message = make().to_string();
+            assert!(
+                !message.contains(&os),
+                "message repeats the cause: {message}"
+            );
+            for text in [
+                describe(&make()),
+                format!("{:#}", anyhow::Error::new(make())),
+            ] {
+                assert_eq!(text.matches(&os).count(), 1, "{text}");
+                assert!(text.starts_with(&message), "{text}");
+            }
         }
     }
 }

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cache::{lock, CacheStatus};
+use crate::cache::lock;
+use crate::status::CacheStatus;
 
 /// The oldest figures [`crate::Cache::recent_status`] serves.
 pub const RECENT_FIGURES_MAX_AGE: Duration = Duration::from_millis(20);

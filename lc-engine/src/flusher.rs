@@ -27,13 +27,57 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crate::cache::{lock, retry_io, Inner, Waiter};
+use crate::cache::{lock, FlushCallback, Inner};
 use crate::device::AlignedBuf;
 use crate::error::{DeviceRole, Error, Result};
 use crate::format::*;
+use crate::retry::retry_io;
 use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
+
+/// A FLUSH waiting for segment `target` to be durable.
+pub(crate) struct Waiter {
+    pub target: u64,
+    pub done: FlushCallback,
+}
+
+/// The FLUSHes waiting for segments to become durable; the flusher
+/// completes them, the ticker closes a segment a FLUSH waits on too long.
+#[derive(Default)]
+pub(crate) struct FlushWaiters {
+    pub waiting: Vec<Waiter>,
+    /// When the first FLUSH began waiting on the current segment.
+    pub barrier_since: Option<Instant>,
+}
+
+impl FlushWaiters {
+    /// Takes out the FLUSHes `pick` says, leaving the others waiting.
+    fn take(&mut self, pick: impl Fn(&Waiter) -> bool) -> Vec<Waiter> {
+        let (taken, keep) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| pick(w));
+        self.waiting = keep;
+        taken
+    }
+
+    /// Whether a FLUSH waits for a segment up to `id`.
+    fn any_up_to(&self, id: u64) -> bool {
+        self.waiting.iter().any(|w| w.target <= id)
+    }
+}
+
+/// The superblock record as last written: the flusher writes it, the
+/// ticker decides when it is due, slot reuse waits for what it says.
+pub(crate) struct CommittedRecord {
+    /// Sequence of the record last written.
+    pub sequence: u64,
+    /// `last_migrated_segment_id` as the record block on the device says.
+    pub persisted_migrated_id: u64,
+    /// When it was last written (or the cache resumed).
+    pub last_commit: Instant,
+}
 
 /// A sealed segment on its way to the device.
 pub(crate) struct SegmentWrite {
@@ -160,7 +204,8 @@ fn run(inner: &Inner, rx: &Receiver<FlushJob>, io_tx: Sender<SegmentWrite>) {
                 } else if let Err(e) = res {
                     tracing::error!(
                         cache = inner.cache_id,
-                        "periodic superblock commit failed: {e}"
+                        "periodic superblock commit failed: {}",
+                        crate::error::describe(&e)
                     );
                 }
             }
@@ -211,19 +256,19 @@ fn segments_landed(
     unflushed: &mut UnflushedSegments,
     more_coming: bool,
 ) {
-    let mut st = lock(&inner.state);
+    let mut st = lock(&inner.metadata);
     let mut advanced = false;
-    while let Some(seg) = landed.remove(&(st.last_flushed_id + 1)) {
-        st.last_flushed_id = seg.id;
+    while let Some(seg) = landed.remove(&(st.log.last_flushed_id + 1)) {
+        st.log.last_flushed_id = seg.id;
         unflushed.segments.push(seg);
         advanced = true;
     }
     if !advanced {
         return;
     }
-    let written = st.last_flushed_id;
-    let someone_waits = st.waiters.iter().any(|w| w.target <= written);
-    let lag = written - st.durable_id;
+    let written = st.log.last_flushed_id;
+    let someone_waits = st.flush_waiters.any_up_to(written);
+    let lag = written - st.log.durable_id;
     drop(st);
     inner.progress_cv.notify_all();
     if someone_waits || !more_coming || lag >= FLUSH_EVERY_SEGMENTS {
@@ -234,12 +279,8 @@ fn segments_landed(
 /// Fails every FLUSH waiting on a segment at or after `from_id`.
 fn fail_waiters(inner: &Inner, from_id: u64, what: &str) {
     let failed: Vec<Waiter> = {
-        let mut st = lock(&inner.state);
-        let (fail, keep) = std::mem::take(&mut st.waiters)
-            .into_iter()
-            .partition(|w| w.target >= from_id);
-        st.waiters = keep;
-        fail
+        let mut st = lock(&inner.metadata);
+        st.flush_waiters.take(|w| w.target >= from_id)
     };
     for w in failed {
         (w.done)(Err(Error::io(
@@ -265,7 +306,7 @@ fn retry(
         // writers waiting for a buffer decide again (they fail while this lasts)
         inner.progress_cv.notify_all();
     };
-    let ok = retry_io(inner, 3, on_error, op);
+    let ok = retry_io(&inner.metadata, 3, on_error, op);
     if ok {
         inner.stats.success(ErrorCounter::CacheWrite);
     }
@@ -280,8 +321,9 @@ fn prepare(inner: &Inner, seg: &mut SegmentWrite, unflushed: &mut UnflushedSegme
     // is written back, or a crash would make recovery start at this slot,
     // find the new id there and drop the whole log.
     let nr = inner.nr_segments;
-    let record_allows =
-        |inner: &Inner| seg.id <= nr || lock(&inner.state).persisted_migrated_id >= seg.id - nr;
+    let record_allows = |inner: &Inner| {
+        seg.id <= nr || lock(&inner.metadata).record.persisted_migrated_id >= seg.id - nr
+    };
     if !record_allows(inner) {
         let what = "committing the superblock record before reusing a segment slot";
         let on_error = |e: &std::io::Error| {
@@ -290,7 +332,7 @@ fn prepare(inner: &Inner, seg: &mut SegmentWrite, unflushed: &mut UnflushedSegme
             fail_waiters(inner, seg.id, what);
             inner.progress_cv.notify_all();
         };
-        let committed = retry_io(inner, 3, on_error, || {
+        let committed = retry_io(&inner.metadata, 3, on_error, || {
             commit(inner, unflushed).map_err(|e| match e {
                 Error::Io { source, .. } => source,
                 other => std::io::Error::other(other.to_string()),
@@ -322,7 +364,7 @@ fn seal(inner: &Inner, seg: &mut SegmentWrite) {
         &mut seg.header,
         (0..seg.length).map(|i| seg.data.line_crc(i)),
     );
-    inner.wait_unpinned(seg.slot);
+    inner.pins.wait_unpinned(seg.slot);
 }
 
 /// Writes a prepared segment, header and data in one request; false only
@@ -345,8 +387,8 @@ fn write_once(inner: &Inner, seg: &SegmentWrite) -> std::io::Result<()> {
 /// if a flush failed since they were written), releases their RAM, and
 /// completes the FLUSHes it satisfies.
 fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
-    let written = lock(&inner.state).last_flushed_id;
-    if lock(&inner.state).durable_id < written {
+    let written = lock(&inner.metadata).log.last_flushed_id;
+    if lock(&inner.metadata).log.durable_id < written {
         let flushed = retry(inner, "flushing the cache device", 0, || {
             let era = unflushed.failed_flushes;
             for seg in unflushed.segments.iter_mut().filter(|s| s.flush_era != era) {
@@ -363,24 +405,13 @@ fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
         }
     }
     let done: Vec<Waiter> = {
-        let mut st = lock(&inner.state);
+        let mut st = lock(&inner.metadata);
         for seg in unflushed.segments.drain(..) {
-            st.ram[seg.slot as usize] = None;
-            // readers copy under the lock and never keep the Arc; a writer
-            // that just filled a line may still drop its clone: then the
-            // buffer is freed with it and the pool allocates another
-            match Arc::try_unwrap(seg.data) {
-                Ok(b) => st.free_bufs.push(b),
-                Err(_) => st.allocated_bufs -= 1,
-            }
+            st.buffers.give_back(seg.slot, seg.data);
         }
-        st.durable_id = st.durable_id.max(written);
-        let durable = st.durable_id;
-        let (done, keep) = std::mem::take(&mut st.waiters)
-            .into_iter()
-            .partition(|w| w.target <= durable);
-        st.waiters = keep;
-        done
+        st.log.durable_id = st.log.durable_id.max(written);
+        let durable = st.log.durable_id;
+        st.flush_waiters.take(|w| w.target <= durable)
     };
     for w in done {
         (w.done)(Ok(()));
@@ -395,22 +426,23 @@ fn make_durable(inner: &Inner, unflushed: &mut UnflushedSegments) {
 /// failed flush also marks the unflushed segments for rewriting.
 fn commit(inner: &Inner, unflushed: &mut UnflushedSegments) -> Result<()> {
     let (migrated, seq, old, durable) = {
-        let st = lock(&inner.state);
+        let st = lock(&inner.metadata);
         let seq = st
-            .record_sequence
+            .record
+            .sequence
             .checked_add(1)
             .filter(|&s| s <= MAX_RECORD_SEQUENCE)
             .ok_or_else(|| {
                 Error::Corrupt(format!(
                     "the superblock record's sequence {} has no successor lc may write",
-                    st.record_sequence
+                    st.record.sequence
                 ))
             })?;
         (
-            st.last_migrated_id,
+            st.log.last_migrated_id,
             seq,
-            st.persisted_migrated_id,
-            st.durable_id,
+            st.record.persisted_migrated_id,
+            st.log.durable_id,
         )
     };
     let record = SuperBlockRecord {
@@ -437,22 +469,22 @@ fn commit(inner: &Inner, unflushed: &mut UnflushedSegments) -> Result<()> {
         .map_err(io)?;
     inner.stats.success(ErrorCounter::CacheWrite);
     let slots: Vec<u64> = {
-        let mut st = lock(&inner.state);
-        st.record_sequence = seq;
-        st.persisted_migrated_id = st.persisted_migrated_id.max(migrated);
-        let cur_slot = st.current.as_ref().map(|c| c.slot);
+        let mut st = lock(&inner.metadata);
+        st.record.sequence = seq;
+        st.record.persisted_migrated_id = st.record.persisted_migrated_id.max(migrated);
+        let cur_slot = st.log.current.as_ref().map(|c| c.slot);
         // a slot is discarded once, however far the record moved
         (old.max(migrated.saturating_sub(inner.nr_segments)) + 1..=migrated)
             .map(|id| slot_of(id, inner.nr_segments))
             .filter(|&s| {
-                st.slot_ids[s as usize] <= migrated
-                    && st.ram[s as usize].is_none()
+                st.log.slot_ids[s as usize] <= migrated
+                    && st.buffers.ram[s as usize].is_none()
                     && cur_slot != Some(s)
             })
             .collect()
     };
     for slot in slots {
-        inner.wait_unpinned(slot);
+        inner.pins.wait_unpinned(slot);
         if let Err(e) = inner.dev.discard(segment_offset(slot), SEGMENT_SIZE as u64) {
             tracing::warn!(
                 cache = inner.cache_id,
@@ -460,6 +492,6 @@ fn commit(inner: &Inner, unflushed: &mut UnflushedSegments) -> Result<()> {
             );
         }
     }
-    lock(&inner.state).last_commit = std::time::Instant::now();
+    lock(&inner.metadata).record.last_commit = std::time::Instant::now();
     Ok(())
 }

@@ -9,6 +9,8 @@
 use crate::error::{Error, Result};
 use crate::index::MAX_LINE;
 
+pub use crate::geometry::{segment_offset, slot_of};
+
 /// Bytes in a sector, the unit of addressing of every block device.
 pub const SECTOR_SIZE: usize = 512;
 /// Bytes in a cache line (a "block"): the unit the index tracks.
@@ -45,16 +47,6 @@ pub const METABLOCK_SIZE: usize = 14;
 /// Offset of the first metablock inside a segment header block.
 pub const METABLOCKS_OFFSET: usize = 64;
 const SEG_CHECKSUM_OFFSET: usize = 48;
-
-/// Offset in bytes of segment `slot` (0-based) on the cache device.
-pub fn segment_offset(slot: u64) -> u64 {
-    SUPERBLOCK_REGION + slot * SEGMENT_SIZE as u64
-}
-
-/// Slot (0-based segment index on the device) that holds segment `global_id`.
-pub fn slot_of(global_id: u64, nr_segments: u64) -> u64 {
-    (global_id - 1) % nr_segments
-}
 
 /// Lap of segment `global_id`: how many times the log has wrapped, plus one.
 pub fn lap_of(global_id: u64, nr_segments: u64) -> u32 {

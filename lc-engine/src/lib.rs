@@ -40,14 +40,17 @@
 //!   instead of retrying a write that cannot succeed.
 //!
 //! ## Modules, one per job
-//! [`format`](mod@format) (on-disk layout), [`device`] (I/O abstraction), [`index`]
+//! [`format`](mod@format) (on-disk layout), `geometry` (where slots, lines
+//! and sectors are), [`device`] (I/O abstraction), [`index`]
 //! (compact line index), [`cache`] (foreground paths), `segment_buffer`
 //! (a segment's RAM lines, filled outside the lock), [`read_plan`] (reads
 //! planned for a frontend's own I/O), `flusher`,
-//! `migrator`, `ticker` (background jobs), [`recover`] (format and resume),
-//! [`knobs`], [`stats`], [`figures`] (what read-only status calls are
-//! served from), [`rescue`] (offline inspection), [`sim`] (crash and fault
-//! simulation for tests).
+//! `migrator`, `ticker` (background jobs), `pin` (segment-slot pins, an
+//! RAII guard each), `retry` (background I/O retried
+//! with backoff), [`recover`] (format and resume),
+//! [`knobs`], [`stats`], [`status`] (the status records), [`figures`]
+//! (what read-only status calls are served from), [`error`], [`rescue`]
+//! (offline inspection), [`sim`] (crash and fault simulation for tests).
 //!
 //! ## On-disk format, version 1
 //! All integers little-endian. Sector = 512 B, line = 4 KiB, segment = 1 MiB.
@@ -82,18 +85,23 @@ pub mod error;
 pub mod figures;
 mod flusher;
 pub mod format;
+mod geometry;
 pub mod index;
 pub mod knobs;
 mod migrator;
+mod pin;
 pub mod read_plan;
 pub mod recover;
 pub mod rescue;
+mod retry;
 mod segment_buffer;
+mod segment_log;
 pub mod sim;
 pub mod stats;
+pub mod status;
 mod ticker;
 
-pub use cache::{Cache, CacheOptions, CacheStatus, DeviceStatus, DrainProgress, FlushCallback};
+pub use cache::{Cache, CacheOptions, FlushCallback};
 pub use device::{AlignedBuf, BlockDevice, FileDevice, FileIdentity};
 pub use error::{DeviceRole, Error, Result};
 pub use flusher::IO_DEPTH as SEGMENT_WRITES_IN_FLIGHT;
@@ -105,3 +113,4 @@ pub use recover::{
     format_cache_device, read_superblock, RecoveryReport, MAX_CACHE_BYTES, MIN_CACHE_BYTES,
 };
 pub use stats::{Fault, Health, StatsSnapshot};
+pub use status::{CacheStatus, DeviceStatus, DrainProgress};

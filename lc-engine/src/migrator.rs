@@ -49,12 +49,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cache::{backoff, line_index, lock, read_lock, retry_io, Backing, Inner, State};
+use crate::cache::{lock, read_lock, Backing, Inner};
 use crate::device::AlignedBuf;
 use crate::error::Error;
 use crate::format::*;
-use crate::index::LineKey;
+use crate::geometry::line_index;
+use crate::index::{Index, LineKey};
 use crate::knobs::Knob;
+use crate::pin::SlotPin;
+use crate::retry::{backoff, retry_io};
+use crate::segment_log::SegmentLog;
 use crate::stats::ErrorCounter;
 
 /// Most segments the write-back window holds in RAM (1 MiB each at most),
@@ -67,7 +71,8 @@ const MAX_RUN_BYTES: usize = 1 << 20;
 /// A segment in the window.
 struct WindowSegment {
     id: u64,
-    slot: u64,
+    /// Its slot, pinned while the segment is in the window.
+    pin: SlotPin,
     /// Header block followed by the `length` data lines.
     buf: AlignedBuf,
     /// Its lines that are pending or in flight.
@@ -140,6 +145,31 @@ impl BlockedWriteBack {
     }
 }
 
+/// What write-back is asked to do and what stops it, under the cache's
+/// metadata mutex: writers and drains set it, write-back reads and clears it.
+pub(crate) struct WriteBackDemand {
+    /// A writer waits for a segment that is not yet written back.
+    pub urgent: bool,
+    /// Write-back must reach at least this id (detach, drains).
+    pub drain_target: u64,
+    /// Highest segment id that held a line of each device id (detach must
+    /// see every segment up to it written back before the id is reused).
+    pub last_segment_of_device: Vec<u64>,
+    /// Write-back is stopped by dirty data beyond a backing device's end.
+    pub blocked: Option<BlockedWriteBack>,
+}
+
+impl Default for WriteBackDemand {
+    fn default() -> Self {
+        WriteBackDemand {
+            urgent: false,
+            drain_target: 0,
+            last_segment_of_device: vec![0; 256],
+            blocked: None,
+        }
+    }
+}
+
 /// Which dirty sectors of the copy of `key` in cache line `idx` (dirty
 /// bits `meta_bits` in its segment's metablock) write-back must write now.
 ///
@@ -148,13 +178,13 @@ impl BlockedWriteBack {
 /// yet durable: a crash could lose that newer copy, and once
 /// `last_migrated_segment_id` has passed this segment, recovery would not
 /// replay the older one either.
-fn bits_to_write(st: &State, key: LineKey, idx: u32, meta_bits: u8) -> u8 {
-    match st.index.lookup(key) {
+fn bits_to_write(index: &Index, log: &SegmentLog, key: LineKey, idx: u32, meta_bits: u8) -> u8 {
+    match index.lookup(key) {
         Some(i) if i == idx => meta_bits,
-        Some(newer) if st.slot_ids[newer as usize / LINES_PER_SEGMENT] > st.durable_id => {
+        Some(newer) if log.segment_of(newer) > log.durable_id => {
             // only sectors the newer copy still holds dirty (a discard may
             // have dropped some)
-            meta_bits & st.index.info(newer).map_or(0, |i| i.dirty_bits)
+            meta_bits & index.info(newer).map_or(0, |i| i.dirty_bits)
         }
         _ => 0, // the newer copy is durable, or the line was discarded
     }
@@ -244,10 +274,18 @@ fn worker(inner: &Inner, jobs: &Mutex<Receiver<Job>>, done: &Sender<JobDone>) {
 fn write_job(inner: &Inner, job: &Job) -> bool {
     let _io = inner.migration_io.read().unwrap_or_else(|e| e.into_inner());
     let bits: Vec<u8> = {
-        let st = lock(&inner.state);
+        let st = lock(&inner.metadata);
         job.lines
             .iter()
-            .map(|l| bits_to_write(&st, l.key, l.pending.idx, l.pending.meta_bits) & l.pending.bits)
+            .map(|l| {
+                bits_to_write(
+                    &st.index,
+                    &st.log,
+                    l.key,
+                    l.pending.idx,
+                    l.pending.meta_bits,
+                ) & l.pending.bits
+            })
             .collect()
     };
     // dirty sector runs: (first sector, offset in job.data, bytes), merged
@@ -290,7 +328,7 @@ fn write_job(inner: &Inner, job: &Job) -> bool {
         };
         // no success is counted before the flush after it succeeds: a
         // fault of failing flushes goes on while the rewrites succeed
-        if !retry_io(inner, 0, on_backing_error(inner, &what), || {
+        if !retry_io(&inner.metadata, 0, on_backing_error(inner, &what), || {
             job.dev.dev.write_at(buf, sector * SECTOR_SIZE as u64)
         }) {
             return false;
@@ -338,7 +376,7 @@ impl Migrator<'_> {
             return true;
         }
         // nothing in the window: wait until write-back is due
-        let st = lock(&inner.state);
+        let st = lock(&inner.metadata);
         if st.stopping {
             return false;
         }
@@ -357,10 +395,10 @@ impl Migrator<'_> {
                 // disk may be attached).
                 let mut st = st;
                 let e = b.error();
-                if st.write_back_blocked != Some(b) {
+                if st.write_back.blocked != Some(b) {
                     tracing::error!(cache = inner.cache_id, "write-back stops: {e}");
                 }
-                st.write_back_blocked = Some(b);
+                st.write_back.blocked = Some(b);
                 inner.stats.failure(
                     ErrorCounter::BackingWrite,
                     "writing dirty data back",
@@ -370,7 +408,7 @@ impl Migrator<'_> {
                 let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
             }
             None => {
-                if !self.due(&st) {
+                if !self.due(&st.log, &st.write_back) {
                     let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
                 }
             }
@@ -379,14 +417,14 @@ impl Migrator<'_> {
     }
 
     /// Whether write-back is wanted and a durable segment waits for it.
-    fn due(&self, st: &State) -> bool {
+    fn due(&self, log: &SegmentLog, demand: &WriteBackDemand) -> bool {
         let inner = self.inner;
-        let next = self.window.back().map_or(st.last_migrated_id, |s| s.id) + 1;
+        let next = self.window.back().map_or(log.last_migrated_id, |s| s.id) + 1;
         let wanted = inner.knobs.flag(Knob::AllowMigrate)
             || inner.knobs.flag(Knob::ForceMigrate)
-            || st.migrate_urgent
-            || st.drain_target > st.last_migrated_id;
-        wanted && st.durable_id >= next
+            || demand.urgent
+            || demand.drain_target > log.last_migrated_id;
+        wanted && log.durable_id >= next
     }
 
     /// Takes durable segments into the window while it has room and
@@ -402,32 +440,26 @@ impl Migrator<'_> {
             if self.window.len() >= limit {
                 return Ok(());
             }
-            let id = {
-                let st = lock(&inner.state);
+            let (id, pin) = {
+                let st = lock(&inner.metadata);
                 if st.stopping {
                     return Err(None);
                 }
-                if !self.due(&st) {
+                if !self.due(&st.log, &st.write_back) {
                     return Ok(());
                 }
-                let id = self.window.back().map_or(st.last_migrated_id, |s| s.id) + 1;
-                inner.pin(slot_of(id, inner.nr_segments));
-                id
+                let id = self.window.back().map_or(st.log.last_migrated_id, |s| s.id) + 1;
+                (id, inner.pins.pin(&st, slot_of(id, inner.nr_segments)))
             };
-            match self.load(id) {
-                Ok(()) => {}
-                Err(e) => {
-                    inner.unpin(slot_of(id, inner.nr_segments));
-                    return Err(e);
-                }
-            }
+            // (a segment that cannot join drops its pin)
+            self.load(id, pin)?;
         }
     }
 
-    /// Reads segment `id` (its slot pinned) and adds it to the window.
-    fn load(&mut self, id: u64) -> Result<(), Option<Blocked>> {
+    /// Reads segment `id` (its slot pinned by `pin`) and adds it to the window.
+    fn load(&mut self, id: u64, pin: SlotPin) -> Result<(), Option<Blocked>> {
         let inner = self.inner;
-        let slot = slot_of(id, inner.nr_segments);
+        let slot = pin.slot();
         let mut head = AlignedBuf::zeroed(LINE_SIZE);
         let off = segment_offset(slot);
         let mut header = None;
@@ -464,7 +496,7 @@ impl Migrator<'_> {
         }
         let mut chosen: Vec<(LineKey, Pending)> = Vec::new();
         {
-            let st = lock(&inner.state);
+            let st = lock(&inner.metadata);
             let attached = read_lock(&inner.devices);
             for (line, m) in header.metablocks.iter().enumerate() {
                 if m.device_id == 0 {
@@ -475,7 +507,7 @@ impl Migrator<'_> {
                     line: m.sector / SECTORS_PER_LINE as u64,
                 };
                 let idx = line_index(slot, line);
-                let bits = bits_to_write(&st, key, idx, m.dirty_bits);
+                let bits = bits_to_write(&st.index, &st.log, key, idx, m.dirty_bits);
                 if bits == 0 {
                     continue;
                 }
@@ -510,7 +542,7 @@ impl Migrator<'_> {
         }
         let mut seg = WindowSegment {
             id,
-            slot,
+            pin,
             buf,
             outstanding: 0,
             lines: chosen.iter().map(|(k, p)| (*k, p.idx)).collect(),
@@ -630,18 +662,20 @@ impl Migrator<'_> {
         }
         let inner = self.inner;
         let freed: Vec<WindowSegment> = self.window.drain(..done).collect();
-        let mut st = lock(&inner.state);
-        for seg in &freed {
+        let last = freed.last().expect("done > 0").id;
+        let mut st = lock(&inner.metadata);
+        for seg in freed {
             for &(key, idx) in &seg.lines {
                 if st.index.lookup(key) == Some(idx) {
                     st.index.remove(idx);
                 }
             }
-            inner.unpin(seg.slot);
+            // its slot's pin goes with it
+            drop(seg.pin);
         }
-        st.write_back_blocked = None;
-        st.last_migrated_id = freed.last().expect("done > 0").id;
-        st.migrate_urgent = false;
+        st.write_back.blocked = None;
+        st.log.last_migrated_id = last;
+        st.write_back.urgent = false;
         drop(st);
         inner.progress_cv.notify_all();
         true
@@ -670,7 +704,7 @@ impl Migrator<'_> {
             };
             let what = format!("flushing the backing device of device {id}");
             on_backing_error(inner, &what)(&e);
-            if lock(&inner.state).stopping {
+            if lock(&inner.metadata).stopping {
                 return false;
             }
             std::thread::sleep(backoff(attempt));
@@ -706,9 +740,8 @@ impl Migrator<'_> {
                 Err(_) => break,
             }
         }
-        for seg in self.window.drain(..) {
-            self.inner.unpin(seg.slot);
-        }
+        // the window's pins go with it
+        self.window.clear();
     }
 }
 
@@ -730,7 +763,7 @@ fn retry(
         // a waiting detach or writer decides again (see Cache::drain_to)
         inner.progress_cv.notify_all();
     };
-    let ok = retry_io(inner, 0, on_error, op);
+    let ok = retry_io(&inner.metadata, 0, on_error, op);
     if ok {
         inner.stats.success(counter);
     }

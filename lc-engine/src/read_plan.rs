@@ -32,11 +32,13 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::cache::{line_offset, lock, mask_of, Backing, Inner, RamLine};
+use crate::cache::{lock, Backing, Inner, RamLine};
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
-use crate::format::{LINES_PER_SEGMENT, LINE_SIZE, SECTORS_PER_LINE, SECTOR_SIZE, SEGMENT_SIZE};
+use crate::format::{LINE_SIZE, SECTORS_PER_LINE, SECTOR_SIZE, SEGMENT_SIZE};
+use crate::geometry::{line_offset, mask_of, slot_of_line};
 use crate::index::LineKey;
+use crate::pin::SlotPin;
 use crate::segment_buffer::SegmentBuffer;
 use crate::stats::ErrorCounter;
 
@@ -95,8 +97,9 @@ pub struct ReadPlan {
     reads: Vec<DeviceRead>,
     scratch: Option<AlignedBuf>,
     overlay: Vec<Overlay>,
-    /// Segment slots pinned for this plan's cache reads (one entry a pin).
-    pinned: Vec<u64>,
+    /// Pins on the segment slots of this plan's cache reads, released when
+    /// the plan finishes or is dropped.
+    pinned: Vec<SlotPin>,
 }
 
 impl std::fmt::Debug for ReadPlan {
@@ -152,9 +155,9 @@ fn try_plan(
     let mut scratch_lines = 0usize;
     let mut ram_overlay: Vec<(usize, [u8; LINE_SIZE])> = Vec::new();
     let mut backing_sectors = 0u64;
-    let st = lock(&inner.state);
+    let st = lock(&inner.metadata);
     let mut pos = 0usize;
-    for (ln, s0, n) in crate::cache::line_pieces(sector, (out.len() / SECTOR_SIZE) as u64) {
+    for (ln, s0, n) in crate::geometry::line_pieces(sector, (out.len() / SECTOR_SIZE) as u64) {
         let bytes = n * SECTOR_SIZE;
         let full = n == SECTORS_PER_LINE;
         let piece_sector = ln * SECTORS_PER_LINE as u64 + s0 as u64;
@@ -197,9 +200,8 @@ fn try_plan(
                 true
             }
             RamLine::Absent => {
-                let slot = idx as u64 / LINES_PER_SEGMENT as u64;
-                inner.pin(slot);
-                plan.pinned.push(slot);
+                let slot = slot_of_line(idx);
+                plan.pinned.push(inner.pins.pin(&st, slot));
                 if full && !needs_backing {
                     plan.push_cache(idx, pos);
                 } else {
@@ -338,7 +340,8 @@ impl ReadPlan {
     /// that failed and its error, if one did. Applies the overlay, counts
     /// the device I/O and releases the pins.
     pub fn finish(mut self, out: &mut [u8], failed: Option<(ReadSource, io::Error)>) -> Result<()> {
-        self.release_pins();
+        // the device reads are done: the flusher may reuse the slots
+        self.pinned.clear();
         let stats = &self.inner.stats;
         if let Some((source, e)) = failed {
             let (counter, role, what) = match source {
@@ -389,21 +392,9 @@ impl ReadPlan {
         self.finish(out, failed)
     }
 
-    fn release_pins(&mut self) {
-        for slot in self.pinned.drain(..) {
-            self.inner.unpin(slot);
-        }
-    }
-
     /// Segment slots this plan holds pinned (one entry a pin), for tests.
-    pub fn pinned_slots(&self) -> &[u64] {
-        &self.pinned
-    }
-}
-
-impl Drop for ReadPlan {
-    fn drop(&mut self) {
-        self.release_pins();
+    pub fn pinned_slots(&self) -> Vec<u64> {
+        self.pinned.iter().map(SlotPin::slot).collect()
     }
 }
 
@@ -411,10 +402,5 @@ impl Drop for ReadPlan {
 /// segment slots of `cache` (0 when no read plan is alive and write-back
 /// is idle); for tests and diagnostics.
 pub fn pinned_lines(cache: &crate::Cache) -> u64 {
-    cache
-        .inner
-        .pins
-        .iter()
-        .map(|p| p.load(Ordering::SeqCst) as u64)
-        .sum()
+    cache.inner.pins.total()
 }

@@ -17,16 +17,21 @@
 //! (after a process crash it may still be in the device's volatile cache).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::cache::{line_index, Cache, CacheOptions, Inner, State};
+use crate::cache::{Cache, CacheOptions, Inner, Metadata, RoomQueue};
 use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{DeviceRole, Error, Result};
+use crate::flusher::{CommittedRecord, FlushWaiters};
 use crate::format::*;
+use crate::geometry::line_index;
 use crate::index::{Index, LineKey};
 use crate::knobs::Knobs;
+use crate::migrator::WriteBackDemand;
+use crate::pin::SlotPins;
+use crate::segment_buffer::BufferPool;
+use crate::segment_log::SegmentLog;
 use crate::stats::Stats;
 
 fn io_err(context: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -171,37 +176,26 @@ impl Cache {
         let record = newest_record(&records_newest_first([&blocks[0], &blocks[1]], &sb), nr)?;
         let migrated = record.last_migrated_segment_id;
 
-        let mut st = State {
+        let mut st = Metadata {
             index: Index::new((nr as usize) * LINES_PER_SEGMENT),
-            current: None,
-            next_id: migrated + 1,
-            ram: vec![None; nr as usize],
-            free_bufs: Vec::new(),
-            allocated_bufs: 0,
-            slot_ids: vec![0; nr as usize],
-            last_closed_id: migrated,
-            last_flushed_id: migrated,
-            durable_id: migrated,
-            last_migrated_id: migrated,
-            persisted_migrated_id: migrated,
-            record_sequence: record.sequence,
-            waiters: Vec::new(),
-            barrier_since: None,
-            migrate_urgent: false,
-            drain_target: 0,
-            last_segment_of_device: vec![0; 256],
-            last_commit: Instant::now(),
+            log: SegmentLog::new(nr, migrated),
+            buffers: BufferPool::new(opts.pool_segments.min(nr as usize), nr),
+            write_back: WriteBackDemand::default(),
+            flush_waiters: FlushWaiters::default(),
+            record: CommittedRecord {
+                sequence: record.sequence,
+                persisted_migrated_id: migrated,
+                last_commit: Instant::now(),
+            },
+            room: RoomQueue::default(),
             stopping: false,
-            write_back_blocked: None,
-            room_next_ticket: 0,
-            room_serving: 0,
         };
         let report = replay_log(&*dev, &sb, &record, &mut st)?;
         let end = report.last_replayed_segment_id;
-        st.next_id = end + 1;
-        st.last_closed_id = end;
-        st.last_flushed_id = end;
-        st.durable_id = end;
+        st.log.next_id = end + 1;
+        st.log.last_closed_id = end;
+        st.log.last_flushed_id = end;
+        st.log.durable_id = end;
         tracing::info!(cache = cache_id, ?report, "cache resumed");
 
         let inner = Arc::new(Inner {
@@ -209,15 +203,14 @@ impl Cache {
             dev,
             sb,
             nr_segments: nr,
-            pool_segments: opts.pool_segments.min(nr as usize),
             knobs: Knobs::new(nr),
             stats: Stats::default(),
-            state: Mutex::new(st),
+            metadata: Mutex::new(st),
             progress_cv: Condvar::new(),
             migrate_cv: Condvar::new(),
             ticker_cv: Condvar::new(),
             flusher_tx: Mutex::new(None),
-            pins: (0..nr).map(|_| AtomicU32::new(0)).collect(),
+            pins: SlotPins::new(nr),
             migration_io: RwLock::new(()),
             devices: RwLock::new(BTreeMap::new()),
             figures: Default::default(),
@@ -226,8 +219,16 @@ impl Cache {
     }
 }
 
-fn replay(st: &mut State, slot: u64, h: &SegmentHeader) {
-    st.slot_ids[slot as usize] = h.global_id;
+/// Replays segment header `h` of slot `slot`: the slot's id, its lines into
+/// the index, and the last segment of each device it holds lines of.
+fn replay(
+    index: &mut Index,
+    log: &mut SegmentLog,
+    write_back: &mut WriteBackDemand,
+    slot: u64,
+    h: &SegmentHeader,
+) {
+    log.slot_ids[slot as usize] = h.global_id;
     for (i, m) in h.metablocks.iter().enumerate() {
         if m.device_id == 0 {
             continue; // a line invalidated before the segment was sealed
@@ -236,8 +237,8 @@ fn replay(st: &mut State, slot: u64, h: &SegmentHeader) {
             device_id: m.device_id,
             line: m.sector / SECTORS_PER_LINE as u64,
         };
-        st.index.insert(key, line_index(slot, i), m.dirty_bits);
-        st.last_segment_of_device[m.device_id as usize] = h.global_id;
+        index.insert(key, line_index(slot, i), m.dirty_bits);
+        write_back.last_segment_of_device[m.device_id as usize] = h.global_id;
     }
 }
 
@@ -255,7 +256,7 @@ type Unvouched = (u64, SegmentHeader, AlignedBuf);
 fn verify_oldest(
     dev: &dyn BlockDevice,
     pending: &mut VecDeque<Unvouched>,
-    st: &mut State,
+    st: &mut Metadata,
     report: &mut RecoveryReport,
     others: &mut Vec<(u64, u64)>,
 ) -> Result<bool> {
@@ -272,7 +273,7 @@ fn verify_oldest(
         others.extend(pending.drain(..).map(|(s, h, _)| (s, h.global_id)));
         return Ok(false);
     }
-    replay(st, slot, &h);
+    replay(&mut st.index, &mut st.log, &mut st.write_back, slot, &h);
     report.replayed_segments += 1;
     report.verified_segments += 1;
     Ok(true)
@@ -285,7 +286,7 @@ fn replay_log(
     dev: &dyn BlockDevice,
     sb: &SuperBlockHeader,
     record: &SuperBlockRecord,
-    st: &mut State,
+    st: &mut Metadata,
 ) -> Result<RecoveryReport> {
     let migrated = record.last_migrated_segment_id;
     let nr = sb.nr_segments;
@@ -337,7 +338,7 @@ fn replay_log(
                             .is_some_and(|(_, h, _)| h.global_id <= vouched)
                         {
                             let (slot, h, _) = pending.pop_front().expect("non-empty");
-                            replay(st, slot, &h);
+                            replay(&mut st.index, &mut st.log, &mut st.write_back, slot, &h);
                             report.replayed_segments += 1;
                         }
                         // A real log has at most a pool's worth of segments

@@ -18,8 +18,12 @@
 //! The per-line crcs let the flusher seal a segment in O(header):
 //! [`crate::format::SegmentHeader::seal_lines`] folds them into the crc of
 //! the header and the data, which the format defines.
+//!
+//! [`BufferPool`] holds a cache's buffers: the free ones and those of
+//! closed segments not yet durable.
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::AlignedBuf;
@@ -151,6 +155,63 @@ fn wait_until(ready: impl Fn() -> bool) {
             std::thread::sleep(Duration::from_micros(20));
         }
         n += 1;
+    }
+}
+
+/// The RAM segment buffers of a cache: at most `capacity` exist; a closed
+/// segment keeps its buffer (in `ram`, by slot) until it is durable on the
+/// cache device, then the flusher gives it back for the next open segment.
+pub(crate) struct BufferPool {
+    /// Most buffers that may exist (the `pool_segments` option).
+    pub capacity: usize,
+    /// Closed segments not yet durable, by slot.
+    pub ram: Vec<Option<Arc<SegmentBuffer>>>,
+    /// Buffers ready for the next open segment.
+    pub free: Vec<SegmentBuffer>,
+    /// Buffers that exist (free, closed or open).
+    pub allocated: usize,
+}
+
+impl BufferPool {
+    /// A pool of at most `capacity` buffers for `nr_segments` slots, none
+    /// allocated yet.
+    pub(crate) fn new(capacity: usize, nr_segments: u64) -> BufferPool {
+        BufferPool {
+            capacity,
+            ram: vec![None; nr_segments as usize],
+            free: Vec::new(),
+            allocated: 0,
+        }
+    }
+
+    /// Buffers that can be had now without waiting.
+    pub(crate) fn available(&self) -> usize {
+        self.free.len() + self.capacity.saturating_sub(self.allocated)
+    }
+
+    /// A buffer for a new open segment (the caller checked
+    /// [`BufferPool::available`]).
+    pub(crate) fn take(&mut self) -> Arc<SegmentBuffer> {
+        Arc::new(match self.free.pop() {
+            Some(b) => b,
+            None => {
+                self.allocated += 1;
+                SegmentBuffer::new()
+            }
+        })
+    }
+
+    /// Segment `slot` is durable: its buffer leaves `ram` and `buf` (the
+    /// flusher's handle on it) comes back to the pool. Readers copy under
+    /// the lock and never keep the Arc; a writer that just filled a line
+    /// may still drop its clone: then the buffer is freed with it and the
+    /// pool allocates another.
+    pub(crate) fn give_back(&mut self, slot: u64, buf: Arc<SegmentBuffer>) {
+        self.ram[slot as usize] = None;
+        match Arc::try_unwrap(buf) {
+            Ok(b) => self.free.push(b),
+            Err(_) => self.allocated -= 1,
+        }
     }
 }
 

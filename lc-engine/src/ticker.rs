@@ -13,16 +13,16 @@ use crate::flusher::FlushJob;
 use crate::knobs::Knob;
 
 pub(crate) fn run(inner: Arc<Inner>) {
-    let mut st = lock(&inner.state);
+    let mut st = lock(&inner.metadata);
     loop {
         if st.stopping {
             return;
         }
         let now = Instant::now();
         let mut next = now + Duration::from_secs(1);
-        let has_lines = st.current.as_ref().is_some_and(|c| c.length > 0);
+        let has_lines = st.log.current.as_ref().is_some_and(|c| c.length > 0);
 
-        if let (Some(since), true) = (st.barrier_since, has_lines) {
+        if let (Some(since), true) = (st.flush_waiters.barrier_since, has_lines) {
             let due = since + Duration::from_millis(inner.knobs.get(Knob::BarrierDeadlineMs));
             if due <= now {
                 inner.close_current(&mut st);
@@ -31,7 +31,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
             }
         }
         let interval = inner.knobs.get(Knob::FlushCurrentBufferInterval);
-        if let (Some(cur), true) = (&st.current, interval > 0) {
+        if let (Some(cur), true) = (&st.log.current, interval > 0) {
             let due = cur.opened_at + Duration::from_secs(interval);
             if cur.length > 0 && due <= now {
                 inner.close_current(&mut st);
@@ -41,9 +41,9 @@ pub(crate) fn run(inner: Arc<Inner>) {
         }
         let interval = inner.knobs.get(Knob::CommitSuperBlockInterval);
         if interval > 0 {
-            let due = st.last_commit + Duration::from_secs(interval);
+            let due = st.record.last_commit + Duration::from_secs(interval);
             if due <= now {
-                st.last_commit = now;
+                st.record.last_commit = now;
                 inner.send_job(FlushJob::Commit(None));
             } else {
                 next = next.min(due);

@@ -144,7 +144,7 @@ pub(crate) fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 /// Translates an engine error into the named D-Bus error a client sees.
 pub(crate) fn to_dbus(e: lc_engine::Error) -> LcdError {
     use lc_engine::Error as E;
-    let msg = e.to_string();
+    let msg = crate::rundir::describe(&e);
     match e {
         E::Open { ref source, .. }
             if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
@@ -219,7 +219,7 @@ fn open_and_resume(
         if found.as_deref().ok() != Some(want) {
             let found = match found {
                 Ok(u) => format!("the lc cache with uuid {u}"),
-                Err(e) => format!("no lc cache ({e})"),
+                Err(e) => format!("no lc cache ({})", crate::rundir::describe(&e)),
             };
             return Err(LcdError::Failed(format!(
                 "{path} is not the cache device recorded for cache {id}: it holds {found}, \
@@ -1025,7 +1025,11 @@ async fn stop(daemon: Shared) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         for (id, c) in caches {
             if let Err(e) = c.shutdown() {
-                tracing::error!(id, "clean stop of cache failed: {e}");
+                tracing::error!(
+                    id,
+                    "clean stop of cache failed: {}",
+                    crate::rundir::describe(&e)
+                );
             }
         }
     })

@@ -523,7 +523,7 @@ impl Target {
                 WriteOutcome::Done(bytes as i32)
             }
             Err(e) => {
-                tracing::warn!(device = self.device_id, "write failed: {e}");
+                tracing::warn!(device = self.device_id, "write failed: {}", describe(&e));
                 WriteOutcome::Done(errno_of(&e))
             }
         }
@@ -540,7 +540,7 @@ impl Target {
                 match self.cache.read(self.device_id, job.sector, buf) {
                     Ok(()) => bytes as i32,
                     Err(e) => {
-                        tracing::warn!(device = self.device_id, "read failed: {e}");
+                        tracing::warn!(device = self.device_id, "read failed: {}", describe(&e));
                         errno_of(&e)
                     }
                 }
@@ -562,7 +562,11 @@ impl Target {
                             bytes as i32
                         }
                         Err(e) => {
-                            tracing::warn!(device = self.device_id, "write failed: {e}");
+                            tracing::warn!(
+                                device = self.device_id,
+                                "write failed: {}",
+                                describe(&e)
+                            );
                             errno_of(&e)
                         }
                     }
@@ -635,7 +639,7 @@ async fn read_here(target: &Target, sector: u64, out: &mut [u8]) -> Option<i32> 
     Some(match plan.finish(out, failed) {
         Ok(()) => out.len() as i32,
         Err(e) => {
-            tracing::warn!(device = target.device_id, "read failed: {e}");
+            tracing::warn!(device = target.device_id, "read failed: {}", describe(&e));
             errno_of(&e)
         }
     })
