@@ -5,7 +5,7 @@
 //! with named errors and a uid check on every call that changes something.
 //! Each resumed cache is an `org.lc.Lcd1.Cache` object (`cache_object.rs`),
 //! each device an `org.lc.Lcd1.Device` object (`device_object.rs`) served
-//! as `/dev/ublkb<id>` (`ublk.rs`). The configuration is recorded in the
+//! as `/dev/ublkb<id>` (`frontend/ublk/`). The configuration is recorded in the
 //! state directory and restored at start (`state.rs`); systemd hears
 //! READY=1 once all of it is back. Engine calls block, so they run on
 //! tokio's blocking pool, never under the daemon's lock. The migration
@@ -24,7 +24,8 @@ use zbus::message::Header;
 use zbus::{interface, Connection, ObjectServer};
 
 use crate::cache_object::CacheObject;
-use crate::devices::{self, DeviceEntry, Frontend};
+use crate::devices::{self, DeviceEntry};
+use crate::frontend::BlockFrontend;
 use crate::state::{CacheRecord, StateStore};
 use lc_engine::Knob;
 
@@ -51,9 +52,7 @@ pub(crate) struct Daemon {
     /// Configured devices, by id.
     pub(crate) devices: BTreeMap<u8, DeviceEntry>,
     /// How devices are exposed.
-    pub(crate) frontend: Frontend,
-    /// Where udev markers for lc's block devices go.
-    pub(crate) run_dir: std::path::PathBuf,
+    pub(crate) frontend: Arc<dyn BlockFrontend>,
     /// Caches the state names that could not be resumed at start, with why.
     failed: BTreeMap<u8, (CacheRecord, String)>,
     /// Each client's cursor, by unique bus name.
@@ -730,15 +729,8 @@ impl Manager {
 
     #[zbus(property(emits_changed_signal = "const"))]
     fn block_frontend(&self) -> String {
-        match lock(&self.daemon).frontend {
-            Frontend::None => "none: lcd runs with --frontend none; devices are attached to \
-                               their cache but not exposed as block devices"
-                .into(),
-            Frontend::Ublk => match crate::ublk::unavailable_reason() {
-                None => "ublk".into(),
-                Some(why) => format!("none: {why}"),
-            },
-        }
+        let frontend = lock(&self.daemon).frontend.clone();
+        frontend.describe()
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -779,6 +771,16 @@ fn private_mount_namespace() {
     }
 }
 
+/// Which frontend exposes the devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontendKind {
+    /// As `/dev/ublkb<id>` (production).
+    Ublk,
+    /// Not at all: attached to their cache only (tests; draining a cache on
+    /// a kernel without ublk).
+    None,
+}
+
 /// How lcd runs: where it serves, keeps its state and exposes devices.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -787,9 +789,11 @@ pub struct Options {
     /// Where caches, devices and knobs are recorded.
     pub state_dir: std::path::PathBuf,
     /// How devices are exposed.
-    pub frontend: Frontend,
+    pub frontend: FrontendKind,
     /// Where the udev markers of lc's block devices go.
     pub run_dir: std::path::PathBuf,
+    /// Queues of each new ublk device (0: one per CPU).
+    pub queues: u16,
     /// How long to wait at start for saved devices that do not exist yet.
     pub wait_for_devices: std::time::Duration,
 }
@@ -809,15 +813,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if opts.frontend == Frontend::Ublk {
-        private_mount_namespace();
-        // and before libublk touches /run/ublksrvd, lcd makes it its own
-        if let Some(why) =
-            crate::ublk::unavailable_reason().or_else(|| crate::ublk::prepare().err())
-        {
-            tracing::warn!("devices cannot be exposed as block devices: {why}");
+    let frontend: Arc<dyn BlockFrontend> = match opts.frontend {
+        FrontendKind::Ublk => {
+            private_mount_namespace();
+            // and before libublk touches /run/ublksrvd, lcd makes it its own
+            Arc::new(crate::frontend::ublk::UblkFrontend::new(
+                opts.run_dir.clone(),
+                opts.queues,
+            ))
         }
-    }
+        FrontendKind::None => Arc::new(crate::frontend::NoFrontend),
+    };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -828,8 +834,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let daemon: Shared = Arc::new(Mutex::new(Daemon {
             caches: BTreeMap::new(),
             devices: BTreeMap::new(),
-            frontend: opts.frontend,
-            run_dir: opts.run_dir.clone(),
+            frontend,
             failed: BTreeMap::new(),
             cursors: HashMap::new(),
             store,
@@ -1108,7 +1113,7 @@ mod tests {
             identity: None,
             cache: None,
             resumed_cache: None,
-            ublk: None,
+            block: None,
             size_bytes: 0,
             migrate_threshold: 70,
             state,
@@ -1123,8 +1128,7 @@ mod tests {
         let mut d = Daemon {
             caches: BTreeMap::new(),
             devices: BTreeMap::new(),
-            frontend: Frontend::None,
-            run_dir: dir.path().join("run"),
+            frontend: Arc::new(crate::frontend::NoFrontend),
             failed: BTreeMap::new(),
             cursors: HashMap::new(),
             store,

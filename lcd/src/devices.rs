@@ -26,19 +26,9 @@ use zbus::{Connection, ObjectServer};
 
 use crate::daemon::{blocking, error_text, lock, to_dbus, Shared};
 use crate::device_object::DeviceObject;
+use crate::frontend::{BlockFrontend, Exposed, NotExposed};
 use crate::identity::DeviceIdentity;
 use crate::state::DeviceRecord;
-use crate::ublk::{self, UblkDevice};
-
-/// How devices are exposed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frontend {
-    /// As `/dev/ublkb<id>` (production).
-    Ublk,
-    /// Not at all: attached to their cache only (tests; draining a cache on
-    /// a kernel without ublk).
-    None,
-}
 
 /// Where a device is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +72,7 @@ pub struct DeviceEntry {
     /// lines are counted there).
     pub resumed_cache: Option<Arc<Cache>>,
     /// The block device, while there is one.
-    pub ublk: Option<UblkDevice>,
+    pub block: Option<Box<dyn Exposed>>,
     /// Size of the backing device in bytes (0 if never opened).
     pub size_bytes: u64,
     /// Threshold to record while the device is not attached.
@@ -96,6 +86,44 @@ pub struct DeviceEntry {
 }
 
 impl DeviceEntry {
+    /// A device of cache `cache_id` on `backing`, not attached, not
+    /// exposed and not saved, with the engine's default threshold (70);
+    /// `resumed_cache` is its cache if that runs.
+    pub fn new(
+        cache_id: u8,
+        backing: String,
+        resumed_cache: Option<Arc<Cache>>,
+        state: DeviceState,
+    ) -> DeviceEntry {
+        DeviceEntry {
+            cache_id,
+            backing,
+            identity: None,
+            cache: None,
+            resumed_cache,
+            block: None,
+            size_bytes: 0,
+            migrate_threshold: 70,
+            state,
+            saved: false,
+        }
+    }
+
+    /// A device as the state file records it, coming back (`Creating`).
+    pub fn from_record(rec: &DeviceRecord, resumed_cache: Option<Arc<Cache>>) -> DeviceEntry {
+        DeviceEntry {
+            identity: rec.identity.clone(),
+            migrate_threshold: rec.migrate_threshold,
+            saved: true,
+            ..DeviceEntry::new(
+                rec.cache_id,
+                rec.backing.clone(),
+                resumed_cache,
+                DeviceState::Creating,
+            )
+        }
+    }
+
     /// Attached to its cache, or being created or detached: not a device
     /// that may be forgotten or re-pointed.
     fn in_use(&self) -> bool {
@@ -111,7 +139,7 @@ impl DeviceEntry {
     }
 
     fn set_up(&mut self, up: BroughtUp) {
-        self.ublk = up.ublk;
+        self.block = up.block;
         self.size_bytes = up.size;
         self.state = up.state;
         self.identity = Some(up.identity);
@@ -151,9 +179,9 @@ impl DeviceEntry {
             backing: self.backing.clone(),
             size_bytes: self.size_bytes,
             node: self
-                .ublk
+                .block
                 .as_ref()
-                .map_or_else(String::new, |u| u.node.clone()),
+                .map_or_else(String::new, |b| b.node().to_string()),
             migrate_threshold: self.migrate_threshold,
             state: self.state.describe(),
             cache: self.cache.clone(),
@@ -219,18 +247,18 @@ impl DeviceView {
 /// What [`bring_up`] brought up.
 struct BroughtUp {
     size: u64,
-    ublk: Option<UblkDevice>,
+    block: Option<Box<dyn Exposed>>,
     state: DeviceState,
     identity: DeviceIdentity,
 }
 
 /// Opens the backing device, checks it is the device `expected` records
-/// (when given), attaches it to `cache` and exposes it. On error the
-/// device is attached to nothing and nothing was written to it.
-#[allow(clippy::too_many_arguments)]
+/// (when given), attaches it to `cache` and exposes it through `frontend`.
+/// On error the device is attached to nothing and nothing was written to
+/// it. Brought back at start (`from_restore`), a device whose block device
+/// cannot be started stays attached, its data reachable through the cache.
 fn bring_up(
-    frontend: Frontend,
-    run_dir: &std::path::Path,
+    frontend: &dyn BlockFrontend,
     cache: &Arc<Cache>,
     id: u8,
     backing: &str,
@@ -249,50 +277,29 @@ fn bring_up(
              on purpose (lcctl repoint {id} {backing})"
         )));
     }
-    let up = |ublk, state| {
-        Ok(BroughtUp {
-            size,
-            ublk,
-            state,
-            identity: identity.clone(),
-        })
-    };
-    if frontend == Frontend::Ublk && !from_restore {
-        if let Some(state) = ublk::existing_state(id) {
-            return Err(LcdError::Busy(format!(
-                "ublk device {id} already exists (state {state}) and is not lc's; \
-                 choose another device id"
-            )));
-        }
+    if !from_restore {
+        frontend.check_id_free(id).map_err(LcdError::Busy)?;
     }
     cache.attach_device(id, Arc::new(dev)).map_err(to_dbus)?;
     if let Some(t) = threshold {
         let _ = cache.set_migrate_threshold(id, t);
     }
-    match frontend {
-        Frontend::None => up(
-            None,
-            DeviceState::NoBlockDevice("lcd runs with --frontend none".into()),
-        ),
-        Frontend::Ublk => {
-            if let Some(why) = ublk::unavailable_reason() {
-                return up(None, DeviceState::NoBlockDevice(why));
-            }
-            // a restarted lcd takes back a device the kernel kept for it
-            // (if lcd's record in run_dir says it is lc's)
-            match UblkDevice::start(cache.clone(), id, size, run_dir) {
-                Ok(u) => up(Some(u), DeviceState::Running),
-                Err(why) => {
-                    if from_restore {
-                        // data stays reachable through the cache; say why
-                        return up(None, DeviceState::NoBlockDevice(why));
-                    }
-                    let _ = cache.detach_device(id, |_| {});
-                    Err(LcdError::Failed(why))
-                }
-            }
+    let (block, state) = match frontend.expose(cache, id, size) {
+        Ok(b) => (Some(b), DeviceState::Running),
+        Err(NotExposed::NotOffered(why)) => (None, DeviceState::NoBlockDevice(why)),
+        // data stays reachable through the cache; say why
+        Err(NotExposed::Failed(why)) if from_restore => (None, DeviceState::NoBlockDevice(why)),
+        Err(NotExposed::Failed(why)) => {
+            let _ = cache.detach_device(id, |_| {});
+            return Err(LcdError::Failed(why));
         }
-    }
+    };
+    Ok(BroughtUp {
+        size,
+        block,
+        state,
+        identity,
+    })
 }
 
 /// `CreateDevice(device_id, backing_path, cache_id)`.
@@ -307,14 +314,10 @@ pub async fn create(
         return Err(LcdError::InvalidArgument("cache ids are 1..=255".into()));
     }
     let backing = backing_path;
-    let (id, cache, frontend, run_dir) = {
+    let (id, cache, frontend) = {
         let mut d = lock(daemon);
-        if d.frontend == Frontend::Ublk {
-            if let Some(why) = ublk::unavailable_reason() {
-                return Err(LcdError::Failed(format!(
-                    "cannot expose a block device: {why}"
-                )));
-            }
+        if let Some(why) = d.frontend.refuses_new_devices() {
+            return Err(LcdError::Failed(why));
         }
         let cache = d
             .caches
@@ -359,23 +362,17 @@ pub async fn create(
         }
         d.devices.insert(
             id,
-            DeviceEntry {
+            DeviceEntry::new(
                 cache_id,
-                backing: backing.clone(),
-                identity: None,
-                cache: None,
-                resumed_cache: Some(cache.clone()),
-                ublk: None,
-                size_bytes: 0,
-                migrate_threshold: 70,
-                state: DeviceState::Creating,
-                saved: false,
-            },
+                backing.clone(),
+                Some(cache.clone()),
+                DeviceState::Creating,
+            ),
         );
-        (id, cache, d.frontend, d.run_dir.clone())
+        (id, cache, d.frontend.clone())
     };
     let (c, b) = (cache.clone(), backing.clone());
-    let up = blocking(move || bring_up(frontend, &run_dir, &c, id, &b, None, None, false)).await;
+    let up = blocking(move || bring_up(&*frontend, &c, id, &b, None, None, false)).await;
     let up = match up {
         Ok(x) => x,
         Err(e) => {
@@ -433,7 +430,7 @@ pub async fn remove(
         match e.cache.clone() {
             Some(cache) => {
                 let before = std::mem::replace(&mut e.state, DeviceState::Detaching);
-                Some((cache, e.ublk.take(), before))
+                Some((cache, e.block.take(), before))
             }
             None => {
                 // not attached: forgotten only if the cache holds nothing of it
@@ -446,7 +443,7 @@ pub async fn remove(
             }
         }
     };
-    let Some((cache, ublk, before)) = taken else {
+    let Some((cache, block, before)) = taken else {
         let _ = conn
             .object_server()
             .remove::<DeviceObject, _>(lc_proto::device_path(id))
@@ -468,7 +465,7 @@ pub async fn remove(
             let why = error_text(e);
             tracing::error!(id, "detach failed, device kept: {why}");
             if let Some(e) = lock(&daemon2).devices.get_mut(&id) {
-                e.ublk = ublk;
+                e.block = block;
                 e.state = before;
             }
             announce_state(&conn2, id).await;
@@ -479,8 +476,8 @@ pub async fn remove(
         }
         let c = cache.clone();
         let res = blocking(move || {
-            if let Some(u) = ublk {
-                u.stop();
+            if let Some(b) = block {
+                b.stop();
             }
             c.detach_device(id, log_progress(id)).map_err(to_dbus)
         })
@@ -638,7 +635,7 @@ pub async fn repoint(
     id: u8,
     path: String,
 ) -> Result<DeviceInfo, LcdError> {
-    let (cache, backing, expected, threshold, frontend, run_dir) = {
+    let (cache, backing, expected, threshold, frontend) = {
         let mut d = lock(daemon);
         let e = d.devices.get(&id).ok_or_else(|| {
             LcdError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
@@ -692,20 +689,12 @@ pub async fn repoint(
         let e = d.devices.get_mut(&id).expect("looked up above");
         let threshold = e.migrate_threshold;
         e.state = DeviceState::Creating;
-        (
-            cache,
-            backing,
-            expected,
-            threshold,
-            d.frontend,
-            d.run_dir.clone(),
-        )
+        (cache, backing, expected, threshold, d.frontend.clone())
     };
     let (c, b) = (cache.clone(), backing.clone());
     let up = blocking(move || {
         bring_up(
-            frontend,
-            &run_dir,
+            &*frontend,
             &c,
             id,
             &b,
@@ -777,19 +766,14 @@ fn log_progress(id: u8) -> impl FnMut(lc_engine::DrainProgress) {
 /// are published once lcd is on the bus). One that cannot be brought up is
 /// listed as failed; the others go on.
 pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
-    let (frontend, run_dir) = {
-        let d = lock(daemon);
-        (d.frontend, d.run_dir.clone())
-    };
-    if frontend == Frontend::Ublk && ublk::unavailable_reason().is_none() {
-        let keep: Vec<u8> = records.iter().map(|r| r.id).collect();
-        let r = run_dir.clone();
-        let _ = blocking(move || {
-            ublk::sweep_orphans(&keep, &r);
-            Ok(())
-        })
-        .await;
-    }
+    let frontend = lock(daemon).frontend.clone();
+    let keep: Vec<u8> = records.iter().map(|r| r.id).collect();
+    let f = frontend.clone();
+    let _ = blocking(move || {
+        f.before_restore(&keep);
+        Ok(())
+    })
+    .await;
     let mut learnt = false;
     for rec in records {
         let id = rec.id;
@@ -797,18 +781,7 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
             .caches
             .get(&rec.cache_id)
             .map(|e| e.cache.clone());
-        let mut entry = DeviceEntry {
-            cache_id: rec.cache_id,
-            backing: rec.backing.clone(),
-            identity: rec.identity.clone(),
-            cache: None,
-            resumed_cache: cache.clone(),
-            ublk: None,
-            size_bytes: 0,
-            migrate_threshold: rec.migrate_threshold,
-            state: DeviceState::Creating,
-            saved: true,
-        };
+        let mut entry = DeviceEntry::from_record(&rec, cache.clone());
         match cache {
             None => {
                 entry.state = DeviceState::Failed(format!(
@@ -818,12 +791,11 @@ pub async fn restore(daemon: &Shared, records: Vec<DeviceRecord>) {
                 ))
             }
             Some(cache) => {
-                let (c, b, r) = (cache.clone(), rec.backing.clone(), run_dir.clone());
+                let (c, b, f) = (cache.clone(), rec.backing.clone(), frontend.clone());
                 let (t, expected) = (rec.migrate_threshold, rec.identity.clone());
-                let up = blocking(move || {
-                    bring_up(frontend, &r, &c, id, &b, expected.as_ref(), Some(t), true)
-                })
-                .await;
+                let up =
+                    blocking(move || bring_up(&*f, &c, id, &b, expected.as_ref(), Some(t), true))
+                        .await;
                 match up {
                     Ok(up) => {
                         if rec.identity.is_none() {
@@ -894,24 +866,18 @@ pub fn list_unrecorded(d: &mut crate::daemon::Daemon, cache_id: u8) -> Vec<u8> {
         );
         d.devices.insert(
             id,
-            DeviceEntry {
+            DeviceEntry::new(
                 cache_id,
-                backing: String::new(),
-                identity: None,
-                cache: None,
-                resumed_cache: Some(cache.clone()),
-                ublk: None,
-                size_bytes: 0,
-                migrate_threshold: 70,
-                state: DeviceState::Failed(format!(
+                String::new(),
+                Some(cache.clone()),
+                DeviceState::Failed(format!(
                     "cache {cache_id} holds {n} dirty 4 KiB lines of device {id}, but lcd has no \
-                     record of its disk (the state file was lost, or the cache comes from \
-                     another machine), so no disk takes the id silently: attach the disk that \
-                     data belongs to on purpose (lcctl repoint {id} PATH), or give the data up \
-                     (lcctl detach {id} --discard-dirty; it is lost)"
+                         record of its disk (the state file was lost, or the cache comes from \
+                         another machine), so no disk takes the id silently: attach the disk that \
+                         data belongs to on purpose (lcctl repoint {id} PATH), or give the data up \
+                         (lcctl detach {id} --discard-dirty; it is lost)"
                 )),
-                saved: false,
-            },
+            ),
         );
         listed.push(id);
     }
@@ -920,10 +886,10 @@ pub fn list_unrecorded(d: &mut crate::daemon::Daemon, cache_id: u8) -> Vec<u8> {
 
 /// Stops every block device (at daemon stop); the caches keep the data.
 pub fn stop_all(daemon: &Shared) {
-    let devices: Vec<(u8, UblkDevice)> = lock(daemon)
+    let devices: Vec<(u8, Box<dyn Exposed>)> = lock(daemon)
         .devices
         .iter_mut()
-        .filter_map(|(&id, e)| e.ublk.take().map(|u| (id, u)))
+        .filter_map(|(&id, e)| e.block.take().map(|b| (id, b)))
         .collect();
     for (id, u) in devices {
         u.stop();
@@ -939,16 +905,15 @@ mod tests {
 
     fn entry_on(cache: &Arc<Cache>) -> DeviceEntry {
         DeviceEntry {
-            cache_id: cache.id(),
-            backing: "/dev/b".into(),
-            identity: None,
             cache: Some(cache.clone()),
-            resumed_cache: Some(cache.clone()),
-            ublk: None,
-            size_bytes: 0,
             migrate_threshold: 33,
-            state: DeviceState::Running,
             saved: true,
+            ..DeviceEntry::new(
+                cache.id(),
+                "/dev/b".into(),
+                Some(cache.clone()),
+                DeviceState::Running,
+            )
         }
     }
 

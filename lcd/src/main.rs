@@ -11,6 +11,7 @@ mod cli;
 mod daemon;
 mod device_object;
 mod devices;
+mod frontend;
 mod identity;
 mod ledger;
 #[cfg(test)]
@@ -19,7 +20,6 @@ mod policy;
 mod rescue;
 mod rundir;
 mod state;
-mod ublk;
 
 use std::process::ExitCode;
 
@@ -35,16 +35,16 @@ fn main() -> ExitCode {
                 (true, None) => daemon::Bus::Session,
                 (false, None) => daemon::Bus::System,
             };
-            ublk::set_queues(cli.queues);
             let frontend = match cli.frontend {
-                FrontendArg::Ublk => devices::Frontend::Ublk,
-                FrontendArg::None => devices::Frontend::None,
+                FrontendArg::Ublk => daemon::FrontendKind::Ublk,
+                FrontendArg::None => daemon::FrontendKind::None,
             };
             daemon::run(daemon::Options {
                 bus,
                 state_dir: cli.state_dir,
                 frontend,
                 run_dir: cli.run_dir,
+                queues: cli.queues,
                 wait_for_devices: std::time::Duration::from_secs(cli.wait_for_devices),
             })
             .map(|()| ExitCode::SUCCESS)
