@@ -107,7 +107,7 @@ pub struct DeviceEntry {
     pub state: DeviceState,
     /// Whether the state file records it: not while CreateDevice brings it
     /// up, nor for an id whose dirty data a cache holds without any record
-    /// of its disk (`Registry::list_unrecorded`).
+    /// of its disk (`devices::list_unrecorded`).
     pub saved: bool,
 }
 
@@ -159,7 +159,7 @@ impl DeviceEntry {
     }
 
     /// Listed only because its cache holds dirty data of the id, with no
-    /// record of its disk (`Registry::list_unrecorded`).
+    /// record of its disk (`devices::list_unrecorded`).
     pub fn unrecorded(&self) -> bool {
         !self.saved && self.backing.is_empty() && self.cache.is_none()
     }

@@ -38,7 +38,8 @@ pub mod policy;
 pub mod state;
 
 pub use caches::CacheSummary;
-pub use device::{DeviceEntry, DeviceSummary, DeviceView};
+use device::DeviceEntry;
+pub use device::{DeviceSummary, DeviceView};
 pub use error::RegistryError;
 
 use persist::{Persister, Snapshot};
@@ -69,19 +70,21 @@ pub trait Announcer: Send + Sync {
 }
 
 /// One resumed cache.
-pub(crate) struct CacheEntry {
+struct CacheEntry {
     /// Path of the cache device, as the administrator gave it.
-    pub(crate) path: String,
-    pub(crate) cache: Arc<Cache>,
+    path: String,
+    /// The engine's cache.
+    cache: Arc<Cache>,
 }
 
 /// The caches and devices, under the registry's lock.
-pub(crate) struct Roster {
-    pub(crate) caches: BTreeMap<u8, CacheEntry>,
+struct Roster {
+    /// Resumed caches, by id.
+    caches: BTreeMap<u8, CacheEntry>,
     /// Configured devices, by id.
-    pub(crate) devices: BTreeMap<u8, DeviceEntry>,
+    devices: BTreeMap<u8, DeviceEntry>,
     /// Caches the state names that could not be resumed at start, with why.
-    pub(crate) failed: BTreeMap<u8, (CacheRecord, String)>,
+    failed: BTreeMap<u8, (CacheRecord, String)>,
 }
 
 /// The caches and devices lcd hosts, and its rules for them.
@@ -95,7 +98,7 @@ pub struct Registry {
 impl Roster {
     /// The uuids recorded for caches other than `id`: those running and
     /// those that failed to come back.
-    pub(crate) fn uuids_of_other_caches(&self, id: u8) -> Vec<(u8, String)> {
+    fn uuids_of_other_caches(&self, id: u8) -> Vec<(u8, String)> {
         let running = self
             .caches
             .iter()
@@ -108,7 +111,7 @@ impl Roster {
     }
 
     /// The resumed cache whose cache device `path` is.
-    pub(crate) fn cache_on(&self, path: &str) -> Option<u8> {
+    fn cache_on(&self, path: &str) -> Option<u8> {
         self.caches
             .iter()
             .find(|(_, e)| paths::same_device(&e.path, path))
@@ -116,7 +119,7 @@ impl Roster {
     }
 
     /// The device whose backing device `path` is.
-    pub(crate) fn device_on(&self, path: &str) -> Option<u8> {
+    fn device_on(&self, path: &str) -> Option<u8> {
         self.devices
             .iter()
             .find(|(_, e)| paths::same_device(&e.backing, path))
@@ -179,7 +182,7 @@ impl Registry {
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Roster> {
+    fn lock(&self) -> MutexGuard<'_, Roster> {
         self.roster.lock().unwrap_or_else(|e| e.into_inner())
     }
 

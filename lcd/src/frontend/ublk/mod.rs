@@ -44,12 +44,12 @@ pub const TARGET_NAME: &str = "lc";
 /// `NNNN.json` (fixed in libublk).
 pub const UBLKSRVD: &str = "/run/ublksrvd";
 /// Requests in flight per queue.
-pub(crate) const QUEUE_DEPTH: u16 = 64;
+const QUEUE_DEPTH: u16 = 64;
 /// Largest request, in bytes: each tag has a buffer this big, so lcd's
 /// memory grows with queues × depth × this (1 MiB buffers at depth 128 broke
 /// the soak scenario's RSS bound with 3 devices; larger requests need
 /// buffers that are not per tag: USER_COPY or AUTO_BUF_REG).
-pub(crate) const IO_BUF_BYTES: u32 = 256 << 10;
+const IO_BUF_BYTES: u32 = 256 << 10;
 
 /// Queues a new device gets: `configured` (`--queues`), or one per CPU
 /// when that is 0.
@@ -60,10 +60,10 @@ fn nr_queues(configured: u16) -> u16 {
     }
 }
 /// Largest discard, in sectors (the engine walks discards line by line).
-pub(crate) const MAX_DISCARD_SECTORS: u32 = 8192;
+const MAX_DISCARD_SECTORS: u32 = 8192;
 /// Worker threads per device: they serve the writes that may wait for room,
 /// discards, and reads of a device without a file descriptor.
-pub(crate) const WORKERS: usize = 4;
+const WORKERS: usize = 4;
 
 /// Why devices cannot be exposed here, or `None` when ublk is usable.
 pub fn unavailable_reason() -> Option<String> {
