@@ -46,7 +46,7 @@ impl Ledger {
     /// what the previous lcd left there.
     pub fn open(run_dir: &Path, id: u8) -> std::io::Result<Ledger> {
         std::fs::create_dir_all(run_dir)?;
-        let path = run_dir.join(format!("ublkb{id}.writes"));
+        let path = run_dir.join(crate::rundir::names::write_ledger(id));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

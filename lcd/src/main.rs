@@ -2,24 +2,31 @@
 //!
 //! Without a subcommand it runs the daemon: the D-Bus API (lc-mgr's
 //! messages, cache and device objects), ublk block devices and the saved
-//! configuration. The offline rescue subcommands
+//! configuration. Inside, four parts with no cycle between them:
+//!
+//! - `registry`: the caches, devices and saved state with the daemon's
+//!   rules; it knows neither D-Bus nor ublk.
+//! - `bus`: the D-Bus API over the registry; it only authorises, converts
+//!   and announces.
+//! - `frontend`: how a device becomes a block device (`BlockFrontend`:
+//!   ublk, or none).
+//! - `process`: start, early boot without D-Bus, readiness and stop.
+//!
+//! The offline rescue subcommands
 //! work on a cache device directly, with no daemon running:
 //! `lcd check`, `lcd dump` and `lcd writeback`.
 
-mod cache_object;
+mod bus;
 mod cli;
-mod daemon;
-mod device_object;
-mod devices;
+mod frontend;
 mod identity;
 mod ledger;
 #[cfg(test)]
 mod manual;
-mod policy;
+mod process;
+mod registry;
 mod rescue;
 mod rundir;
-mod state;
-mod ublk;
 
 use std::process::ExitCode;
 
@@ -31,20 +38,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => {
             let bus = match (cli.session, cli.address) {
-                (_, Some(a)) => daemon::Bus::Address(a),
-                (true, None) => daemon::Bus::Session,
-                (false, None) => daemon::Bus::System,
+                (_, Some(a)) => bus::Bus::Address(a),
+                (true, None) => bus::Bus::Session,
+                (false, None) => bus::Bus::System,
             };
-            ublk::set_queues(cli.queues);
             let frontend = match cli.frontend {
-                FrontendArg::Ublk => devices::Frontend::Ublk,
-                FrontendArg::None => devices::Frontend::None,
+                FrontendArg::Ublk => process::FrontendKind::Ublk,
+                FrontendArg::None => process::FrontendKind::None,
             };
-            daemon::run(daemon::Options {
+            process::run(process::Options {
                 bus,
                 state_dir: cli.state_dir,
                 frontend,
                 run_dir: cli.run_dir,
+                queues: cli.queues,
                 wait_for_devices: std::time::Duration::from_secs(cli.wait_for_devices),
             })
             .map(|()| ExitCode::SUCCESS)

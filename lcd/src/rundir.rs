@@ -17,7 +17,8 @@
 //! a plain, single-link file of lcd's user. Records are written atomically
 //! ([`Dir::write_record`]: a new file, `O_EXCL | O_NOFOLLOW`, then a
 //! rename) and read back only when they pass the same test
-//! ([`Dir::read_record`]).
+//! ([`Dir::read_record`]). The names of lcd's files in its run directory
+//! are in [`names`], and nowhere else.
 
 use std::ffi::{CStr, CString};
 use std::fs::{File, Metadata, Permissions};
@@ -25,6 +26,20 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// The names of lcd's files in its run directory (`/run/lc`), in one place.
+pub mod names {
+    /// lcd's record that it serves ublk device `id`; also the marker the
+    /// udev rule looks for before it adds `/dev/lc/<id>`.
+    pub fn server_record(id: u8) -> String {
+        format!("ublkb{id}")
+    }
+
+    /// The write ledger of device `id` (see `ledger`).
+    pub fn write_ledger(id: u8) -> String {
+        format!("ublkb{id}.writes")
+    }
+}
 
 /// The user and group that own lcd's directories and files: lcd's own
 /// (root in production).
@@ -133,17 +148,8 @@ pub fn not_owned_plain_file(m: &Metadata, uid: u32) -> Option<String> {
     }
 }
 
-/// `e` and its causes, as one line.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+/// An error with its causes, each once (the engine's printer, for rundir's errors too).
+pub use lc_engine::error::describe;
 
 /// What kind of file `m` describes, for messages.
 fn kind(m: &Metadata) -> &'static str {

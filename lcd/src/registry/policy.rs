@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lc_engine::{Cache, Knob};
-use zbus::Connection;
 
-use crate::cache_object::CacheObject;
-use crate::daemon::{lock, Shared};
+use super::{Change, Registry};
 
 /// Milliseconds the disk under `path` has spent doing I/O since boot.
 fn io_ticks_ms(path: &str) -> Option<u64> {
@@ -51,8 +49,9 @@ struct Watch {
     ticks: HashMap<u8, u64>,
 }
 
-/// Runs the policy for every cache until the process ends.
-pub async fn run(daemon: Shared, conn: Connection) {
+/// Runs the policy for every cache until the process ends; each change of
+/// a cache's `allow_migrate` is announced.
+pub async fn run(registry: Arc<Registry>) {
     let mut watches: HashMap<u8, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -60,7 +59,7 @@ pub async fn run(daemon: Shared, conn: Connection) {
         // (cache id, cache, [(device id, backing, threshold)])
         type Plan = Vec<(u8, Arc<Cache>, Vec<(u8, String, u8)>)>;
         let plan: Plan = {
-            let d = lock(&daemon);
+            let d = registry.lock();
             d.caches
                 .iter()
                 .map(|(&cid, e)| {
@@ -109,24 +108,9 @@ pub async fn run(daemon: Shared, conn: Connection) {
                 && cache.set_knob(Knob::AllowMigrate, want as u64).is_ok()
             {
                 tracing::debug!(cache = cid, allow_migrate = want, "migration policy");
-                announce(&conn, cid).await;
+                registry.announce(Change::AllowMigrate(cid)).await;
             }
         }
-    }
-}
-
-/// Emits PropertiesChanged for a cache's `AllowMigrate`.
-pub(crate) async fn announce(conn: &Connection, id: u8) {
-    if let Ok(iface) = conn
-        .object_server()
-        .interface::<_, CacheObject>(lc_proto::cache_path(id))
-        .await
-    {
-        let _ = iface
-            .get()
-            .await
-            .allow_migrate_changed(iface.signal_emitter())
-            .await;
     }
 }
 

@@ -2,6 +2,8 @@
 //! cache, a thin layer over the engine's `Cache`. Knobs are properties
 //! (their setters need root and validate through the engine); fast-moving
 //! counters come from `Status()`, not properties, so the bus is not flooded.
+//! The knob properties call [`CacheObject::set`], which asks the registry
+//! to set and record the knob.
 
 use std::sync::Arc;
 
@@ -10,17 +12,20 @@ use lc_proto::{CacheStatus, ErrorCounts, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
-use crate::daemon::{blocking, error_text, lock, require_root, to_dbus, Shared};
+use super::{error_text, require_root, to_dbus};
+use crate::registry::error::blocking;
+use crate::registry::{Registry, RegistryError};
 
 /// One resumed cache on the bus.
 pub struct CacheObject {
     /// The engine's cache.
     pub cache: Arc<Cache>,
-    /// The daemon, to record knob changes.
-    pub daemon: Shared,
+    /// The registry, which records knob changes.
+    pub registry: Arc<Registry>,
 }
 
 impl CacheObject {
+    /// Sets `knob` to `value` for a root caller and records it.
     async fn set(
         &self,
         knob: Knob,
@@ -32,18 +37,13 @@ impl CacheObject {
         require_root(conn, &hdr)
             .await
             .map_err(|e| fdo::Error::AccessDenied(error_text(e)))?;
-        self.cache
-            .set_knob(knob, value)
-            .map_err(|e| fdo::Error::InvalidArgs(e.to_string()))?;
-        tracing::info!(
-            cache = self.cache.id(),
-            knob = knob.spec().name,
-            value,
-            "knob set"
-        );
-        lock(&self.daemon)
-            .persist()
-            .map_err(|e| fdo::Error::IOError(error_text(e)))
+        self.registry
+            .set_knob(&self.cache, knob, value)
+            .await
+            .map_err(|e| match e {
+                RegistryError::Io(m) => fdo::Error::IOError(m),
+                e => fdo::Error::InvalidArgs(e.to_string()),
+            })
     }
 }
 
@@ -91,7 +91,9 @@ macro_rules! cache_interface {
             ) -> Result<(), LcdError> {
                 require_root(conn, &hdr).await?;
                 let cache = self.cache.clone();
-                blocking(move || cache.commit_super_block().map_err(to_dbus)).await
+                blocking(move || Ok(cache.commit_super_block()?))
+                    .await
+                    .map_err(to_dbus)
             }
 
             async fn flush_current_buffer(

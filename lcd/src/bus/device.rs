@@ -1,30 +1,30 @@
 //! `org.lc.Lcd1.Device` at `/org/lc/Lcd1/device/<id>`: one object per
-//! configured device, a thin view of the daemon's device entry. Its one
+//! configured device, a thin view of the registry's device entry. Its one
 //! knob, `MigrateThreshold`, needs root to change; `NrDirtyCaches` is read
-//! on demand (no change signal) so `lcctl detach` can show progress.
+//! on demand (no change signal) so `lcctl detach` can show progress. The
+//! registry decides what a threshold means (0 stops write-back at once).
 
-use lc_engine::Knob;
+use std::sync::Arc;
+
 use lc_proto::{DeviceInfo, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
-use crate::daemon::{error_text, lock, require_root, to_dbus, Shared};
+use super::{device_info, error_text, require_root};
+use crate::registry::{Registry, RegistryError};
 
 /// One device on the bus.
 pub struct DeviceObject {
     /// Device id.
     pub id: u8,
-    /// The daemon, which holds the device's entry.
-    pub daemon: Shared,
+    /// The registry, which holds the device's entry.
+    pub registry: Arc<Registry>,
 }
 
 impl DeviceObject {
     fn current(&self) -> Result<DeviceInfo, LcdError> {
-        let view = lock(&self.daemon)
-            .devices
-            .get(&self.id)
-            .map(|e| e.view(self.id));
-        view.map(|v| v.info())
+        let view = self.registry.device(self.id);
+        view.map(|v| device_info(v.info()))
             .ok_or_else(|| LcdError::NotFound(format!("device {} was removed", self.id)))
     }
 }
@@ -85,30 +85,13 @@ impl DeviceObject {
         require_root(conn, &hdr)
             .await
             .map_err(|e| fdo::Error::AccessDenied(error_text(e)))?;
-        let (stop_now, cache_id) = {
-            let mut d = lock(&self.daemon);
-            let e = d.devices.get_mut(&self.id).ok_or_else(|| {
-                fdo::Error::UnknownObject(format!("device {} was removed", self.id))
-            })?;
-            e.set_migrate_threshold(self.id, v)
-                .map_err(|e| fdo::Error::InvalidArgs(error_text(to_dbus(e))))?;
-            tracing::info!(device = self.id, migrate_threshold = v, "knob set");
-            // 0 means never, whatever the disk's load: write-back stops now,
-            // not at the policy's next look (up to update_interval away)
-            let stop_now = e
-                .cache
-                .clone()
-                .filter(|c| v == 0 && c.knob(Knob::AllowMigrate) != 0);
-            let cache_id = e.cache_id;
-            d.persist()
-                .map_err(|e| fdo::Error::IOError(error_text(e)))?;
-            (stop_now, cache_id)
-        };
-        if let Some(cache) = stop_now {
-            if cache.set_knob(Knob::AllowMigrate, 0).is_ok() {
-                crate::policy::announce(conn, cache_id).await;
-            }
-        }
-        Ok(())
+        self.registry
+            .set_migrate_threshold(self.id, v)
+            .await
+            .map_err(|e| match e {
+                RegistryError::NotFound(m) => fdo::Error::UnknownObject(m),
+                RegistryError::Io(m) => fdo::Error::IOError(m),
+                e => fdo::Error::InvalidArgs(e.to_string()),
+            })
     }
 }
