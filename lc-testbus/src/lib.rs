@@ -10,7 +10,7 @@
 //! output in `DIR/lcd.log`. The rig starts lcd, waits until it serves its
 //! name ([`Rig::client`], [`Rig::wait_ready`]), stops it with SIGTERM,
 //! kills it with SIGKILL, restarts it, and kills both processes when it is
-//! dropped (or when the thread that started them ends). [`as_nobody`] runs a
+//! dropped (or, if asked, when the thread that started them ends). [`as_nobody`] runs a
 //! command as user nobody, for the tests of what non-root callers may do.
 //!
 //! Used only by test code: where something the rig needs does not work
@@ -45,6 +45,7 @@ pub struct RigBuilder {
     state_dir: Option<PathBuf>,
     current_dir: Option<PathBuf>,
     dir: Option<PathBuf>,
+    die_with_parent: bool,
 }
 
 impl RigBuilder {
@@ -94,6 +95,17 @@ impl RigBuilder {
     /// ends without running destructors (libFuzzer) and cleans up itself.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// The bus and lcd get SIGKILL when the thread that started them
+    /// ends (`PR_SET_PDEATHSIG`), so a process that exits without running
+    /// destructors (libFuzzer) leaves none behind. Not the default: the
+    /// hook makes std fork instead of posix_spawn, and until the child's
+    /// exec it holds a copy of every descriptor of the test process, with
+    /// the flocks of the devices other tests' threads have open.
+    pub fn die_with_parent(mut self) -> Self {
+        self.die_with_parent = true;
         self
     }
 
@@ -177,6 +189,7 @@ impl Rig {
             state_dir: None,
             current_dir: None,
             dir: None,
+            die_with_parent: false,
         }
     }
 
@@ -225,8 +238,8 @@ impl Rig {
     /// If the bus runs already, or dbus-daemon does not start.
     pub fn start_bus(&mut self) {
         assert!(self.bus.is_none(), "the rig's bus runs already");
-        let (bus, address) =
-            spawn_bus(self.dir()).unwrap_or_else(|e| panic!("starting a private dbus-daemon: {e}"));
+        let (bus, address) = spawn_bus(self.dir(), self.launch.die_with_parent)
+            .unwrap_or_else(|e| panic!("starting a private dbus-daemon: {e}"));
         self.bus = Some(bus);
         self.address = address;
     }
@@ -277,7 +290,10 @@ impl Rig {
         if let Some(dir) = &self.launch.current_dir {
             cmd.current_dir(dir);
         }
-        let child = die_with_parent(&mut cmd).spawn().unwrap_or_else(|e| {
+        if self.launch.die_with_parent {
+            die_with_parent(&mut cmd);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start lcd ({}): {e}; build it first (cargo build -p lcd)",
                 self.launch.lcd.display()
@@ -439,9 +455,8 @@ fn signal(child: &Child, sig: libc::c_int) {
     );
 }
 
-/// Has the child get SIGKILL when the thread that spawned it ends, so a
-/// test process that dies (killed, or libFuzzer's exit() that runs no
-/// destructors) leaves no lcd or bus behind.
+/// Has the child get SIGKILL when the thread that spawned it ends (see
+/// [`RigBuilder::die_with_parent`]).
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: the closure runs between fork and exec; prctl(2) is
     // async-signal-safe and takes no pointers.
@@ -456,9 +471,10 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 /// Writes the bus configuration to `dir/bus.conf`, starts dbus-daemon on
-/// it (its stderr in `dir/bus.log`) and returns it and the address it
-/// printed once listening.
-fn spawn_bus(dir: &Path) -> std::io::Result<(Child, String)> {
+/// it (its stderr in `dir/bus.log`; killed with the spawning thread if
+/// `die_with_parent`) and returns it and the address it printed once
+/// listening.
+fn spawn_bus(dir: &Path, die_with_parent: bool) -> std::io::Result<(Child, String)> {
     let conf = dir.join("bus.conf");
     std::fs::write(
         &conf,
@@ -485,7 +501,10 @@ fn spawn_bus(dir: &Path) -> std::io::Result<(Child, String)> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("bus.log"))?);
-    let mut bus = die_with_parent(&mut cmd).spawn().map_err(|e| {
+    if die_with_parent {
+        self::die_with_parent(&mut cmd);
+    }
+    let mut bus = cmd.spawn().map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("starting dbus-daemon (install the package dbus-daemon): {e}"),
