@@ -26,14 +26,13 @@
 //! this target is closer to a structured random test than the engine
 //! targets are.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use lc_engine::Knob;
-use lc_proto::{CacheProxy, DeviceProxy, LcdError, ManagerProxy, BUS_NAME, MANAGER_PATH};
+use lc_proto::{CacheProxy, LcdError, ManagerProxy, BUS_NAME, MANAGER_PATH};
+use lc_testbus::{cache_proxy, device_proxy};
 use zbus::Variant as Value;
 
 use crate::engine::Input;
@@ -41,12 +40,10 @@ use crate::engine::Input;
 const MIB: u64 = 1 << 20;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The bus, lcd and their files; lives as long as the fuzzing process.
+/// lc-testbus's rig (bus and lcd), a runtime and two clients; lives as
+/// long as the fuzzing process.
 struct Rig {
-    dir: PathBuf,
-    _bus: Child,
-    lcd: Child,
-    address: String,
+    lcd: lc_testbus::Rig,
     rt: tokio::runtime::Runtime,
     clients: Vec<(zbus::Connection, ManagerProxy<'static>)>,
 }
@@ -64,62 +61,6 @@ fn lcd_bin() -> PathBuf {
     )
 }
 
-/// Children die with the fuzzer (libFuzzer ends the process with exit(),
-/// which runs no destructors).
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe and takes no pointers.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
-}
-
-fn start_bus(dir: &Path) -> (Child, String) {
-    let mut cmd = lc_testbus::command(dir).expect("bus config");
-    die_with_parent(&mut cmd);
-    lc_testbus::spawn(cmd).expect("a private dbus-daemon (Debian package dbus)")
-}
-
-fn start_lcd(dir: &Path, address: &str) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("lcd.log"))
-        .expect("lcd log");
-    die_with_parent(
-        Command::new(lcd_bin())
-            .args(["--address", address, "--frontend", "none"])
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .current_dir(dir.join("files"))
-            .env("RUST_LOG", "warn")
-            .stderr(log),
-    )
-    .spawn()
-    .unwrap_or_else(|e| panic!("cannot start lcd ({}): {e}", lcd_bin().display()))
-}
-
-async fn connect(address: &str) -> (zbus::Connection, ManagerProxy<'static>) {
-    let conn = zbus::connection::Builder::address(address)
-        .build()
-        .await
-        .expect("connect to the private bus");
-    let proxy = ManagerProxy::new(&conn).await.expect("proxy");
-    for _ in 0..800 {
-        if proxy.version().await.is_ok() {
-            return (conn, proxy);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("lcd did not come up on the private bus");
-}
-
 impl Rig {
     fn start() -> Rig {
         let tmp = std::env::temp_dir();
@@ -135,58 +76,38 @@ impl Rig {
         let dir = tmp.join(format!("lc-fuzz-dbus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("files")).expect("rig directory");
-        let (bus, address) = start_bus(&dir);
-        let lcd = start_lcd(&dir, &address);
+        // libFuzzer ends the process with exit(), which runs no
+        // destructors: the children die with it, the directory stays
+        let lcd = lc_testbus::Rig::builder(lcd_bin())
+            .dir(&dir)
+            .die_with_parent()
+            .frontend("none")
+            .current_dir(dir.join("files"))
+            .start();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let clients = rt.block_on(async { vec![connect(&address).await, connect(&address).await] });
-        Rig {
-            dir,
-            _bus: bus,
-            lcd,
-            address,
-            rt,
-            clients,
-        }
+        let clients = rt.block_on(async { vec![lcd.client().await, lcd.client().await] });
+        Rig { lcd, rt, clients }
     }
 
     fn files(&self) -> PathBuf {
-        self.dir.join("files")
-    }
-
-    fn lcd_log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("lcd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.lcd.dir().join("files")
     }
 
     fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.lcd.try_wait() {
-            panic!(
-                "lcd exited ({status}); its log ends:\n{}",
-                self.lcd_log_tail()
-            );
-        }
+        self.lcd.assert_lcd_running();
     }
 
     /// Stops lcd with SIGTERM (a clean stop) and starts it again.
     fn restart(&mut self) {
-        // SAFETY: kill takes no pointers.
-        unsafe { libc::kill(self.lcd.id() as i32, libc::SIGTERM) };
-        let status = self.lcd.wait().expect("wait for lcd");
-        assert!(
-            status.success(),
-            "lcd stopped with {status} on SIGTERM; its log ends:\n{}",
-            self.lcd_log_tail()
-        );
-        self.lcd = start_lcd(&self.dir, &self.address);
-        let address = self.address.clone();
+        self.lcd.restart();
+        let lcd = &self.lcd;
         self.clients = self
             .rt
-            .block_on(async { vec![connect(&address).await, connect(&address).await] });
+            .block_on(async { vec![lcd.client().await, lcd.client().await] });
     }
 
     /// Fresh files for the next input: two cache images, two backing
@@ -421,24 +342,6 @@ async fn call(
         19 | 20 => wrong_property_type(inp, conn).await,
         _ => wrong_signature(inp, conn).await,
     }
-}
-
-async fn cache_proxy(conn: &zbus::Connection, id: u8) -> CacheProxy<'static> {
-    CacheProxy::builder(conn)
-        .path(lc_proto::cache_path(id))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .expect("cache proxy")
-}
-
-async fn device_proxy(conn: &zbus::Connection, id: u8) -> DeviceProxy<'static> {
-    DeviceProxy::builder(conn)
-        .path(lc_proto::device_path(id))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .expect("device proxy")
 }
 
 async fn cache_call(op: u8, inp: &mut Input<'_>, conn: &zbus::Connection) {

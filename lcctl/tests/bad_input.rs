@@ -108,7 +108,7 @@ impl World {
             let id = d["id"].to_string();
             knobs.push(self.rig.lcctl(&["--json", "get", "--device", &id]).json());
         }
-        let state = std::fs::read(self.rig.dir.path().join("state/state.json")).unwrap();
+        let state = std::fs::read(self.rig.dir().join("state/state.json")).unwrap();
         let mut all = vec![self.cache.as_str(), self.backing.as_str()];
         all.extend(files);
         Snapshot {
@@ -189,7 +189,7 @@ fn dbus_send(rig: &Rig, nobody: bool, object: &str, method: &str, args: &[&str])
         "org.lc.Lcd1"
     };
     let o = c
-        .arg(format!("--bus={}", rig.address))
+        .arg(format!("--bus={}", rig.address()))
         .args(["--print-reply", "--dest=org.lc.Lcd1"])
         .arg(format!("/org/lc/Lcd1{object}"))
         .arg(format!("{iface}.{method}"))
@@ -384,7 +384,7 @@ fn odd_characters_in_paths() {
     let lossy = sparse(w.files.path(), "\u{fffd}.img", CACHE_BYTES);
     w.refused(&[&lossy], "format of a non-UTF-8 path", || {
         let o = Command::new(env!("CARGO_BIN_EXE_lcctl"))
-            .args(["--bus", &w.rig.address, "format"])
+            .args(["--bus", w.rig.address(), "format"])
             .arg(&raw)
             .output()
             .unwrap();

@@ -38,7 +38,7 @@ fn format_resume_inspect_tune_and_free_a_cache() {
     sparse(rel.path(), "rel.img", CACHE_BYTES);
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_lcctl"))
         .current_dir(rel.path())
-        .args(["--bus", &rig.address, "--json", "format", "rel.img"])
+        .args(["--bus", rig.address(), "--json", "format", "rel.img"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{o:?}");
@@ -325,11 +325,11 @@ fn unreachable_daemon_says_how_to_start_it() {
             7,
             &format!(
                 "nobody owns org.lc.Lcd1 on the given bus; start it with `lcd --address {}`",
-                rig.address
+                rig.address()
             ),
         );
     }
-    let missing = format!("unix:path={}/no-bus", rig.dir.path().display());
+    let missing = format!("unix:path={}/no-bus", rig.dir().display());
     let r = rig.lcctl(&["--bus", &missing, "list"]);
     r.fails(7, "cannot connect to the");
     rig.lcctl(&["--bus", "nonsense", "list"])
@@ -439,7 +439,7 @@ fn a_daemon_of_another_api_version_is_refused() {
         ),
     ] {
         let conn = rt.block_on(async {
-            zbus::connection::Builder::address(rig.address.as_str())
+            zbus::connection::Builder::address(rig.address())
                 .serve_at(lc_proto::MANAGER_PATH, OtherManager { version })
                 .name(lc_proto::BUS_NAME)
                 .build()
@@ -497,7 +497,7 @@ fn an_io_error_of_lcd_has_its_own_exit_status() {
     rig.lcctl(&["format", &cache]).ok();
     // lcd can no longer record its configuration: its state directory is
     // now a file
-    let state = rig.dir.path().join("state");
+    let state = rig.dir().join("state");
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::write(&state, b"not a directory").unwrap();
     rig.lcctl(&["resume", &cache, "--id", "2"])

@@ -341,7 +341,7 @@ fn detach_draws_a_progress_bar_on_a_terminal() {
     let cmd = format!(
         "{} --bus {} detach 2",
         env!("CARGO_BIN_EXE_lcctl"),
-        rig.address
+        rig.address()
     );
     let o = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
@@ -364,7 +364,7 @@ fn a_failed_device_with_dirty_data_is_repointed_or_discarded_on_purpose() {
     let moved = files.path().join("moved.img").display().to_string();
     std::fs::rename(&disk, &moved).unwrap();
     let mut rig = Rig::bus_only();
-    let state = rig.dir.path().join("state");
+    let state = rig.dir().join("state");
     std::fs::create_dir(&state).unwrap();
     let saved = json!({
         "version": 1,

@@ -42,7 +42,7 @@ fn root_keeps_its_selection_in_run_lcctl_and_never_writes_through_a_symlink() {
     assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600));
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), "6");
     // LCCTL_RUNTIME_DIR (set by the rig) is ignored for root
-    assert!(!rig.dir.path().join("lcctl").exists());
+    assert!(!rig.dir().join("lcctl").exists());
     let j = rig.lcctl(&["--json", "resume", &cache]).json();
     assert_eq!(j["id"], 6, "the selection was used");
 

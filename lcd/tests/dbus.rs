@@ -1,98 +1,19 @@
 //! The real `lcd` binary on a private dbus-daemon, driven through the
 //! lc-proto proxies as lcctl will drive it.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use lc_proto::{LcdError, ManagerProxy};
-
-/// A private bus and an lcd serving on it; both are killed on drop.
-struct Rig {
-    bus: Child,
-    lcd: Option<Child>,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(l) = &mut self.lcd {
-            let _ = l.kill();
-            let _ = l.wait();
-        }
-        let _ = self.bus.kill();
-        let _ = self.bus.wait();
-    }
-}
-
-fn start() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    start_with(dir, &state)
-}
-
-/// A bus and an lcd keeping its state in `state`.
-fn start_with(dir: tempfile::TempDir, state: &Path) -> Rig {
-    start_with_args(dir, state, &[])
-}
-
-/// [`start_with`], with more arguments for lcd.
-fn start_with_args(dir: tempfile::TempDir, state: &Path, lcd_args: &[&str]) -> Rig {
-    let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
-    lcd.args(lcd_args).env("RUST_LOG", "warn");
-    spawn(dir, state, lcd)
-}
-
-/// A bus and `lcd` (its arguments and environment set) serving on it with
-/// its state in `state`.
-fn spawn(dir: tempfile::TempDir, state: &Path, mut lcd: Command) -> Rig {
-    let (bus, address) = lc_testbus::start(dir.path()).unwrap();
-    let lcd = lcd
-        .args(["--address", &address])
-        .arg("--state-dir")
-        .arg(state)
-        .spawn()
-        .unwrap();
-    Rig {
-        bus,
-        lcd: Some(lcd),
-        address,
-        _dir: dir,
-    }
-}
-
-/// A bus and an lcd that attaches devices without block devices
-/// (`--frontend none`: this host has no ublk), keeping its state in `state`.
-fn start_without_block_devices(state: &Path) -> Rig {
-    start_with_args(tempfile::tempdir().unwrap(), state, &["--frontend", "none"])
-}
-
-async fn client(rig: &Rig) -> (zbus::Connection, ManagerProxy<'static>) {
-    let conn = zbus::connection::Builder::address(rig.address.as_str())
-        .build()
-        .await
-        .unwrap();
-    let proxy = ManagerProxy::new(&conn).await.unwrap();
-    // wait until lcd owns its name
-    for _ in 0..400 {
-        if proxy.version().await.is_ok() {
-            return (conn, proxy);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("lcd did not come up on the private bus");
-}
-
-fn file(path: &Path, size: u64) -> String {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
-    path.display().to_string()
-}
+use common::{file, lcd, leave_dirty_data};
+use lc_proto::LcdError;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manager_mirrors_lc_mgr_with_named_errors() {
-    let rig = start();
-    let (_c1, m) = client(&rig).await;
+    let rig = lcd().start();
+    let (_c1, m) = rig.client().await;
     assert_eq!(m.version().await.unwrap(), lc_proto::API_VERSION);
     let dir = tempfile::tempdir().unwrap();
     let cache = file(&dir.path().join("cache.img"), 8 << 20);
@@ -148,7 +69,7 @@ async fn manager_mirrors_lc_mgr_with_named_errors() {
     ));
 
     // a second client has its own cursor
-    let (_c2, m2) = client(&rig).await;
+    let (_c2, m2) = rig.client().await;
     assert!(matches!(
         m2.free_cache().await,
         Err(LcdError::InvalidArgument(_))
@@ -194,21 +115,14 @@ async fn manager_mirrors_lc_mgr_with_named_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_every_cache_cleanly() {
-    let mut rig = start();
-    let (_c, m) = client(&rig).await;
+    let mut rig = lcd().start();
+    let (_c, m) = rig.client().await;
     let dir = tempfile::tempdir().unwrap();
     let cache = file(&dir.path().join("cache.img"), 8 << 20);
     m.format_cache_device(&cache, false).await.unwrap();
     m.switch_to(1).await.unwrap();
     m.resume_cache(&cache).await.unwrap();
-    let mut lcd = rig.lcd.take().unwrap();
-    let pid = lcd.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = lcd.wait().unwrap();
+    let status = rig.terminate();
     assert!(status.success(), "lcd exits 0 on SIGTERM: {status:?}");
     // the record was committed: lcd check sees a consistent, clean cache
     let out = Command::new(env!("CARGO_BIN_EXE_lcd"))
@@ -223,10 +137,9 @@ async fn sigterm_stops_every_cache_cleanly() {
 }
 
 /// Calls a Manager method with busctl on the private bus as user nobody.
-fn call_as_nobody(rig: &Rig, method: &str, sig_and_args: &[&str]) -> (bool, String) {
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
-        .arg(format!("--address={}", rig.address))
+fn call_as_nobody(rig: &lc_testbus::Rig, method: &str, sig_and_args: &[&str]) -> (bool, String) {
+    let o = rig
+        .busctl_as_nobody()
         .args([
             "call",
             "org.lc.Lcd1",
@@ -247,15 +160,12 @@ fn call_as_nobody(rig: &Rig, method: &str, sig_and_args: &[&str]) -> (bool, Stri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn non_root_callers_may_read_but_not_change() {
-    if !is_root() {
+    if !lc_testbus::is_root() {
         eprintln!("skipped: needs root to switch to another uid");
         return;
     }
-    let rig = start();
-    let (_c, m) = client(&rig).await;
-    // let user nobody reach the bus socket
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(rig._dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rig = lcd().start();
+    let (_c, m) = rig.client().await;
     let dir = tempfile::tempdir().unwrap();
     let cache = file(&dir.path().join("cache.img"), 8 << 20);
     let before = std::fs::read(&cache).unwrap();
@@ -275,9 +185,8 @@ async fn non_root_callers_may_read_but_not_change() {
     // knobs: anyone reads, only root sets
     m.resume_cache_as(2, &cache).await.unwrap();
     let knob = |verb: &str, extra: &[&str]| {
-        let o = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
-            .arg(format!("--address={}", rig.address))
+        let o = rig
+            .busctl_as_nobody()
             .args([
                 verb,
                 "org.lc.Lcd1",
@@ -302,26 +211,15 @@ async fn non_root_callers_may_read_but_not_change() {
     assert_eq!(knob("get-property", &[]).1.trim(), "t 3", "nothing changed");
 }
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_cache_is_an_object_with_its_knobs_and_status() {
-    let rig = start();
-    let (conn, m) = client(&rig).await;
+    let rig = lcd().start();
+    let (conn, m) = rig.client().await;
     let dir = tempfile::tempdir().unwrap();
     let cache = file(&dir.path().join("cache.img"), 8 << 20);
     m.format_cache_device(&cache, false).await.unwrap();
     m.resume_cache_as(5, &cache).await.unwrap();
-    let c = lc_proto::CacheProxy::builder(&conn)
-        .path(lc_proto::cache_path(5))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
+    let c = lc_testbus::cache_proxy(&conn, 5).await;
     assert_eq!(c.id().await.unwrap(), 5);
     assert_eq!(c.barrier_deadline_ms().await.unwrap(), 3);
     // knob changes are announced with PropertiesChanged
@@ -398,52 +296,40 @@ async fn caches_and_knobs_come_back_after_a_restart_or_a_crash() {
     let keep = tempfile::tempdir().unwrap();
     let state = keep.path().join("state");
     let cache = file(&keep.path().join("cache.img"), 8 << 20);
-    let cache_props = |conn: zbus::Connection| async move {
-        lc_proto::CacheProxy::builder(&conn)
-            .path(lc_proto::cache_path(4))
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap()
-    };
     {
-        let mut rig = start_with(tempfile::tempdir().unwrap(), &state);
-        let (conn, m) = client(&rig).await;
+        let mut rig = lcd().state_dir(&state).start();
+        let (conn, m) = rig.client().await;
         m.format_cache_device(&cache, false).await.unwrap();
         m.resume_cache_as(4, &cache).await.unwrap();
-        cache_props(conn)
+        lc_testbus::cache_proxy(&conn, 4)
             .await
             .set_barrier_deadline_ms(9)
             .await
             .unwrap();
-        let mut lcd = rig.lcd.take().unwrap();
-        assert!(Command::new("kill")
-            .args(["-TERM", &lcd.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        assert!(lcd.wait().unwrap().success());
+        assert!(rig.terminate().success());
     }
     {
         // restarted: the cache and its knob are back; then lcd is killed
-        let mut rig = start_with(tempfile::tempdir().unwrap(), &state);
-        let (conn, m) = client(&rig).await;
+        let mut rig = lcd().state_dir(&state).start();
+        let (conn, m) = rig.client().await;
         let caches = m.list_caches().await.unwrap();
         assert_eq!(
             (caches.len(), caches[0].id, caches[0].state.as_str()),
             (1, 4, "running")
         );
         assert_eq!(
-            cache_props(conn).await.barrier_deadline_ms().await.unwrap(),
+            lc_testbus::cache_proxy(&conn, 4)
+                .await
+                .barrier_deadline_ms()
+                .await
+                .unwrap(),
             9
         );
-        let mut lcd = rig.lcd.take().unwrap();
-        lcd.kill().unwrap(); // SIGKILL: no clean stop
-        lcd.wait().unwrap();
+        rig.kill(); // SIGKILL: no clean stop
     }
     {
-        let rig = start_with(tempfile::tempdir().unwrap(), &state);
-        let (_conn, m) = client(&rig).await;
+        let rig = lcd().state_dir(&state).start();
+        let (_conn, m) = rig.client().await;
         assert_eq!(
             m.list_caches().await.unwrap()[0].state,
             "running",
@@ -453,16 +339,16 @@ async fn caches_and_knobs_come_back_after_a_restart_or_a_crash() {
     // a cache device that disappeared is reported, not fatal, and can be forgotten
     std::fs::remove_file(&cache).unwrap();
     {
-        let rig = start_with(tempfile::tempdir().unwrap(), &state);
-        let (_conn, m) = client(&rig).await;
+        let rig = lcd().state_dir(&state).start();
+        let (_conn, m) = rig.client().await;
         let caches = m.list_caches().await.unwrap();
         assert!(caches[0].state.starts_with("failed:"), "{caches:?}");
         m.switch_to(4).await.unwrap();
         m.free_cache().await.unwrap();
         assert!(m.list_caches().await.unwrap().is_empty());
     }
-    let rig = start_with(tempfile::tempdir().unwrap(), &state);
-    let (_conn, m) = client(&rig).await;
+    let rig = lcd().state_dir(&state).start();
+    let (_conn, m) = rig.client().await;
     assert!(
         m.list_caches().await.unwrap().is_empty(),
         "the forgotten cache stays forgotten"
@@ -472,17 +358,11 @@ async fn caches_and_knobs_come_back_after_a_restart_or_a_crash() {
 /// A saved cache on `cache` (formatted and resumed as id 4 by an lcd that
 /// then stopped), recorded in `state`.
 async fn save_a_cache(state: &Path, cache: &str) {
-    let mut rig = start_with(tempfile::tempdir().unwrap(), state);
-    let (_conn, m) = client(&rig).await;
+    let rig = lcd().state_dir(state).start();
+    let (_conn, m) = rig.client().await;
     m.format_cache_device(cache, false).await.unwrap();
     m.resume_cache_as(4, cache).await.unwrap();
-    let mut lcd = rig.lcd.take().unwrap();
-    assert!(Command::new("kill")
-        .args(["-TERM", &lcd.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(lcd.wait().unwrap().success());
+    rig.stop();
 }
 
 /// A datagram socket standing in for systemd's notify socket.
@@ -511,27 +391,16 @@ async fn ready_without_a_bus_then_serves_when_it_comes() {
     let cache = file(&dir.path().join("cache.img"), 8 << 20);
     save_a_cache(&state, &cache).await;
 
-    let bus_dir = tempfile::tempdir().unwrap();
-    let address = format!("unix:path={}", bus_dir.path().join("bus").display());
     let (sock, sock_path) = notify_socket(dir.path());
-    let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
-        .args(["--address", &address])
-        .arg("--state-dir")
-        .arg(&state)
+    let mut rig = lcd()
+        .state_dir(&state)
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
+        .build();
+    rig.start_lcd();
     expect_ready(&sock);
     // the bus appears only now, at the address lcd was given
-    let (bus, bus_address) = lc_testbus::start(bus_dir.path()).unwrap();
-    let rig = Rig {
-        bus,
-        lcd: Some(lcd),
-        address: bus_address,
-        _dir: bus_dir,
-    };
-    let (_conn, m) = client(&rig).await;
+    rig.start_bus();
+    let (_conn, m) = rig.client().await;
     let caches = m.list_caches().await.unwrap();
     assert_eq!(
         (caches.len(), caches[0].id, caches[0].state.as_str()),
@@ -552,11 +421,11 @@ async fn waits_for_a_late_cache_device() {
     std::fs::rename(&cache, &away).unwrap();
 
     let (sock, sock_path) = notify_socket(dir.path());
-    let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
-    lcd.args(["--wait-for-devices", "60"])
+    let rig = lcd()
+        .state_dir(&state)
+        .args(["--wait-for-devices", "60"])
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("RUST_LOG", "warn");
-    let rig = spawn(tempfile::tempdir().unwrap(), &state, lcd);
+        .start();
     sock.set_nonblocking(true).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut buf = [0u8; 256];
@@ -567,7 +436,7 @@ async fn waits_for_a_late_cache_device() {
     sock.set_nonblocking(false).unwrap();
     std::fs::rename(&away, &cache).unwrap(); // the disk shows up
     expect_ready(&sock);
-    let (_conn, m) = client(&rig).await;
+    let (_conn, m) = rig.client().await;
     let caches = m.list_caches().await.unwrap();
     assert_eq!(caches[0].state, "running", "{caches:?}");
 }
@@ -576,18 +445,12 @@ async fn waits_for_a_late_cache_device() {
 /// loop (a new client each time) must not make lcd grow.
 #[tokio::test(flavor = "multi_thread")]
 async fn cursors_of_departed_clients_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let log_path = dir.path().join("lcd.log");
-    let mut lcd = Command::new(env!("CARGO_BIN_EXE_lcd"));
-    lcd.env("RUST_LOG", "lcd=debug")
-        .stderr(std::fs::File::create(&log_path).unwrap());
-    let rig = spawn(dir, &state, lcd);
-    let (conn, m) = client(&rig).await;
+    let rig = lcd().env("RUST_LOG", "lcd=debug").start();
+    let (conn, m) = rig.client().await;
     m.switch_to(2).await.unwrap();
     let mut departed = Vec::new();
     for id in [3, 4, 5] {
-        let (conn, m2) = client(&rig).await;
+        let (conn, m2) = rig.client().await;
         m2.switch_to(id).await.unwrap();
         departed.push(conn.unique_name().unwrap().to_string());
         drop(m2);
@@ -599,7 +462,7 @@ async fn cursors_of_departed_clients_are_dropped() {
     };
     let mut log = String::new();
     for _ in 0..400 {
-        log = std::fs::read_to_string(&log_path).unwrap();
+        log = rig.log();
         if departed.iter().all(|n| dropped(&log, n)) {
             break;
         }
@@ -617,40 +480,6 @@ async fn cursors_of_departed_clients_are_dropped() {
     assert!(matches!(m.clear_stat().await, Err(LcdError::NotFound(msg)) if msg.contains('2')));
 }
 
-/// Writes `blocks` (4 KiB block index, fill byte) as dirty data of device
-/// `device_id` into the cache on `cache`, offline through the engine, and
-/// stops the cache cleanly with the data still dirty (write-back off).
-fn leave_dirty_data(cache: &str, backing: &str, device_id: u8, blocks: &[(u64, u8)]) {
-    use lc_engine::{Cache, CacheOptions, FileDevice, Knob};
-    use std::sync::Arc;
-    let c = Cache::resume(
-        1,
-        Arc::new(FileDevice::open(cache.as_ref()).unwrap()),
-        CacheOptions::default(),
-    )
-    .unwrap();
-    c.set_knob(Knob::AllowMigrate, 0).unwrap();
-    c.attach_device(
-        device_id,
-        Arc::new(FileDevice::open(backing.as_ref()).unwrap()),
-    )
-    .unwrap();
-    for &(block, fill) in blocks {
-        c.write(device_id, block * 8, &[fill; 4096]).unwrap();
-    }
-    c.flush_sync().unwrap();
-    c.shutdown().unwrap();
-}
-
-async fn device_props(conn: &zbus::Connection, id: u8) -> lc_proto::DeviceProxy<'static> {
-    lc_proto::DeviceProxy::builder(conn)
-        .path(lc_proto::device_path(id))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_back() {
     let keep = tempfile::tempdir().unwrap();
@@ -658,8 +487,8 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let backing = file(&keep.path().join("backing.img"), 4 << 20);
     let other = file(&keep.path().join("other.img"), 4 << 20);
-    let rig = start_without_block_devices(&state);
-    let (conn, m) = client(&rig).await;
+    let rig = lcd().state_dir(&state).frontend("none").start();
+    let (conn, m) = rig.client().await;
     assert!(m.block_frontend().await.unwrap().starts_with("none: "));
     m.format_cache_device(&cache, false).await.unwrap();
     // cache 1 holds dirty data for device 3 from an earlier life
@@ -726,7 +555,7 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     assert!(e.starts_with("Busy") && e.contains("1, 3"), "{e}");
 
     // the device object and its knob
-    let d3 = device_props(&conn, 3).await;
+    let d3 = lc_testbus::device_proxy(&conn, 3).await;
     assert_eq!(d3.cache_id().await.unwrap(), 1);
     assert!(d3.nr_dirty_caches().await.unwrap() <= 3);
     assert_eq!(d3.migrate_threshold().await.unwrap(), 70);
@@ -737,8 +566,8 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     drop(rig);
 
     // kill -9 (the rig's drop): devices and their knob come back
-    let rig = start_without_block_devices(&state);
-    let (conn, m) = client(&rig).await;
+    let rig = lcd().state_dir(&state).frontend("none").start();
+    let (conn, m) = rig.client().await;
     let devs = m.list_devices().await.unwrap();
     assert_eq!(devs.len(), 2, "{devs:?}");
     assert_eq!((devs[1].id, devs[1].migrate_threshold), (3, 55));
@@ -775,8 +604,8 @@ async fn devices_are_created_listed_tuned_and_removed_with_their_data_written_ba
     m.free_cache().await.unwrap();
     drop((m, conn));
     drop(rig);
-    let rig = start_without_block_devices(&state);
-    let (_conn, m) = client(&rig).await;
+    let rig = lcd().state_dir(&state).frontend("none").start();
+    let (_conn, m) = rig.client().await;
     assert!(
         m.list_devices().await.unwrap().is_empty(),
         "removals were saved"
@@ -792,8 +621,8 @@ async fn without_ublk_create_device_says_what_to_load_and_changes_nothing() {
     let keep = tempfile::tempdir().unwrap();
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let backing = file(&keep.path().join("backing.img"), 4 << 20);
-    let rig = start();
-    let (_conn, m) = client(&rig).await;
+    let rig = lcd().start();
+    let (_conn, m) = rig.client().await;
     let frontend = m.block_frontend().await.unwrap();
     assert!(frontend.contains("modprobe ublk_drv"), "{frontend}");
     m.format_cache_device(&cache, false).await.unwrap();
@@ -808,18 +637,16 @@ async fn the_migration_policy_follows_each_devices_threshold() {
     let keep = tempfile::tempdir().unwrap();
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let backing = file(&keep.path().join("backing.img"), 4 << 20);
-    let rig = start_without_block_devices(&keep.path().join("state"));
-    let (conn, m) = client(&rig).await;
+    let rig = lcd()
+        .state_dir(keep.path().join("state"))
+        .frontend("none")
+        .start();
+    let (conn, m) = rig.client().await;
     m.format_cache_device(&cache, false).await.unwrap();
     m.resume_cache_as(1, &cache).await.unwrap();
     m.create_device(2, &backing, 1).await.unwrap();
-    let c = lc_proto::CacheProxy::builder(&conn)
-        .path(lc_proto::cache_path(1))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
-    let d = device_props(&conn, 2).await;
+    let c = lc_testbus::cache_proxy(&conn, 1).await;
+    let d = lc_testbus::device_proxy(&conn, 2).await;
     // within a few update_intervals (1 s) the policy has set allow_migrate
     let settles_to = |want: bool| {
         let c = c.clone();

@@ -3,104 +3,23 @@
 //! it, a disk that is not the recorded one is never written, one file is
 //! never two caches, and the administrator re-points on purpose.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Command;
 
-use lc_proto::{DeviceInfo, LcdError, ManagerProxy};
+use common::{file, leave_dirty_data};
+use lc_proto::{DeviceInfo, LcdError};
+use lc_testbus::Rig;
 
-/// A private bus and an lcd (`--frontend none`) on it; both killed on drop.
-struct Rig {
-    bus: Child,
-    lcd: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = self.lcd.kill();
-        let _ = self.lcd.wait();
-        let _ = self.bus.kill();
-        let _ = self.bus.wait();
-    }
-}
-
-impl Rig {
-    /// Stops lcd with SIGTERM (a clean stop) and waits for it.
-    fn stop(mut self) {
-        assert!(Command::new("kill")
-            .args(["-TERM", &self.lcd.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        assert!(self.lcd.wait().unwrap().success());
-    }
-}
-
+/// lcd (`--frontend none`, not waiting for missing devices) on a private
+/// bus, keeping its state in `state`.
 fn start(state: &Path) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let (bus, address) = lc_testbus::start(dir.path()).unwrap();
-    let lcd = Command::new(env!("CARGO_BIN_EXE_lcd"))
-        .args(["--frontend", "none", "--wait-for-devices", "0"])
-        .env("RUST_LOG", "warn")
-        .args(["--address", &address])
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .spawn()
-        .unwrap();
-    Rig {
-        bus,
-        lcd,
-        address,
-        _dir: dir,
-    }
-}
-
-async fn client(rig: &Rig) -> (zbus::Connection, ManagerProxy<'static>) {
-    let conn = zbus::connection::Builder::address(rig.address.as_str())
-        .build()
-        .await
-        .unwrap();
-    let proxy = ManagerProxy::new(&conn).await.unwrap();
-    for _ in 0..400 {
-        if proxy.version().await.is_ok() {
-            return (conn, proxy);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("lcd did not come up on the private bus");
-}
-
-fn file(path: &Path, size: u64) -> String {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
-    path.display().to_string()
-}
-
-/// Writes `blocks` (4 KiB block, fill byte) as dirty data of device
-/// `device_id` into the cache on `cache`, offline, and stops it cleanly.
-fn leave_dirty_data(cache: &str, backing: &str, device_id: u8, blocks: &[(u64, u8)]) {
-    use lc_engine::{Cache, CacheOptions, FileDevice, Knob};
-    use std::sync::Arc;
-    let c = Cache::resume(
-        1,
-        Arc::new(FileDevice::open(cache.as_ref()).unwrap()),
-        CacheOptions::default(),
-    )
-    .unwrap();
-    c.set_knob(Knob::AllowMigrate, 0).unwrap();
-    c.attach_device(
-        device_id,
-        Arc::new(FileDevice::open(backing.as_ref()).unwrap()),
-    )
-    .unwrap();
-    for &(block, fill) in blocks {
-        c.write(device_id, block * 8, &[fill; 4096]).unwrap();
-    }
-    c.flush_sync().unwrap();
-    c.shutdown().unwrap();
+    common::lcd()
+        .state_dir(state)
+        .frontend("none")
+        .args(["--wait-for-devices", "0"])
+        .start()
 }
 
 /// A state directory naming cache 1 on `cache` and device 3 on `backing`
@@ -108,7 +27,7 @@ fn leave_dirty_data(cache: &str, backing: &str, device_id: u8, blocks: &[(u64, u
 /// of device 3 in blocks 0 and 7.
 async fn configured(state: &Path, cache: &str, backing: &str) {
     let rig = start(state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     m.format_cache_device(cache, false).await.unwrap();
     m.resume_cache_as(1, cache).await.unwrap();
     m.create_device(3, backing, 1).await.unwrap();
@@ -140,7 +59,7 @@ async fn a_missing_device_with_dirty_data_is_not_forgotten_or_reused_silently() 
     configured(&state, &cache, &a).await;
     std::fs::rename(&a, keep.path().join("a.away")).unwrap(); // A missing at restart
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let devs = m.list_devices().await.unwrap();
     assert!(devs[0].state.starts_with("failed:"), "{devs:?}");
     let e = m.remove_device(3).await.unwrap_err();
@@ -172,7 +91,7 @@ async fn a_missing_device_with_dirty_data_is_not_forgotten_or_reused_silently() 
     rig.stop();
     // and it stays dropped after a restart
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let info = m.create_device(3, &b, 1).await.unwrap();
     assert_eq!(info.nr_dirty_caches, 0, "{info:?}");
 }
@@ -198,7 +117,7 @@ async fn dirty_data_of_an_id_lcd_has_no_record_of_is_listed_and_no_disk_takes_it
     unrecorded(&state, &cache, &a).await;
     for round in ["at start", "after a resume"] {
         let rig = start(&state);
-        let (_c, m) = client(&rig).await;
+        let (_c, m) = rig.client().await;
         if round == "after a resume" {
             // the same, through ResumeCacheAs of a cache lcd does not know
             m.switch_to(1).await.unwrap();
@@ -238,7 +157,7 @@ async fn dirty_data_of_an_id_lcd_has_no_record_of_is_listed_and_no_disk_takes_it
     }
     // on purpose: a is that disk; the data goes there and the id is recorded
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let info = m.repoint_device(3, &a).await.unwrap();
     assert_eq!(
         (info.backing.as_str(), info.nr_dirty_caches),
@@ -247,7 +166,7 @@ async fn dirty_data_of_an_id_lcd_has_no_record_of_is_listed_and_no_disk_takes_it
     drop(m);
     rig.stop();
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let devs = m.list_devices().await.unwrap();
     assert_eq!(
         (devs.len(), devs[0].backing.as_str()),
@@ -273,7 +192,7 @@ async fn dirty_data_of_an_unrecorded_id_is_given_up_on_purpose() {
     let b = file(&keep.path().join("b.img"), 4 << 20);
     unrecorded(&state, &cache, &a).await;
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let e = m.forget_device(3, false).await.unwrap_err();
     assert!(name(&e).starts_with("Busy"), "{e:?}");
     m.forget_device(3, true).await.unwrap();
@@ -284,7 +203,7 @@ async fn dirty_data_of_an_unrecorded_id_is_given_up_on_purpose() {
     drop(m);
     rig.stop();
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     assert!(m.list_devices().await.unwrap().is_empty(), "gone for good");
     assert!(std::fs::read(&a).unwrap().iter().all(|&x| x == 0));
     assert!(std::fs::read(&b).unwrap().iter().all(|&x| x == 0));
@@ -299,7 +218,7 @@ async fn backing_files_whose_paths_swapped_are_failed_untouched_then_re_pointed(
     let b = file(&keep.path().join("b.img"), 4 << 20);
     {
         let rig = start(&state);
-        let (_c, m) = client(&rig).await;
+        let (_c, m) = rig.client().await;
         m.format_cache_device(&cache, false).await.unwrap();
         m.resume_cache_as(1, &cache).await.unwrap();
         m.create_device(3, &a, 1).await.unwrap();
@@ -315,7 +234,7 @@ async fn backing_files_whose_paths_swapped_are_failed_untouched_then_re_pointed(
     std::fs::rename(&tmp, &b).unwrap();
     let before = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let devs = m.list_devices().await.unwrap();
     for d in &devs {
         assert!(
@@ -348,7 +267,7 @@ async fn backing_files_whose_paths_swapped_are_failed_untouched_then_re_pointed(
     rig.stop();
     // the new paths and identities were saved
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let devs = m.list_devices().await.unwrap();
     assert!(
         devs.iter().all(|d| !d.state.starts_with("failed")),
@@ -370,7 +289,7 @@ async fn a_cache_path_that_leads_to_another_cache_is_failed_untouched_then_re_po
     let c2 = file(&keep.path().join("c2.img"), 8 << 20);
     {
         let rig = start(&state);
-        let (_c, m) = client(&rig).await;
+        let (_c, m) = rig.client().await;
         m.format_cache_device(&c1, false).await.unwrap();
         m.format_cache_device(&c2, false).await.unwrap();
         m.resume_cache_as(1, &c1).await.unwrap();
@@ -384,7 +303,7 @@ async fn a_cache_path_that_leads_to_another_cache_is_failed_untouched_then_re_po
     std::fs::rename(&tmp, &c2).unwrap();
     let before = (std::fs::read(&c1).unwrap(), std::fs::read(&c2).unwrap());
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let caches = m.list_caches().await.unwrap();
     assert_eq!(caches.len(), 2);
     for c in &caches {
@@ -422,7 +341,7 @@ async fn a_cache_path_that_leads_to_another_cache_is_failed_untouched_then_re_po
     drop(m);
     rig.stop();
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let caches = m.list_caches().await.unwrap();
     assert!(caches.iter().all(|c| c.state == "running"), "{caches:?}");
     assert_eq!(caches[0].path, c2);
@@ -447,7 +366,7 @@ async fn an_old_state_file_gets_identities_at_the_first_open() {
     });
     std::fs::write(state.join("state.json"), old.to_string()).unwrap();
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     assert!(m.list_devices().await.unwrap()[0]
         .state
         .starts_with("no block device"));
@@ -466,7 +385,7 @@ async fn an_old_state_file_gets_identities_at_the_first_open() {
 async fn one_cache_file_is_never_two_caches_nor_formatted_while_resumed() {
     let keep = tempfile::tempdir().unwrap();
     let rig = start(&keep.path().join("state"));
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let cache = file(&keep.path().join("cache.img"), 8 << 20);
     m.format_cache_device(&cache, false).await.unwrap();
     // two concurrent resumes of one file under two ids (issue 15 defect 8),
@@ -557,7 +476,7 @@ async fn one_cache_file_is_never_two_caches_nor_formatted_while_resumed() {
 async fn attach_refuses_a_backing_device_smaller_than_its_ids_dirty_data() {
     let keep = tempfile::tempdir().unwrap();
     let rig = start(&keep.path().join("state"));
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let big = file(&keep.path().join("big.img"), 8 << 20);
     let small = file(&keep.path().join("small.img"), 1 << 20);
@@ -633,7 +552,7 @@ async fn two_disks_whose_kernel_names_swapped_are_failed_untouched_then_re_point
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     {
         let rig = start(&state);
-        let (_c, m) = client(&rig).await;
+        let (_c, m) = rig.client().await;
         m.format_cache_device(&cache, false).await.unwrap();
         m.resume_cache_as(1, &cache).await.unwrap();
         m.create_device(3, &la.0, 1).await.unwrap();
@@ -655,7 +574,7 @@ async fn two_disks_whose_kernel_names_swapped_are_failed_untouched_then_re_point
     };
     let before = (std::fs::read(&fa).unwrap(), std::fs::read(&fb).unwrap());
     let rig = start(&state);
-    let (_c, m) = client(&rig).await;
+    let (_c, m) = rig.client().await;
     for d in m.list_devices().await.unwrap() {
         assert!(
             d.state.starts_with("failed: ") && d.state.contains("the disk is another one"),
@@ -706,7 +625,7 @@ async fn any_permutation_of_cache_and_backing_paths_writes_nothing_in_the_wrong_
         let cache_of: Vec<u8> = (0..3).map(|_| rng.gen_range(1..=2u8)).collect();
         {
             let rig = start(&state);
-            let (_c, m) = client(&rig).await;
+            let (_c, m) = rig.client().await;
             for c in 0..2u8 {
                 m.format_cache_device(&paths[c as usize], false)
                     .await
@@ -762,7 +681,7 @@ async fn any_permutation_of_cache_and_backing_paths_writes_nothing_in_the_wrong_
         }
         let before: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
         let rig = start(&state);
-        let (_c, m) = client(&rig).await;
+        let (_c, m) = rig.client().await;
         let caches = m.list_caches().await.unwrap();
         let devs = m.list_devices().await.unwrap();
         let why = format!("seed {seed}, moves {at:?}: {caches:?} {devs:?}");

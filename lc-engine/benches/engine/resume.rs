@@ -2,7 +2,7 @@
 //! ÷ header read, peak RSS of a process holding the resumed cache.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,77 +146,26 @@ fn child_rss(path: &Path) -> BoxResult<Rss> {
     })
 }
 
-/// Kills a child process when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// busctl on the private bus at `address`.
-fn busctl(address: &str, args: &[&str]) -> BoxResult<std::process::Output> {
-    Ok(Command::new("busctl")
-        .arg(format!("--address={address}"))
-        .args(args)
-        .output()?)
-}
-
-/// Starts a private dbus-daemon and `lcd` on it (`--frontend none`), has
-/// lcd resume the cache at `path` with `ResumeCacheAs`, and reads lcd's
-/// memory use from /proc. Returns it and how long the call took.
+/// Starts a private dbus-daemon and `lcd` on it (`--frontend none`, see
+/// lc-testbus), has lcd resume the cache at `path` with `ResumeCacheAs`
+/// (through busctl), and reads lcd's memory use from /proc. Returns it and
+/// how long the call took.
 fn lcd_rss(lcd: &Path, path: &Path, scratch: &Path) -> BoxResult<(Rss, Duration)> {
     let dir = tempfile::Builder::new()
         .prefix("lcd-")
         .tempdir_in(scratch)?;
-    let mut bus_cmd = lc_testbus::command(dir.path())?;
-    bus_cmd.stderr(Stdio::null());
-    let (bus, address) = lc_testbus::spawn(bus_cmd)?;
-    let bus = Reaped(bus);
-    let log = std::fs::File::create(dir.path().join("lcd.log"))?;
-    let mut daemon = Reaped(
-        Command::new(lcd)
-            .args(["--address", &address, "--frontend", "none"])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--run-dir")
-            .arg(dir.path().join("run"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", lcd.display()))?,
-    );
-    let pid = daemon.0.id().to_string();
-    let up = Instant::now();
-    loop {
-        let ping = busctl(
-            &address,
-            &[
-                "call",
-                "org.lc.Lcd1",
-                "/org/lc/Lcd1",
-                "org.freedesktop.DBus.Peer",
-                "Ping",
-            ],
-        )?;
-        if ping.status.success() {
-            break;
-        }
-        if up.elapsed() > Duration::from_secs(30) || daemon.0.try_wait()?.is_some() {
-            let log = std::fs::read_to_string(dir.path().join("lcd.log")).unwrap_or_default();
-            return Err(format!("lcd did not come up on the private bus: {log}").into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut rig = lc_testbus::Rig::builder(lcd)
+        .dir(dir.path())
+        .frontend("none")
+        .start();
+    rig.wait_ready();
+    let pid = rig.lcd_pid().to_string();
     let before = vm_kib(&pid, "VmHWM")?;
     let start = Instant::now();
     let path_arg = path.display().to_string();
-    let out = busctl(
-        &address,
-        &[
+    let out = rig
+        .busctl()
+        .args([
             "--timeout=600",
             "call",
             "org.lc.Lcd1",
@@ -226,8 +175,8 @@ fn lcd_rss(lcd: &Path, path: &Path, scratch: &Path) -> BoxResult<(Rss, Duration)
             "ys",
             "1",
             &path_arg,
-        ],
-    )?;
+        ])
+        .output()?;
     let took = start.elapsed();
     if !out.status.success() {
         return Err(format!(
@@ -242,14 +191,8 @@ fn lcd_rss(lcd: &Path, path: &Path, scratch: &Path) -> BoxResult<(Rss, Duration)
         rss: vm_kib(&pid, "VmRSS")?,
     };
     // a clean stop (SIGTERM), so that lcd stops the cache as it would
-    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
-    unsafe { libc::kill(daemon.0.id() as libc::pid_t, libc::SIGTERM) };
-    let stop = Instant::now();
-    while daemon.0.try_wait()?.is_none() && stop.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(daemon);
-    drop(bus);
+    rig.terminate();
+    drop(rig);
     Ok((rss, took))
 }
 

@@ -1,5 +1,5 @@
-//! Test rig: a private dbus-daemon, the real `lcd` serving on it, and the
-//! real `lcctl` binary run against it, as root or as user nobody.
+//! Test rig: lc-testbus's private bus with the real `lcd` serving on it,
+//! and the real `lcctl` binary run against it, as root or as user nobody.
 //!
 //! lcd is another package's binary, so cargo does not build it for these
 //! tests: the rig runs `cargo build -p lcd` once (a no-op when it is up to
@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The directory holding this test's executable's profile output
@@ -46,28 +46,18 @@ pub fn lcd_binary() -> &'static Path {
 }
 
 /// Whether the test runs as root (needed to call lcd as another user).
-pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
+pub use lc_testbus::is_root;
 
 /// A private bus, optionally an lcd on it, and a runtime directory for
-/// lcctl's selection; everything is stopped and removed on drop.
+/// lcctl's selection; lcd is stopped cleanly (SIGTERM), the bus killed and
+/// everything removed on drop.
 pub struct Rig {
-    bus: Child,
-    lcd: Option<Child>,
-    /// The bus address (`unix:path=…`).
-    pub address: String,
-    /// Scratch directory: bus socket, lcd state, lcctl runtime dir.
-    pub dir: tempfile::TempDir,
+    lcd: lc_testbus::Rig,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
         self.stop_lcd();
-        let _ = self.bus.kill();
-        let _ = self.bus.wait();
     }
 }
 
@@ -127,54 +117,38 @@ impl Rig {
         rig
     }
 
-    /// A bus with no lcd on it.
+    /// A bus with no lcd on it (the directory is open to user nobody, who
+    /// must reach the bus socket and run lcctl there).
     pub fn bus_only() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        // user nobody must reach the bus socket and run lcctl there
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (bus, address) = lc_testbus::start(dir.path()).unwrap();
-        Rig {
-            bus,
-            lcd: None,
-            address,
-            dir,
-        }
+        let mut lcd = lc_testbus::Rig::builder(lcd_binary())
+            .frontend("none")
+            .build();
+        lcd.start_bus();
+        Rig { lcd }
+    }
+
+    /// The bus address (`unix:path=…`).
+    pub fn address(&self) -> &str {
+        self.lcd.address()
+    }
+
+    /// Scratch directory: bus socket, lcd state (`state`), lcctl runtime
+    /// dir.
+    pub fn dir(&self) -> &Path {
+        self.lcd.dir()
     }
 
     /// Starts lcd on the bus, keeping its state in the rig's directory,
     /// and waits until it answers.
     pub fn start_lcd(&mut self) {
-        assert!(self.lcd.is_none());
-        let lcd = Command::new(lcd_binary())
-            .args(["--address", &self.address])
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args(["--frontend", "none", "--run-dir"])
-            .arg(self.dir.path().join("run"))
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
-        self.lcd = Some(lcd);
-        // lcctl exits 7 until lcd owns its name
-        for _ in 0..400 {
-            let r = self.lcctl(&["list"]);
-            if r.code == 0 {
-                return;
-            }
-            assert_eq!(r.code, 7, "{r:?}");
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        panic!("lcd did not come up on the private bus");
+        self.lcd.start_lcd();
+        self.lcd.wait_ready();
     }
 
     /// Stops lcd cleanly (SIGTERM), if it runs.
     pub fn stop_lcd(&mut self) {
-        if let Some(mut l) = self.lcd.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &l.id().to_string()])
-                .status();
-            let _ = l.wait();
+        if self.lcd.has_lcd() {
+            self.lcd.terminate();
         }
     }
 
@@ -182,7 +156,7 @@ impl Rig {
     /// `/run/lcctl/selected-cache`, so each rig gives its root lcctl a
     /// `/run` of its own (a bind mount in a private mount namespace).
     pub fn root_run_dir(&self) -> PathBuf {
-        self.dir.path().join("root-run")
+        self.dir().join("root-run")
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -198,10 +172,10 @@ impl Rig {
         } else {
             Command::new(env!("CARGO_BIN_EXE_lcctl"))
         };
-        c.args(["--bus", &self.address])
+        c.args(["--bus", self.address()])
             .args(args)
             // honoured for other users; root ignores it
-            .env("LCCTL_RUNTIME_DIR", self.dir.path().join("lcctl"))
+            .env("LCCTL_RUNTIME_DIR", self.dir().join("lcctl"))
             .stdin(Stdio::null());
         c
     }
@@ -213,12 +187,10 @@ impl Rig {
 
     /// Runs lcctl as user nobody (uid 65534) on the rig's bus.
     pub fn lcctl_as_nobody(&self, args: &[&str]) -> Run {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_lcctl"))
-            .args(["--bus", &self.address])
+        let mut c = lc_testbus::as_nobody(env!("CARGO_BIN_EXE_lcctl"));
+        c.args(["--bus", self.address()])
             .args(args)
-            .env("LCCTL_RUNTIME_DIR", self.dir.path().join("nobody"))
+            .env("LCCTL_RUNTIME_DIR", self.dir().join("nobody"))
             .stdin(Stdio::null());
         Run::from(c.output().expect("setpriv (util-linux) must be installed"))
     }
