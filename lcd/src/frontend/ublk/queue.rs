@@ -107,7 +107,11 @@ pub(super) async fn read_here(target: &Target, sector: u64, out: &mut [u8]) -> O
     Some(match plan.finish(out, failed) {
         Ok(()) => out.len() as i32,
         Err(e) => {
-            tracing::warn!(device = target.device_id, "read failed: {}", lc_engine::error::describe(&e));
+            tracing::warn!(
+                device = target.device_id,
+                "read failed: {}",
+                lc_engine::error::describe(&e)
+            );
             errno_of(&e)
         }
     })

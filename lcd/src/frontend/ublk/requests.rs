@@ -265,7 +265,11 @@ impl Target {
                 WriteOutcome::Done(bytes as i32)
             }
             Err(e) => {
-                tracing::warn!(device = self.device_id, "write failed: {}", lc_engine::error::describe(&e));
+                tracing::warn!(
+                    device = self.device_id,
+                    "write failed: {}",
+                    lc_engine::error::describe(&e)
+                );
                 WriteOutcome::Done(errno_of(&e))
             }
         }
@@ -282,7 +286,11 @@ impl Target {
                 match self.cache.read(self.device_id, job.sector, buf) {
                     Ok(()) => bytes as i32,
                     Err(e) => {
-                        tracing::warn!(device = self.device_id, "read failed: {}", lc_engine::error::describe(&e));
+                        tracing::warn!(
+                            device = self.device_id,
+                            "read failed: {}",
+                            lc_engine::error::describe(&e)
+                        );
                         errno_of(&e)
                     }
                 }
@@ -304,7 +312,11 @@ impl Target {
                             bytes as i32
                         }
                         Err(e) => {
-                            tracing::warn!(device = self.device_id, "write failed: {}", lc_engine::error::describe(&e));
+                            tracing::warn!(
+                                device = self.device_id,
+                                "write failed: {}",
+                                lc_engine::error::describe(&e)
+                            );
                             errno_of(&e)
                         }
                     }
