@@ -48,7 +48,8 @@
 //! `migrator`, `ticker` (background jobs), `pin` (segment-slot pins, an
 //! RAII guard each), `retry` (background I/O retried
 //! with backoff), [`recover`] (format and resume),
-//! [`knobs`], [`stats`], [`status`] (the status records), [`figures`]
+//! `segment_log` (segment ids, the open segment, slot contents), [`knobs`]
+//! (the engine's view of lc-knobs' table), [`stats`], [`status`] (the status records), [`figures`]
 //! (what read-only status calls are served from), [`error`], [`rescue`]
 //! (offline inspection), [`sim`] (crash and fault simulation for tests).
 //!
