@@ -37,7 +37,7 @@ use crate::geometry::{
 };
 use crate::index::{Index, LineKey, MAX_LINE};
 use crate::knobs::{Knob, Knobs};
-use crate::migrator::WriteBackDemand;
+use crate::migrator::{ReplacedCopies, WriteBackDemand};
 use crate::pin::SlotPins;
 use crate::read_plan::ReadPlan;
 use crate::segment_buffer::BufferPool;
@@ -95,6 +95,9 @@ pub(crate) struct Metadata {
     pub buffers: BufferPool,
     /// What write-back is asked to do (writers, drains) and what stops it.
     pub write_back: WriteBackDemand,
+    /// Older copies of lines whose newest copy is not durable yet (writers
+    /// record them, write-back reads them).
+    pub replaced_copies: ReplacedCopies,
     /// FLUSHes waiting for durability (the flusher completes them).
     pub flush_waiters: FlushWaiters,
     /// The superblock record as last written (the flusher).
@@ -196,6 +199,16 @@ pub(crate) enum RamLine<'a> {
 }
 
 impl Metadata {
+    /// Makes cache line `new` (in the open segment, with `dirty_bits`) the
+    /// newest copy of `key` instead of cache line `old`, and tells
+    /// write-back which copy it replaced.
+    fn replace_copy(&mut self, key: LineKey, old: u32, new: u32, dirty_bits: u8) {
+        let old_segment = self.log.segment_of(old);
+        self.index.replace(old, new, dirty_bits);
+        self.replaced_copies
+            .replaced(&self.index, &self.log, key, old_segment);
+    }
+
     /// The RAM buffer of slot `slot`, if the slot's segment is in RAM (the
     /// open one, or a closed one not yet durable).
     fn ram_buffer(&self, slot: u64) -> Option<&Arc<SegmentBuffer>> {
@@ -536,7 +549,7 @@ impl Inner {
                 line.fill(0);
                 copy_sectors(line, &image, keep);
             });
-            st.index.replace(expect, line_index(slot, i), keep);
+            st.replace_copy(key, expect, line_index(slot, i), keep);
             st.write_back.last_segment_of_device[key.device_id as usize] = id;
             return Ok(true);
         }
@@ -691,9 +704,10 @@ impl Inner {
             });
             let new_idx = line_index(slot, i);
             match existing {
-                Some(idx) => st.index.replace(idx, new_idx, bits),
+                Some(idx) => st.replace_copy(key, idx, new_idx, bits),
                 None => {
                     st.index.insert(key, new_idx, bits);
+                    st.replaced_copies.created(key);
                 }
             }
             st.write_back.last_segment_of_device[key.device_id as usize] = id;

@@ -5,8 +5,9 @@
 //! `last_migrated_segment_id`, up to `nr_max_batched_migration` of them (at
 //! most [`MAX_WRITE_BACK_SEGMENTS`]; their data is held in RAM while they
 //! are in it). A segment joins the window when it is read from the cache
-//! device: its lines that are still the newest copy (or whose newer copy is
-//! not yet durable) become pending write-backs of their dirty sectors. The
+//! device: its lines that are still the newest copy (or the newest durable
+//! copy of a line whose newest copy is not yet durable, see
+//! [`ReplacedCopies`]) become pending write-backs of their dirty sectors. The
 //! pending lines of every segment in the window are written in address
 //! order, an elevator that sweeps the backing devices and takes in the
 //! lines of segments that join meanwhile; contiguous lines are merged into
@@ -170,23 +171,105 @@ impl Default for WriteBackDemand {
     }
 }
 
+/// The older copies of lines whose newest copy is not durable yet, as
+/// writers replace them (under the cache's metadata mutex; write-back reads
+/// it). For such a line, write-back must write the dirty sectors of its
+/// newest *durable* copy, and of no older one: recovery replays the newest
+/// durable copy with its own dirty bits, so a sector that copy holds clean
+/// has its data on the backing device already (an older copy's write-back
+/// wrote it there), and an older copy's data written over it would be read
+/// back after a crash. The index knows only the newest copy, so each entry
+/// keeps the segments of the copies replaced since the newest one that was
+/// durable when it was replaced (ascending; segment ids are never reused).
+#[derive(Default)]
+pub(crate) struct ReplacedCopies {
+    chains: HashMap<LineKey, Vec<u64>>,
+    /// Entries beyond this many are pruned.
+    prune_at: usize,
+}
+
+impl ReplacedCopies {
+    /// Least `prune_at`: pruning is amortised over at least this many entries.
+    const MIN_PRUNE_AT: usize = 1024;
+
+    /// A write made a new copy of `key` that replaces its copy in segment
+    /// `old_segment` (already replaced in `index`).
+    pub(crate) fn replaced(
+        &mut self,
+        index: &Index,
+        log: &SegmentLog,
+        key: LineKey,
+        old_segment: u64,
+    ) {
+        let chain = self.chains.entry(key).or_default();
+        chain.push(old_segment);
+        // copies older than the newest durable one no longer matter
+        if let Some(newest_durable) = chain.iter().rposition(|&s| s <= log.durable_id) {
+            chain.drain(..newest_durable);
+        }
+        if self.chains.len() > self.prune_at.max(Self::MIN_PRUNE_AT) {
+            // keep only lines whose newest copy is still not durable
+            self.chains.retain(|k, _| {
+                index
+                    .lookup(*k)
+                    .is_some_and(|i| log.segment_of(i) > log.durable_id)
+            });
+            self.prune_at = 2 * self.chains.len();
+        }
+    }
+
+    /// A write made the first copy of `key` the index has (it replaces none).
+    pub(crate) fn created(&mut self, key: LineKey) {
+        self.chains.remove(&key);
+    }
+
+    /// Segment of the newest durable copy of `key` among those its newest
+    /// copy (not durable) replaced, if any is still known.
+    fn newest_durable(&self, key: LineKey, durable_id: u64) -> Option<u64> {
+        self.chains
+            .get(&key)?
+            .iter()
+            .rev()
+            .find(|&&s| s <= durable_id)
+            .copied()
+    }
+
+    /// Lines with an entry (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.chains.len()
+    }
+}
+
 /// Which dirty sectors of the copy of `key` in cache line `idx` (dirty
 /// bits `meta_bits` in its segment's metablock) write-back must write now.
 ///
 /// A line is written back when its copy in this segment is still the
-/// newest, and also when a newer copy exists only in a segment that is not
-/// yet durable: a crash could lose that newer copy, and once
-/// `last_migrated_segment_id` has passed this segment, recovery would not
-/// replay the older one either.
-fn bits_to_write(index: &Index, log: &SegmentLog, key: LineKey, idx: u32, meta_bits: u8) -> u8 {
+/// newest, and also when it is the newest durable copy and a newer copy
+/// exists only in a segment that is not yet durable: a crash could lose
+/// that newer copy, and once `last_migrated_segment_id` has passed this
+/// segment, recovery would not replay this copy either.
+fn bits_to_write(
+    index: &Index,
+    log: &SegmentLog,
+    replaced: &ReplacedCopies,
+    key: LineKey,
+    idx: u32,
+    meta_bits: u8,
+) -> u8 {
     match index.lookup(key) {
         Some(i) if i == idx => meta_bits,
-        Some(newer) if log.segment_of(newer) > log.durable_id => {
+        Some(newer)
+            if log.segment_of(newer) > log.durable_id
+                && replaced.newest_durable(key, log.durable_id) == Some(log.segment_of(idx)) =>
+        {
             // only sectors the newer copy still holds dirty (a discard may
             // have dropped some)
             meta_bits & index.info(newer).map_or(0, |i| i.dirty_bits)
         }
-        _ => 0, // the newer copy is durable, or the line was discarded
+        // the newer copy is durable, or a newer durable copy exists, or
+        // the line was discarded
+        _ => 0,
     }
 }
 
@@ -281,6 +364,7 @@ fn write_job(inner: &Inner, job: &Job) -> bool {
                 bits_to_write(
                     &st.index,
                     &st.log,
+                    &st.replaced_copies,
                     l.key,
                     l.pending.idx,
                     l.pending.meta_bits,
@@ -507,7 +591,14 @@ impl Migrator<'_> {
                     line: m.sector / SECTORS_PER_LINE as u64,
                 };
                 let idx = line_index(slot, line);
-                let bits = bits_to_write(&st.index, &st.log, key, idx, m.dirty_bits);
+                let bits = bits_to_write(
+                    &st.index,
+                    &st.log,
+                    &st.replaced_copies,
+                    key,
+                    idx,
+                    m.dirty_bits,
+                );
                 if bits == 0 {
                     continue;
                 }
@@ -780,5 +871,137 @@ fn on_backing_error<'a>(inner: &'a Inner, what: &'a str) -> impl FnMut(&std::io:
             "write-back: {what} failed: {e}; retrying"
         );
         inner.progress_cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEGMENTS: u64 = 8;
+
+    /// A log whose slot k holds segment k + 1, durable up to `durable_id`.
+    fn log(durable_id: u64) -> SegmentLog {
+        let mut log = SegmentLog::new(SEGMENTS, 0);
+        for (k, id) in log.slot_ids.iter_mut().enumerate() {
+            *id = k as u64 + 1;
+        }
+        log.durable_id = durable_id;
+        log
+    }
+
+    /// Cache line `i` of segment `id`.
+    fn at(id: u64, i: usize) -> u32 {
+        line_index(id - 1, i)
+    }
+
+    const X: LineKey = LineKey {
+        device_id: 1,
+        line: 7,
+    };
+
+    /// Makes a new copy of X in segment `id` (line 0) with `bits`,
+    /// replacing the indexed one, as a write does.
+    fn write(index: &mut Index, log: &SegmentLog, copies: &mut ReplacedCopies, id: u64, bits: u8) {
+        match index.lookup(X) {
+            Some(old) => {
+                index.replace(old, at(id, 0), bits);
+                copies.replaced(index, log, X, log.segment_of(old));
+            }
+            None => {
+                index.insert(X, at(id, 0), bits);
+                copies.created(X);
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_newest_durable_copy_is_written_back_for_a_newer_copy_in_ram() {
+        let mut index = Index::new(SEGMENTS as usize * LINES_PER_SEGMENT);
+        let log = log(3);
+        let mut copies = ReplacedCopies::default();
+        write(&mut index, &log, &mut copies, 1, 0xFF);
+        write(&mut index, &log, &mut copies, 2, 0x0F);
+        write(&mut index, &log, &mut copies, 5, 0xF0);
+        let bits = |id| bits_to_write(&index, &log, &copies, X, at(id, 0), 0xFF);
+        assert_eq!(bits(1), 0, "segment 2 holds a newer durable copy");
+        assert_eq!(bits(2), 0xF0, "the sectors the copy in RAM holds dirty");
+    }
+
+    #[test]
+    fn a_copy_replaced_before_it_was_durable_counts_once_it_is() {
+        let mut index = Index::new(SEGMENTS as usize * LINES_PER_SEGMENT);
+        let mut log = log(1);
+        let mut copies = ReplacedCopies::default();
+        write(&mut index, &log, &mut copies, 1, 0xFF);
+        write(&mut index, &log, &mut copies, 2, 0xFF); // not durable yet
+        write(&mut index, &log, &mut copies, 3, 0xFF);
+        assert_eq!(copies.newest_durable(X, log.durable_id), Some(1));
+        log.durable_id = 2;
+        assert_eq!(
+            bits_to_write(&index, &log, &copies, X, at(1, 0), 0xFF),
+            0,
+            "segment 2 became durable"
+        );
+        assert_eq!(
+            bits_to_write(&index, &log, &copies, X, at(2, 0), 0xFF),
+            0xFF
+        );
+        log.durable_id = 3;
+        assert_eq!(
+            bits_to_write(&index, &log, &copies, X, at(2, 0), 0xFF),
+            0,
+            "the newest copy is durable: it is written back itself"
+        );
+    }
+
+    #[test]
+    fn a_first_copy_forgets_the_copies_of_the_line_before_it() {
+        let mut index = Index::new(SEGMENTS as usize * LINES_PER_SEGMENT);
+        let log = log(2);
+        let mut copies = ReplacedCopies::default();
+        write(&mut index, &log, &mut copies, 1, 0xFF);
+        write(&mut index, &log, &mut copies, 3, 0xFF);
+        // write-back of segment 1's copy took the line out of the index
+        index.remove(at(3, 0));
+        write(&mut index, &log, &mut copies, 4, 0x01);
+        assert_eq!(bits_to_write(&index, &log, &copies, X, at(1, 0), 0xFF), 0);
+        assert_eq!(copies.newest_durable(X, log.durable_id), None);
+    }
+
+    #[test]
+    fn entries_of_lines_whose_newest_copy_is_durable_are_pruned() {
+        let nr_lines = SEGMENTS as usize * LINES_PER_SEGMENT;
+        let mut index = Index::new(nr_lines);
+        let mut log = log(1);
+        let mut copies = ReplacedCopies::default();
+        let mut most = 0;
+        // every line of segment 1 is rewritten into segment 2, then every
+        // line of segment 2 into segment 3, and so on, each segment durable
+        // before the next is written
+        for id in 1..SEGMENTS {
+            for i in 0..LINES_PER_SEGMENT {
+                let key = LineKey {
+                    device_id: 1,
+                    line: i as u64,
+                };
+                match index.lookup(key) {
+                    Some(old) => {
+                        index.replace(old, at(id, i), 0xFF);
+                        copies.replaced(&index, &log, key, log.segment_of(old));
+                    }
+                    None => {
+                        index.insert(key, at(id, i), 0xFF);
+                        copies.created(key);
+                    }
+                }
+                most = most.max(copies.len());
+            }
+            log.durable_id = id;
+        }
+        assert!(
+            most <= ReplacedCopies::MIN_PRUNE_AT + 1,
+            "{most} entries for {LINES_PER_SEGMENT} lines in RAM"
+        );
     }
 }

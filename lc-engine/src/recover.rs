@@ -181,6 +181,7 @@ impl Cache {
             log: SegmentLog::new(nr, migrated),
             buffers: BufferPool::new(opts.pool_segments.min(nr as usize), nr),
             write_back: WriteBackDemand::default(),
+            replaced_copies: Default::default(),
             flush_waiters: FlushWaiters::default(),
             record: CommittedRecord {
                 sequence: record.sequence,
