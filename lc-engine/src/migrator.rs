@@ -8,11 +8,13 @@
 //! device: its lines that are still the newest copy (or the newest durable
 //! copy of a line whose newest copy is not yet durable, see
 //! [`ReplacedCopies`]) become pending write-backs of their dirty sectors. The
-//! pending lines of every segment in the window are written in address
-//! order, an elevator that sweeps the backing devices and takes in the
-//! lines of segments that join meanwhile; contiguous lines are merged into
-//! one write, and up to `write_back_queue_depth` writes per backing device
-//! are in flight at once. Two copies of one line are never in flight
+//! pending lines are written oldest segment first, each segment's lines in
+//! address order from where the last write ended (an elevator that sweeps
+//! the backing devices); a segment's lines are all issued before the next
+//! segment's, except where its device has no room, so segments complete
+//! one after the other. Contiguous lines (of any segment in the window)
+//! are merged into one write, and up to `write_back_queue_depth` writes per
+//! backing device are in flight at once. Two copies of one line are never in flight
 //! together, and of two pending copies only the newer is written (it holds
 //! every sector of the older one that still matters).
 //!
@@ -78,6 +80,8 @@ struct WindowSegment {
     buf: AlignedBuf,
     /// Its lines that are pending or in flight.
     outstanding: usize,
+    /// Its pending lines, by (device, line).
+    pending_keys: BTreeSet<(u8, u64)>,
     /// Its lines chosen for write-back: (line, cache line). They leave the
     /// index when the segment is written back, if still indexed there.
     lines: Vec<(LineKey, u32)>,
@@ -636,17 +640,22 @@ impl Migrator<'_> {
             pin,
             buf,
             outstanding: 0,
+            pending_keys: BTreeSet::new(),
             lines: chosen.iter().map(|(k, p)| (*k, p.idx)).collect(),
         };
         for (key, p) in chosen {
             // of two pending copies only the newer is written: it holds
             // every sector of the older one that still matters (writes
             // merge older dirty sectors in; a discard drops them on purpose)
-            if let Some(older) = self.pending.insert((key.device_id, key.line), p) {
+            let k = (key.device_id, key.line);
+            if let Some(older) = self.pending.insert(k, p) {
                 // (a segment never holds a line twice: the older is in the window)
-                self.segment_mut(older.seg).outstanding -= 1;
+                let older = self.segment_mut(older.seg);
+                older.outstanding -= 1;
+                older.pending_keys.remove(&k);
             }
             seg.outstanding += 1;
+            seg.pending_keys.insert(k);
         }
         self.window.push_back(seg);
         Ok(())
@@ -657,22 +666,28 @@ impl Migrator<'_> {
         &mut self.window[(id - front) as usize]
     }
 
-    /// Hands pending lines to the workers, in elevator order, while the
-    /// devices have fewer than `depth` writes in flight.
+    /// Hands pending lines to the workers while the devices have fewer than
+    /// `depth` writes in flight: the oldest segment's lines first, so that
+    /// segments are written back (and their slots freed) one after the
+    /// other rather than all at the end of one sweep over the window; each
+    /// segment's lines in elevator order from the head.
     fn issue(&mut self, depth: usize) {
         loop {
             // next line at or after the head (wrapping around) that is not
-            // in flight and whose device has room
+            // in flight and whose device has room, of the oldest segment
+            // that has one
             let free = |k: &(u8, u64)| {
                 !self.in_flight.contains(k)
                     && self.device_depth.get(&k.0).copied().unwrap_or(0) < depth
             };
-            let next = self
-                .pending
-                .range(self.head..)
-                .chain(self.pending.range(..self.head))
-                .map(|(k, _)| *k)
-                .find(free);
+            let head = self.head;
+            let next = self.window.iter().find_map(|seg| {
+                seg.pending_keys
+                    .range(head..)
+                    .chain(seg.pending_keys.range(..head))
+                    .copied()
+                    .find(free)
+            });
             let Some(first) = next else { return };
             let (dev, line) = first;
             // the run: this line and the contiguous whole lines after it
@@ -692,6 +707,7 @@ impl Migrator<'_> {
             for (n, k) in keys.iter().enumerate() {
                 let p = self.pending.remove(k).expect("pending");
                 let seg = self.segment_mut(p.seg);
+                seg.pending_keys.remove(k);
                 let at = (1 + p.line) * LINE_SIZE;
                 data[n * LINE_SIZE..(n + 1) * LINE_SIZE]
                     .copy_from_slice(&seg.buf[at..at + LINE_SIZE]);

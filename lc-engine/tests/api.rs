@@ -707,3 +707,83 @@ fn write_may_wait_while_every_ram_buffer_waits_for_the_cache_device() {
     // a write too big for the free buffers may wait
     assert!(cache.write_may_wait(3 << 20));
 }
+
+/// A backing device that records where each write starts, in order.
+struct RecordingBacking {
+    inner: Arc<dyn BlockDevice>,
+    writes: std::sync::Mutex<Vec<u64>>,
+}
+
+impl BlockDevice for RecordingBacking {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.writes.lock().unwrap().push(offset);
+        self.inner.write_at(buf, offset)
+    }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> std::io::Result<()> {
+        self.writes.lock().unwrap().push(offset);
+        self.inner.write_vectored_at(bufs, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[test]
+fn write_back_finishes_the_oldest_segment_before_the_next_one() {
+    // Segment 1 holds lines 0, 4, 8, …; segment 2 lines 2, 6, 10, …: an
+    // elevator over both would interleave them and free both slots at the
+    // end; oldest first frees segment 1's slot after its own lines.
+    let dom = PowerDomain::new();
+    let cache = resume(sim_cache_disk(&dom, 8), 2);
+    let backing = Arc::new(RecordingBacking {
+        inner: SimDisk::from_image(dom.clone(), vec![0; 1 << 20]),
+        writes: Default::default(),
+    });
+    cache.attach_device(1, backing.clone()).unwrap();
+    const LINES: u64 = 40;
+    for first in [0, 2] {
+        for k in 0..LINES {
+            let sector = (first + 4 * k) * 8;
+            cache
+                .write(1, sector, &pattern(first + 1, sector, 8))
+                .unwrap();
+        }
+        cache.flush_sync().unwrap();
+    }
+    cache.set_knob(Knob::NrMaxBatchedMigration, 2).unwrap();
+    cache.set_knob(Knob::WriteBackQueueDepth, 1).unwrap();
+    cache.set_knob(Knob::ForceMigrate, 1).unwrap();
+    while cache.status().last_migrated_segment_id < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let lines: Vec<u64> = backing
+        .writes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&off| off / 4096)
+        .collect();
+    assert_eq!(lines.len(), 2 * LINES as usize, "{lines:?}");
+    let seg_of = |line: u64| if line % 4 == 0 { 1 } else { 2 };
+    let order: Vec<u8> = lines.iter().map(|&l| seg_of(l)).collect();
+    let first_of_2 = order.iter().position(|&s| s == 2).unwrap();
+    assert!(
+        order[first_of_2..].iter().all(|&s| s == 2),
+        "segment 2's lines interleaved with segment 1's: {lines:?}"
+    );
+    let mut buf = vec![0u8; 4096];
+    cache.read(1, 4 * 8, &mut buf).unwrap();
+    assert!(buf == pattern(1, 4 * 8, 8));
+}
