@@ -787,3 +787,50 @@ fn write_back_finishes_the_oldest_segment_before_the_next_one() {
     cache.read(1, 4 * 8, &mut buf).unwrap();
     assert!(buf == pattern(1, 4 * 8, 8));
 }
+
+#[test]
+fn a_writer_that_needs_room_only_a_missing_device_can_free_gets_an_error_not_a_hang() {
+    // Issue 15 defect 2(a): device 3's dirty data is in the log but its
+    // disk is not attached; write-back waits for it, so once every slot
+    // holds dirty data a writer on device 4 would wait for ever.
+    let dom = PowerDomain::new();
+    let cdev = sim_cache_disk(&dom, 3);
+    let gone = SimDisk::new(dom.clone(), 4 * MIB);
+    let kept = SimDisk::new(dom.clone(), 4 * MIB);
+    let cache = resume(cdev.clone(), 2);
+    cache.attach_device(3, gone).unwrap();
+    cache.write(3, 0, &pattern(1, 0, 8)).unwrap();
+    cache.flush_sync().unwrap();
+    cache.shutdown().unwrap();
+    drop(cache);
+    let cache = Arc::new(resume(cdev, 2));
+    cache.attach_device(4, kept).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            // 3 slots of 255 lines: the fourth segment needs slot 1 back
+            let res = (0..4 * 255u64).try_for_each(|l| {
+                cache
+                    .write(4, l % 1024 * 8, &pattern(2, l % 1024 * 8, 8))
+                    .map(|_| ())
+            });
+            let _ = tx.send(res);
+        })
+    };
+    let res = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(res) => res,
+        Err(_) => {
+            cache.discard_device_lines(3, |_| {}).unwrap(); // let the writer end
+            panic!("the writer still waits for room after 60 s");
+        }
+    };
+    writer.join().unwrap();
+    let e = res.expect_err("no room can be made");
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    let text = lc_engine::error::describe(&e);
+    assert!(text.contains("device 3"), "{text}");
+    // giving device 3's data up makes room again
+    cache.discard_device_lines(3, |_| {}).unwrap();
+    cache.write(4, 0, &pattern(3, 0, 8)).unwrap();
+}
