@@ -672,8 +672,9 @@ fn model(img: &[u8]) -> Expected {
         return e;
     };
     // a newest record lc could not have written makes the device corrupt:
-    // sequence u64::MAX, or a log start whose id no header can carry
-    if record.sequence == u64::MAX
+    // a sequence that leaves too few successors for a running cache's
+    // commits, or a log start whose id no header can carry
+    if record.sequence > lc_engine::format::MAX_RESUMABLE_SEQUENCE
         || record.last_migrated_segment_id >= nr.saturating_mul(u32::MAX as u64)
     {
         return e;

@@ -66,6 +66,13 @@ pub fn segment_id_limit(nr_segments: u64) -> u64 {
 /// would leave the next commit no number, so it is never valid.
 pub const MAX_RECORD_SEQUENCE: u64 = u64::MAX - 1;
 
+/// Highest record sequence a cache is resumed with, 2^64 − 2^32: it
+/// leaves the resumed cache 2^32 − 1 commits (more than a century of them
+/// at several a second), so a running cache never finds its next record
+/// without a number, not even at its clean stop. lc reaches it only after
+/// 2^64 − 2^32 commits: a record beyond it is damage or a crafted block.
+pub const MAX_RESUMABLE_SEQUENCE: u64 = u64::MAX - (1 << 32) + 1;
+
 /// Number of whole segments that fit on a cache device of `device_bytes`.
 pub fn segments_for(device_bytes: u64) -> u64 {
     device_bytes.saturating_sub(SUPERBLOCK_REGION) / SEGMENT_SIZE as u64
@@ -212,15 +219,15 @@ impl SuperBlockRecord {
 
     /// Checks that a record with a valid checksum can be used by a cache of
     /// `nr_segments` segments: its sequence is at most
-    /// [`MAX_RECORD_SEQUENCE`] and its `last_migrated_segment_id` is below
+    /// [`MAX_RESUMABLE_SEQUENCE`] and its `last_migrated_segment_id` is below
     /// [`segment_id_limit`]. lc never writes a record that fails this, so
     /// such a record is damage or a crafted block: resume and inspection
     /// refuse the device rather than fall back to the older record (whose
     /// log may have been overwritten since).
     pub fn check_usable(&self, nr_segments: u64) -> Result<()> {
-        if self.sequence > MAX_RECORD_SEQUENCE {
+        if self.sequence > MAX_RESUMABLE_SEQUENCE {
             return Err(corrupt(&format!(
-                "the newest superblock record has sequence {}, beyond the highest lc writes ({MAX_RECORD_SEQUENCE})",
+                "the newest superblock record has sequence {}, beyond the highest a cache is resumed with ({MAX_RESUMABLE_SEQUENCE}, which leaves room for its commits)",
                 self.sequence
             )));
         }
@@ -560,15 +567,23 @@ mod tests {
         assert_eq!(records_newest_first([&high, &a], &sb)[0].sequence, 8);
         // a newest record lc cannot have written: no fall-back to the older one
         let limit = segment_id_limit(sb.nr_segments);
-        for bad in [rec(u64::MAX, 0), rec(9, limit), rec(9, u64::MAX)] {
+        for bad in [
+            rec(u64::MAX, 0),
+            rec(MAX_RECORD_SEQUENCE, 0),
+            rec(MAX_RESUMABLE_SEQUENCE + 1, 0),
+            rec(9, limit),
+            rec(9, u64::MAX),
+        ] {
             let records = records_newest_first([&a, &bad.to_block()], &sb);
             assert!(newest_record(&records, sb.nr_segments).is_err());
         }
-        assert!(newest_record(
-            &records_newest_first([&rec(9, limit - 1).to_block(), &a], &sb),
-            sb.nr_segments
-        )
-        .is_ok());
+        for good in [rec(9, limit - 1), rec(MAX_RESUMABLE_SEQUENCE, 0)] {
+            assert!(newest_record(
+                &records_newest_first([&good.to_block(), &a], &sb),
+                sb.nr_segments
+            )
+            .is_ok());
+        }
         assert!(newest_record(&[], sb.nr_segments).is_err());
     }
 

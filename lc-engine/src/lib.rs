@@ -59,7 +59,7 @@
 //! | offset | size | content |
 //! |---|---|---|
 //! | 0 | 4 KiB | superblock header: magic `lcCACHE\0`, version 1, segment size, lines per segment (255), number of segments (2..=[`MAX_CACHE_SEGMENTS`]), creation time, uuid, crc32c ([`format::SuperBlockHeader`]) |
-//! | 4 KiB, 8 KiB | 4 KiB each | two record blocks, written alternately: sequence, `last_migrated_segment_id`, uuid, crc32c ([`format::SuperBlockRecord`]); the valid one with the highest sequence counts (of two with one sequence, the one in block `sequence % 2`), and if its sequence is `u64::MAX` or its `last_migrated_segment_id` is at least nr_segments × (2^32 − 1) ([`format::segment_id_limit`]) the device is corrupt |
+//! | 4 KiB, 8 KiB | 4 KiB each | two record blocks, written alternately: sequence, `last_migrated_segment_id`, uuid, crc32c ([`format::SuperBlockRecord`]); the valid one with the highest sequence counts (of two with one sequence, the one in block `sequence % 2`), and if its sequence is above 2^64 − 2^32 ([`format::MAX_RESUMABLE_SEQUENCE`]: a resumed cache always has numbers left for its commits) or its `last_migrated_segment_id` is at least nr_segments × (2^32 − 1) ([`format::segment_id_limit`]) the device is corrupt |
 //! | (1 + k) MiB | 1 MiB | segment slot k: a 4 KiB header then 255 data lines |
 //!
 //! Segment header ([`format::SegmentHeader`]): magic `lcSG`, version,

@@ -192,6 +192,43 @@ fn a_record_of_the_highest_sequence_does_not_overflow() {
     check_recovery(build_image(&input("recovery", "record-sequence-max")));
 }
 
+/// Found by the recovery target in CI (fuzz/regressions/recovery/
+/// record-sequence-without-room-for-commits): a valid record of sequence
+/// u64::MAX − 1 was resumed, but its successor is beyond what lc writes,
+/// so the clean stop failed with Corrupt. Resume now refuses a sequence
+/// that leaves a cache fewer than 2^32 − 1 commits, and accepts the
+/// highest one that does not.
+#[test]
+fn a_record_that_leaves_no_room_for_commits_is_refused_at_resume() {
+    use lc_engine::format::{MAX_RECORD_SEQUENCE, MAX_RESUMABLE_SEQUENCE};
+    check_recovery(build_image(&input(
+        "recovery",
+        "record-sequence-without-room-for-commits",
+    )));
+    for (sequence, resumable) in [
+        (MAX_RECORD_SEQUENCE, false),
+        (MAX_RESUMABLE_SEQUENCE + 1, false),
+        (MAX_RESUMABLE_SEQUENCE, true),
+    ] {
+        let mut img = build_image(&[2]);
+        let r = SuperBlockRecord {
+            sequence,
+            last_migrated_segment_id: 0,
+            uuid: harness::UUID,
+            durable_segment_id: 0,
+        };
+        img[RECORD_OFFSETS[1] as usize..][..LINE_SIZE].copy_from_slice(&r.to_block());
+        let disk = MemDisk::from_image(img);
+        match Cache::resume(1, disk, CacheOptions { pool_segments: 2 }) {
+            Ok(cache) => {
+                assert!(resumable, "sequence {sequence} resumed");
+                cache.shutdown().expect("a clean stop commits the record");
+            }
+            Err(e) => assert!(!resumable, "sequence {sequence}: {e}"),
+        }
+    }
+}
+
 /// Found by the recovery target (fuzz/regressions/recovery/
 /// last-migrated-max): a valid record whose last_migrated_segment_id is
 /// u64::MAX overflows `migrated + 1` in rescue::inspect and in resume.
