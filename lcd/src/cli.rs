@@ -23,9 +23,10 @@ pub struct Cli {
     /// at start.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lcd")]
     pub state_dir: PathBuf,
-    /// How devices are exposed: `ublk` (as /dev/ublkbN) or `none` (attached
-    /// to their cache only: for tests, or to drain a cache where the kernel
-    /// has no ublk).
+    /// How devices are exposed: `ublk` (as /dev/ublkbN), `nbd` (each as an
+    /// NBD export on the Unix socket RUN_DIR/nbd/N.sock, root only: for
+    /// kernels without ublk, VMs and NBD tools) or `none` (attached to their
+    /// cache only: for tests, or to drain a cache).
     #[arg(long, value_enum, default_value_t = FrontendArg::Ublk, hide_possible_values = true)]
     pub frontend: FrontendArg,
     /// Where lcd marks its block devices for the udev rule that adds the
@@ -53,6 +54,8 @@ pub struct Cli {
 pub enum FrontendArg {
     /// /dev/ublkbN through the kernel's ublk driver.
     Ublk,
+    /// An NBD export per device on a Unix socket.
+    Nbd,
     /// No block devices.
     None,
 }

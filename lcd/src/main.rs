@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             };
             let frontend = match cli.frontend {
                 FrontendArg::Ublk => process::FrontendKind::Ublk,
+                FrontendArg::Nbd => process::FrontendKind::Nbd,
                 FrontendArg::None => process::FrontendKind::None,
             };
             process::run(process::Options {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::bus::{self, Bus};
-use crate::frontend::{ublk::UblkFrontend, BlockFrontend, NoFrontend};
+use crate::frontend::{nbd::NbdFrontend, ublk::UblkFrontend, BlockFrontend, NoFrontend};
 use crate::registry::state::StateStore;
 use crate::registry::Registry;
 
@@ -50,6 +50,8 @@ fn private_mount_namespace() {
 pub enum FrontendKind {
     /// As `/dev/ublkb<id>` (production).
     Ublk,
+    /// As an NBD export on `<run-dir>/nbd/<id>.sock`.
+    Nbd,
     /// Not at all: attached to their cache only (tests; draining a cache on
     /// a kernel without ublk).
     None,
@@ -93,6 +95,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             // and before libublk touches /run/ublksrvd, lcd makes it its own
             Arc::new(UblkFrontend::new(opts.run_dir.clone(), opts.queues))
         }
+        FrontendKind::Nbd => Arc::new(NbdFrontend::new(&opts.run_dir)),
         FrontendKind::None => Arc::new(NoFrontend),
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;

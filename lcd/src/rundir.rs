@@ -35,6 +35,9 @@ pub mod names {
         format!("ublkb{id}")
     }
 
+    /// The directory of the NBD frontend's sockets (`frontend::nbd`).
+    pub const NBD_DIR: &str = "nbd";
+
     /// The write ledger of device `id` (see `ledger`).
     pub fn write_ledger(id: u8) -> String {
         format!("ublkb{id}.writes")

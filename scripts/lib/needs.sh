@@ -30,7 +30,7 @@
 # Groups: build (cargo build of the workspace), bus (daemon tests on a private
 # dbus-daemon), man (man page lint), deb (the package's build dependencies
 # besides build), debtest (packaging/test), vm (the qemu guest), fuzz
-# (libFuzzer), bench (plots).
+# (libFuzzer), nbd (the NBD clients lcd's NBD tests drive), bench (plots).
 
 LC_NEEDS="
 build cmd    cc                  gcc
@@ -61,6 +61,9 @@ vm    file   usr/share/dbus-1/system.conf dbus-system-bus-common
 vm    cmd    busctl              systemd
 vm    static busybox             busybox-static
 fuzz  cmd    c++                 g++
+nbd   cmd    nbdinfo             libnbd-bin
+nbd   cmd    nbdcopy             libnbd-bin
+nbd   cmd    fio                 fio
 bench py     matplotlib          matplotlib
 "
 

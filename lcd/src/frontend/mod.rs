@@ -3,20 +3,23 @@
 //! The registry knows a device's block frontend only through
 //! [`BlockFrontend`]: whether new devices may be exposed, whether a device
 //! number is free, exposing a device attached to its cache, and stopping
-//! the block device again ([`Exposed`]). Two frontends exist: [`ublk`]
-//! (`/dev/ublkb<id>`, production) and [`NoFrontend`] (`--frontend none`:
-//! devices are attached to their cache only; tests, draining a cache on a
-//! kernel without ublk). Nothing here knows D-Bus or the registry.
+//! the block device again ([`Exposed`]). Three frontends exist: [`ublk`]
+//! (`/dev/ublkb<id>`, production), [`nbd`] (an NBD export per device on a
+//! root-only Unix socket: kernels without ublk, VMs, NBD tools) and
+//! [`NoFrontend`] (`--frontend none`: devices are attached to their cache
+//! only; tests, draining a cache). Nothing here knows D-Bus or the registry.
 
 use std::sync::Arc;
 
 use lc_engine::Cache;
 
+pub mod nbd;
 pub mod ublk;
 
 /// A block device a frontend serves for one lc device, until stopped.
 pub trait Exposed: Send {
-    /// The block node users open, e.g. `/dev/ublkb3`.
+    /// What users open: the block node, e.g. `/dev/ublkb3`, or the NBD
+    /// URI, e.g. `nbd+unix:///?socket=/run/lc/nbd/3.sock`.
     fn node(&self) -> &str;
     /// Stops serving (in-flight requests finish first) and removes the
     /// block device. The engine's data is untouched.

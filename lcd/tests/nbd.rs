@@ -1,0 +1,221 @@
+//! The NBD frontend (`lcd --frontend nbd`) with real NBD clients: nbdinfo
+//! (size and flags), nbdcopy both ways, fio's nbd engine with crc32c
+//! verification, the data across a restart and a kill -9 of lcd, a
+//! hostile client, and the socket being root's alone. Needs libnbd-bin and
+//! fio (tests/run-all installs them).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{file, lcd};
+use lc_proto::DeviceInfo;
+
+const BACKING: u64 = 32 << 20;
+
+/// Runs `cmd`, asserting it succeeds; its output.
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("running {cmd:?}: {e} (tests/run-all installs libnbd-bin and fio)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A cache of 64 MiB and device 1 on a 32 MiB backing file, exported over NBD.
+async fn device(m: &lc_proto::ManagerProxy<'_>, dir: &Path) -> DeviceInfo {
+    let cache = file(&dir.join("cache.img"), 64 << 20);
+    let backing = file(&dir.join("backing.img"), BACKING);
+    m.format_cache_device(&cache, false).await.unwrap();
+    m.switch_to(1).await.unwrap();
+    m.resume_cache(&cache).await.unwrap();
+    let d = m.create_device(1, &backing, 1).await.unwrap();
+    assert!(d.node.starts_with("nbd+unix:///?socket="), "{d:?}");
+    assert_eq!(d.state, "running");
+    d
+}
+
+fn socket_of(uri: &str) -> &str {
+    uri.strip_prefix("nbd+unix:///?socket=").unwrap()
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nbd_clients_write_and_read_the_device_through_the_cache() {
+    let mut rig = lcd().frontend("nbd").start();
+    let (_c, m) = rig.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = device(&m, dir.path()).await;
+    let sock = socket_of(&d.node).to_string();
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "root's socket");
+    let dmeta = std::fs::metadata(Path::new(&sock).parent().unwrap()).unwrap();
+    assert_eq!(
+        dmeta.permissions().mode() & 0o777,
+        0o700,
+        "root's directory"
+    );
+
+    let info = run(Command::new("nbdinfo").args(["--json", &d.node]));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], BACKING, "{info}");
+    for flag in [
+        "can_flush",
+        "can_fua",
+        "can_multi_conn",
+        "can_trim",
+        "can_zero",
+    ] {
+        assert_eq!(export[flag], true, "{flag}: {info}");
+    }
+    assert_eq!(export["block_size_minimum"], 512, "{info}");
+
+    // nbdcopy in (it flushes at the end) and out again
+    let data = pattern(12 << 20, 7);
+    let src = dir.path().join("in.bin");
+    std::fs::write(&src, &data).unwrap();
+    run(Command::new("nbdcopy").arg(&src).arg(&d.node));
+    let out = dir.path().join("out.bin");
+    run(Command::new("nbdcopy").arg(&d.node).arg(&out));
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len() as u64, BACKING);
+    assert!(
+        got[..data.len()] == data[..],
+        "nbdcopy read back what it wrote"
+    );
+
+    // fio through its nbd engine: random writes at depth 32 with crc32c
+    // verification, FUA on some, a flush every 64 writes
+    run(Command::new("fio").args([
+        "--name=nbd",
+        "--ioengine=nbd",
+        &format!("--uri={}", d.node),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--offset=16m",
+        "--size=8m",
+        "--iodepth=32",
+        "--fsync=64",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--output-format=terse",
+    ]));
+    // sequential 1 MiB writes, verified
+    run(Command::new("fio").args([
+        "--name=nbdseq",
+        "--ioengine=nbd",
+        &format!("--uri={}", d.node),
+        "--rw=write",
+        "--bs=1m",
+        "--offset=24m",
+        "--size=8m",
+        "--iodepth=4",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--output-format=terse",
+    ]));
+
+    // the data comes back after lcd restarts and after it is killed
+    // (everything above was flushed: nbdcopy and fio flush at the end)
+    rig.restart();
+    let (_c, m) = rig.client().await;
+    let again = m.list_devices().await.unwrap();
+    assert_eq!(again[0].node, d.node, "{again:?}");
+    let out2 = dir.path().join("out2.bin");
+    run(Command::new("nbdcopy").arg(&d.node).arg(&out2));
+    assert!(std::fs::read(&out2).unwrap()[..data.len()] == data[..]);
+    rig.kill();
+    rig.start_lcd();
+    rig.wait_ready();
+    let out3 = dir.path().join("out3.bin");
+    run(Command::new("nbdcopy").arg(&d.node).arg(&out3));
+    let got3 = std::fs::read(&out3).unwrap();
+    assert!(
+        got3 == std::fs::read(&out2).unwrap(),
+        "the same after kill -9"
+    );
+    rig.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_or_unprivileged_client_changes_nothing() {
+    let rig = lcd().frontend("nbd").start();
+    let (_c, m) = rig.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = device(&m, dir.path()).await;
+    let sock = socket_of(&d.node).to_string();
+    let before = dir.path().join("before.bin");
+    run(Command::new("nbdcopy").arg(&d.node).arg(&before));
+
+    // garbage after the greeting, an oversized write, a torn write
+    let garbage: [&[u8]; 3] = [
+        &[0xff; 64],
+        &[
+            b"\0\0\0\x03IHAVEOPT\0\0\0\x01\0\0\0\0".as_slice(),
+            &[0x25, 0x60, 0x95, 0x13, 0, 0, 0, 1],
+            &[0; 8],
+            &[0; 8],
+            &[0x7f, 0xff, 0xff, 0xff],
+        ]
+        .concat(),
+        &[
+            b"\0\0\0\x03IHAVEOPT\0\0\0\x01\0\0\0\0".as_slice(),
+            &[0x25, 0x60, 0x95, 0x13, 0, 0, 0, 1],
+            &[0; 8],
+            &[0; 8],
+            &[0, 0, 0x10, 0],
+            &[0xAA; 100],
+        ]
+        .concat(),
+    ];
+    for g in garbage {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello[..8], b"NBDMAGIC");
+        s.write_all(g).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // the server closes it
+    }
+    rig.assert_lcd_running();
+    let after = dir.path().join("after.bin");
+    run(Command::new("nbdcopy").arg(&d.node).arg(&after));
+    assert!(
+        std::fs::read(&before).unwrap() == std::fs::read(&after).unwrap(),
+        "nothing written by the hostile clients"
+    );
+
+    // user nobody cannot reach the socket
+    let denied = lc_testbus::as_nobody("nbdinfo")
+        .arg(&d.node)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "nobody reached the NBD socket");
+    rig.stop();
+}
