@@ -120,6 +120,7 @@ async fn nbd_clients_write_and_read_the_device_through_the_cache() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=terse",
     ]));
     // sequential 1 MiB writes, verified
@@ -135,6 +136,7 @@ async fn nbd_clients_write_and_read_the_device_through_the_cache() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=terse",
     ]));
 
