@@ -708,38 +708,6 @@ fn write_may_wait_while_every_ram_buffer_waits_for_the_cache_device() {
     assert!(cache.write_may_wait(3 << 20));
 }
 
-/// A backing device that records where each write starts, in order.
-struct RecordingBacking {
-    inner: Arc<dyn BlockDevice>,
-    writes: std::sync::Mutex<Vec<u64>>,
-}
-
-impl BlockDevice for RecordingBacking {
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.writes.lock().unwrap().push(offset);
-        self.inner.write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> std::io::Result<()> {
-        self.writes.lock().unwrap().push(offset);
-        self.inner.write_vectored_at(bufs, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[test]
 fn write_back_finishes_the_oldest_segment_before_the_next_one() {
     // Segment 1 holds lines 0, 4, 8, …; segment 2 lines 2, 6, 10, …: an
@@ -747,9 +715,14 @@ fn write_back_finishes_the_oldest_segment_before_the_next_one() {
     // end; oldest first frees segment 1's slot after its own lines.
     let dom = PowerDomain::new();
     let cache = resume(sim_cache_disk(&dom, 8), 2);
-    let backing = Arc::new(RecordingBacking {
-        inner: SimDisk::from_image(dom.clone(), vec![0; 1 << 20]),
-        writes: Default::default(),
+    // the backing device records where each write starts, in order
+    let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backing = Arc::new(ObservedDevice {
+        on_write: Some(Box::new({
+            let writes = writes.clone();
+            move |_, offset| writes.lock().unwrap().push(offset)
+        })),
+        ..ObservedDevice::new(SimDisk::from_image(dom.clone(), vec![0; 1 << 20]))
     });
     cache.attach_device(1, backing.clone()).unwrap();
     const LINES: u64 = 40;
@@ -768,8 +741,7 @@ fn write_back_finishes_the_oldest_segment_before_the_next_one() {
     while cache.status().last_migrated_segment_id < 2 {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let lines: Vec<u64> = backing
-        .writes
+    let lines: Vec<u64> = writes
         .lock()
         .unwrap()
         .iter()

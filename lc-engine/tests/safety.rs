@@ -248,73 +248,6 @@ fn write_back_device_closes_the_segment_it_waits_for() {
     assert_eq!(cache.nr_dirty_caches(1), 0);
 }
 
-/// A device that counts segment reads (more than a header) of a cache
-/// device since the last write of a backing device.
-struct CountingCache {
-    inner: Arc<dyn BlockDevice>,
-    reads_since_backing_write: Arc<std::sync::atomic::AtomicU64>,
-    most: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl BlockDevice for CountingCache {
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        if buf.len() > LINE_SIZE {
-            let n = self
-                .reads_since_backing_write
-                .fetch_add(1, Ordering::SeqCst)
-                + 1;
-            self.most.fetch_max(n, Ordering::SeqCst);
-        }
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> std::io::Result<()> {
-        self.inner.write_vectored_at(bufs, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-/// Resets the cache device's read count on every backing write.
-struct ResettingBacking {
-    inner: Arc<dyn BlockDevice>,
-    reads_since_backing_write: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl BlockDevice for ResettingBacking {
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.reads_since_backing_write.store(0, Ordering::SeqCst);
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[test]
 fn write_back_holds_a_bounded_number_of_segments_whatever_the_batch_knob() {
     // Issue 15 defect 9: nr_max_batched_migration may be 4096; write-back
@@ -323,10 +256,19 @@ fn write_back_holds_a_bounded_number_of_segments_whatever_the_batch_knob() {
     let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let most = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let segments = lc_engine::MAX_WRITE_BACK_SEGMENTS + 8;
-    let cdev = Arc::new(CountingCache {
-        inner: sim_cache_disk(&dom, segments + 2),
-        reads_since_backing_write: reads.clone(),
-        most: most.clone(),
+    // the cache device counts segment reads (more than a header) since
+    // the last write of the backing device
+    let cdev = Arc::new(ObservedDevice {
+        on_read: Some(Box::new({
+            let (reads, most) = (reads.clone(), most.clone());
+            move |len, _| {
+                if len > LINE_SIZE {
+                    let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(n, Ordering::SeqCst);
+                }
+            }
+        })),
+        ..ObservedDevice::new(sim_cache_disk(&dom, segments + 2))
     });
     let cache = resume(cdev, 2);
     cache.set_knob(Knob::BarrierDeadlineMs, 1).unwrap();
@@ -334,9 +276,9 @@ fn write_back_holds_a_bounded_number_of_segments_whatever_the_batch_knob() {
         .set_knob(Knob::NrMaxBatchedMigration, cache.nr_segments())
         .unwrap();
     assert!(cache.knob(Knob::NrMaxBatchedMigration) > lc_engine::MAX_WRITE_BACK_SEGMENTS);
-    let backing = Arc::new(ResettingBacking {
-        inner: SimDisk::from_image(dom, pattern(0, 0, 8 * segments)),
-        reads_since_backing_write: reads.clone(),
+    let backing = Arc::new(ObservedDevice {
+        on_write: Some(Box::new(move |_, _| reads.store(0, Ordering::SeqCst))),
+        ..ObservedDevice::new(SimDisk::from_image(dom, pattern(0, 0, 8 * segments)))
     });
     cache.attach_device(1, backing).unwrap();
     for s in 0..segments {

@@ -149,6 +149,62 @@ impl BlockDevice for GatedDevice {
     }
 }
 
+/// What an [`ObservedDevice`] calls: with the buffer's length and offset.
+pub type Observer = Box<dyn Fn(usize, u64) + Send + Sync>;
+
+/// A device that tells a test about every read and write before passing
+/// it on to the device it wraps.
+pub struct ObservedDevice {
+    pub inner: Arc<dyn BlockDevice>,
+    /// Called before each read (its length and offset).
+    pub on_read: Option<Observer>,
+    /// Called before each write, vectored or not (its length and offset).
+    pub on_write: Option<Observer>,
+}
+
+impl ObservedDevice {
+    pub fn new(inner: Arc<dyn BlockDevice>) -> Self {
+        ObservedDevice {
+            inner,
+            on_read: None,
+            on_write: None,
+        }
+    }
+}
+
+impl BlockDevice for ObservedDevice {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if let Some(f) = &self.on_read {
+            f(buf.len(), offset);
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Some(f) = &self.on_write {
+            f(buf.len(), offset);
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> std::io::Result<()> {
+        if let Some(f) = &self.on_write {
+            f(bufs.iter().map(|b| b.len()).sum(), offset);
+        }
+        self.inner.write_vectored_at(bufs, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
 /// A huge device that stores only the sectors written to it (the rest
 /// reads as zeros), for tests of size limits and crafted content.
 pub struct SparseDisk {
