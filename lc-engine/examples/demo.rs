@@ -153,7 +153,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("backing file verified: every block holds its last write");
     println!(
-        "note: this part drove the engine directly; lcd serves the same engine as /dev/ublkbN where the kernel has ublk (scripts/demo's part 2)"
+        "note: this part drove the engine directly; lcd serves the same engine as /dev/ublkbN where the kernel has ublk, else as an NBD export (scripts/demo's part 2)"
     );
     Ok(())
 }
