@@ -382,7 +382,7 @@ impl Inner {
             // Waiting is right while the devices work (the flusher or
             // write-back frees room soon); while the device that must free
             // room fails, the write fails instead of hanging with no sign.
-            if let Some(e) = self.no_room_error(&st.buffers, &st.write_back, buf_free, slot_free) {
+            if let Some(e) = self.no_room_error(&st.buffers, buf_free, slot_free) {
                 return Err(e);
             }
             st = self.progress_cv.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -406,12 +406,10 @@ impl Inner {
 
     /// Why a writer that needs room it cannot get now must fail rather
     /// than wait: every RAM buffer is full while the cache device fails
-    /// writes, or every slot holds dirty data while write-back fails or
-    /// waits for a device that is not attached.
+    /// writes, or every slot holds dirty data while write-back fails.
     fn no_room_error(
         &self,
         buffers: &BufferPool,
-        write_back: &WriteBackDemand,
         buf_free: bool,
         slot_free: bool,
     ) -> Option<Error> {
@@ -432,17 +430,6 @@ impl Inner {
             }
         }
         if !slot_free {
-            if let Some(dev) = write_back.missing_device {
-                return Some(Error::io(
-                    DeviceRole::Backing,
-                    format!(
-                        "accepting a write: the cache is full of dirty data and write-back waits \
-                         for device {dev}, whose dirty data the cache holds but whose backing \
-                         device is not attached (attach it again, or discard its dirty data)"
-                    ),
-                    eio(),
-                ));
-            }
             let fault = health
                 .fault(ErrorCounter::BackingWrite)
                 .or_else(|| health.fault(ErrorCounter::CacheRead));
@@ -945,7 +932,7 @@ impl Cache {
             )));
         }
         // the lines this id already holds (from an earlier life) must fit
-        let mut st = lock(&self.inner.metadata);
+        let st = lock(&self.inner.metadata);
         let dirty_end = st.index.dirty_end_sector(device_id);
         if dirty_end > size_sectors {
             return Err(Error::BackingTooSmall {
@@ -973,9 +960,6 @@ impl Cache {
                 device_id,
                 waits_for,
             });
-        }
-        if st.write_back.missing_device == Some(device_id) {
-            st.write_back.missing_device = None; // write-back looks again
         }
         drop(st);
         devices.insert(
@@ -1065,9 +1049,6 @@ impl Cache {
                 )));
             }
             let dropped = st.index.remove_device(device_id);
-            if st.write_back.missing_device == Some(device_id) {
-                st.write_back.missing_device = None; // write-back looks again
-            }
             (
                 dropped,
                 st.write_back.last_segment_of_device[device_id as usize],

@@ -162,10 +162,6 @@ pub(crate) struct WriteBackDemand {
     pub last_segment_of_device: Vec<u64>,
     /// Write-back is stopped by dirty data beyond a backing device's end.
     pub blocked: Option<BlockedWriteBack>,
-    /// Write-back waits for this device id: the log holds its dirty data
-    /// but no backing device is attached under it (writers that need room
-    /// only write-back can free fail instead of waiting for ever).
-    pub missing_device: Option<u8>,
 }
 
 impl Default for WriteBackDemand {
@@ -175,7 +171,6 @@ impl Default for WriteBackDemand {
             drain_target: 0,
             last_segment_of_device: vec![0; 256],
             blocked: None,
-            missing_device: None,
         }
     }
 }
@@ -479,11 +474,6 @@ impl Migrator<'_> {
                     cache = inner.cache_id,
                     "write-back waits for device {dev}: the cache holds its dirty data but it is not attached"
                 );
-                let mut st = st;
-                if st.write_back.missing_device != Some(dev) {
-                    st.write_back.missing_device = Some(dev);
-                    inner.progress_cv.notify_all();
-                }
                 let _ = inner.migrate_cv.wait_timeout(st, Duration::from_secs(1));
             }
             Some(Blocked::BeyondEnd(b)) => {
@@ -594,7 +584,7 @@ impl Migrator<'_> {
         }
         let mut chosen: Vec<(LineKey, Pending)> = Vec::new();
         {
-            let mut st = lock(&inner.metadata);
+            let st = lock(&inner.metadata);
             let attached = read_lock(&inner.devices);
             for (line, m) in header.metablocks.iter().enumerate() {
                 if m.device_id == 0 {
@@ -644,8 +634,6 @@ impl Migrator<'_> {
                     },
                 ));
             }
-            // every device this segment needs is there
-            st.write_back.missing_device = None;
         }
         let mut seg = WindowSegment {
             id,
