@@ -112,6 +112,7 @@ pub use migrator::MAX_WRITE_BACK_SEGMENTS;
 pub use read_plan::{DeviceRead, ReadPlan, ReadSource, ReadTarget};
 pub use recover::{
     format_cache_device, read_superblock, RecoveryReport, MAX_CACHE_BYTES, MIN_CACHE_BYTES,
+    RESUME_HEADER_READERS,
 };
 pub use stats::{Fault, Health, StatsSnapshot};
 pub use status::{CacheStatus, DeviceStatus, DrainProgress};

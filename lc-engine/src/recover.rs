@@ -1,8 +1,9 @@
 //! Format and resume: writing a fresh superblock, and rebuilding a cache's
 //! index from its segment headers after a clean stop or a crash.
 //!
-//! Resume reads every segment header once, in log order starting at the slot
-//! of `last_migrated_segment_id + 1`. The contiguous run of well-formed
+//! Resume reads every segment header once, [`RESUME_HEADER_READERS`] at a
+//! time (reader threads that also parse what they read), and replays them
+//! in log order starting at the slot of `last_migrated_segment_id + 1`. The contiguous run of well-formed
 //! headers with the expected ids is the candidate log. A segment is replayed
 //! without reading its data when a later header's `durable_id` vouches that
 //! it was flushed before that header was sealed; the few segments at the end
@@ -17,7 +18,8 @@
 //! (after a process crash it may still be in the device's volatile cache).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::cache::{Cache, CacheOptions, Inner, Metadata, RoomQueue};
@@ -280,6 +282,146 @@ fn verify_oldest(
     Ok(true)
 }
 
+/// Reader threads resume keeps reading headers: a device with a queue (an
+/// SSD, a file on one, a RAID) serves several reads at once, so with this
+/// many in flight the headers arrive faster than one reader could fetch
+/// them one after the other; a single spindle loses nothing by it.
+pub const RESUME_HEADER_READERS: usize = 4;
+/// Headers a reader fetches and parses per hand-over to the replay.
+const HEADER_BATCH: u64 = 32;
+/// How many batches readers may run ahead of the one the replay needs next
+/// (bounds the RAM of headers that arrived out of order: at most this many
+/// batches of about 10 KiB per header).
+const READ_AHEAD_BATCHES: u64 = 4 * RESUME_HEADER_READERS as u64;
+
+/// Headers of consecutive slots of the log, read and parsed: `(slot, header
+/// block, the header if it is a well-formed one of this cache in that slot)`.
+type HeaderBatch = Vec<(u64, AlignedBuf, Option<SegmentHeader>)>;
+
+/// How far the replay has got, for the readers that must not run ahead.
+struct ReadAhead {
+    /// Batches handed to the replay so far.
+    delivered: u64,
+    /// Set when the replay stopped (done, failed) or a reader panicked.
+    stopped: bool,
+}
+
+/// The readers' gate: [`ReadAhead`] and the condition variable readers wait
+/// on for room.
+struct ReadGate {
+    ahead: Mutex<ReadAhead>,
+    room: Condvar,
+}
+
+impl ReadGate {
+    /// Waits until batch `batch` may be read; false once stopped.
+    fn wait_for_room(&self, batch: u64) -> bool {
+        let mut a = self.ahead.lock().expect("read gate");
+        while !a.stopped && batch >= a.delivered + READ_AHEAD_BATCHES {
+            a = self.room.wait(a).expect("read gate");
+        }
+        !a.stopped
+    }
+
+    fn delivered(&self, batches: u64) {
+        self.ahead.lock().expect("read gate").delivered = batches;
+        self.room.notify_all();
+    }
+
+    fn stop(&self) {
+        self.ahead.lock().unwrap_or_else(|e| e.into_inner()).stopped = true;
+        self.room.notify_all();
+    }
+}
+
+/// Stops the other readers if the reader holding it panics, so that they
+/// and the replay waiting for the lost batch do not wait for ever.
+struct StopOnPanic<'a>(&'a ReadGate);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
+    }
+}
+
+/// Reads and parses the header of every slot in log order from
+/// `first_slot`, with [`RESUME_HEADER_READERS`] threads reading at once, and hands
+/// each to `each` on the calling thread strictly in log order. Returns the
+/// first read error or error of `each`; nothing is read after it.
+fn read_headers_in_log_order(
+    dev: &dyn BlockDevice,
+    sb: &SuperBlockHeader,
+    first_slot: u64,
+    mut each: impl FnMut(u64, AlignedBuf, Option<SegmentHeader>) -> Result<()>,
+) -> Result<()> {
+    let nr = sb.nr_segments;
+    let nr_batches = nr.div_ceil(HEADER_BATCH);
+    let next_batch = AtomicU64::new(0);
+    let gate = ReadGate {
+        ahead: Mutex::new(ReadAhead {
+            delivered: 0,
+            stopped: false,
+        }),
+        room: Condvar::new(),
+    };
+    let read_batch = |b: u64| -> Result<HeaderBatch> {
+        (b * HEADER_BATCH..((b + 1) * HEADER_BATCH).min(nr))
+            .map(|k| {
+                let slot = (first_slot + k) % nr;
+                let block = read_block(dev, segment_offset(slot), "reading a segment header")?;
+                let header = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
+                Ok((slot, block, header))
+            })
+            .collect()
+    };
+    let (tx, rx) = mpsc::channel::<(u64, Result<HeaderBatch>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..(RESUME_HEADER_READERS as u64).min(nr_batches) {
+            let tx = tx.clone();
+            let (gate, next_batch, read_batch) = (&gate, &next_batch, &read_batch);
+            scope.spawn(move || {
+                let _guard = StopOnPanic(gate);
+                loop {
+                    let b = next_batch.fetch_add(1, Ordering::Relaxed);
+                    if b >= nr_batches || !gate.wait_for_room(b) {
+                        return;
+                    }
+                    if tx.send((b, read_batch(b))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut early: BTreeMap<u64, Result<HeaderBatch>> = BTreeMap::new();
+        let mut replay = || -> Result<()> {
+            for want in 0..nr_batches {
+                let batch = loop {
+                    if let Some(batch) = early.remove(&want) {
+                        break batch;
+                    }
+                    // every sender gone before the batch came: a reader
+                    // panicked (the scope passes its panic on)
+                    let Ok((b, batch)) = rx.recv() else {
+                        return Ok(());
+                    };
+                    early.insert(b, batch);
+                };
+                for (slot, block, header) in batch? {
+                    each(slot, block, header)?;
+                }
+                gate.delivered(want + 1);
+            }
+            Ok(())
+        };
+        let result = replay();
+        gate.stop();
+        result
+    })
+}
+
 /// Reads every header, replays the valid log after the record's
 /// `last_migrated_segment_id` into `st`,
 /// and zeroes stale headers beyond it.
@@ -303,60 +445,33 @@ fn replay_log(
     let mut pending: VecDeque<Unvouched> = VecDeque::new();
     // (slot, id) of valid headers outside the run
     let mut others: Vec<(u64, u64)> = Vec::new();
-    // A reader thread streams the headers in log order while this thread
-    // parses and replays them, so replay hides behind the reads.
-    // Headers travel in batches: one hand-over per batch, not per header.
-    const BATCH: u64 = 32;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(u64, AlignedBuf)>>>(8);
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
-            let mut k = 0;
-            while k < nr {
-                let batch: Result<Vec<_>> = (k..(k + BATCH).min(nr))
-                    .map(|k| {
-                        let slot = (first_slot + k) % nr;
-                        read_block(dev, segment_offset(slot), "reading a segment header")
-                            .map(|b| (slot, b))
-                    })
-                    .collect();
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    return;
+    read_headers_in_log_order(dev, sb, first_slot, |slot, block, parsed| {
+        match parsed {
+            Some(h) if in_run && h.global_id == expected => {
+                expected += 1;
+                vouched = vouched.max(h.durable_id.min(h.global_id - 1));
+                pending.push_back((slot, h, block));
+                while pending
+                    .front()
+                    .is_some_and(|(_, h, _)| h.global_id <= vouched)
+                {
+                    let (slot, h, _) = pending.pop_front().expect("non-empty");
+                    replay(&mut st.index, &mut st.log, &mut st.write_back, slot, &h);
+                    report.replayed_segments += 1;
                 }
-                k += BATCH;
-            }
-        });
-        for batch in rx {
-            for (slot, block) in batch? {
-                let parsed = SegmentHeader::parse(&block, slot, nr, &sb.uuid);
-                match parsed {
-                    Some(h) if in_run && h.global_id == expected => {
-                        expected += 1;
-                        vouched = vouched.max(h.durable_id.min(h.global_id - 1));
-                        pending.push_back((slot, h, block));
-                        while pending
-                            .front()
-                            .is_some_and(|(_, h, _)| h.global_id <= vouched)
-                        {
-                            let (slot, h, _) = pending.pop_front().expect("non-empty");
-                            replay(&mut st.index, &mut st.log, &mut st.write_back, slot, &h);
-                            report.replayed_segments += 1;
-                        }
-                        // A real log has at most a pool's worth of segments
-                        // nobody vouches for; crafted headers may have any
-                        // number: check the oldest now rather than keep them.
-                        while pending.len() > MAX_UNVOUCHED_SEGMENTS {
-                            if !verify_oldest(dev, &mut pending, st, &mut report, &mut others)? {
-                                in_run = false;
-                            }
-                        }
-                    }
-                    other => {
+                // A real log has at most a pool's worth of segments
+                // nobody vouches for; crafted headers may have any
+                // number: check the oldest now rather than keep them.
+                while pending.len() > MAX_UNVOUCHED_SEGMENTS {
+                    if !verify_oldest(dev, &mut pending, st, &mut report, &mut others)? {
                         in_run = false;
-                        if let Some(h) = other {
-                            others.push((slot, h.global_id));
-                        }
                     }
+                }
+            }
+            other => {
+                in_run = false;
+                if let Some(h) = other {
+                    others.push((slot, h.global_id));
                 }
             }
         }
@@ -381,4 +496,148 @@ fn replay_log(
     dev.flush().map_err(io_err("flushing the cache device"))?;
     report.last_replayed_segment_id = end;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    /// A device whose reads take a varying time (so parallel readers finish
+    /// out of order), fill each block with its offset, count the reads in
+    /// flight, and fail at one offset if told to.
+    struct UnevenDevice {
+        size: u64,
+        fail_at: Option<u64>,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl UnevenDevice {
+        fn new(nr_segments: u64, fail_at: Option<u64>) -> Self {
+            UnevenDevice {
+                size: SUPERBLOCK_REGION + nr_segments * SEGMENT_SIZE as u64,
+                fail_at,
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
+                reads: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl BlockDevice for UnevenDevice {
+        fn size_bytes(&self) -> u64 {
+            self.size
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            // 0..=300 µs, differing from one header to the next
+            let spread = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55;
+            std::thread::sleep(Duration::from_micros(spread % 301));
+            buf.fill(0);
+            buf[..8].copy_from_slice(&offset.to_le_bytes());
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match self.fail_at {
+                Some(at) if at == offset => Err(io::Error::from_raw_os_error(libc::EIO)),
+                _ => Ok(()),
+            }
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            unreachable!("header reads only")
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "uneven test device".into()
+        }
+    }
+
+    fn superblock(nr_segments: u64) -> SuperBlockHeader {
+        SuperBlockHeader {
+            version: FORMAT_VERSION,
+            segment_size: SEGMENT_SIZE as u32,
+            lines_per_segment: LINES_PER_SEGMENT as u32,
+            nr_segments,
+            created_unix: 0,
+            uuid: [7; 16],
+        }
+    }
+
+    #[test]
+    fn headers_read_in_parallel_arrive_in_log_order_each_once() {
+        for (nr, first_slot) in [(1, 0), (31, 5), (32, 31), (33, 0), (1000, 613)] {
+            let dev = UnevenDevice::new(nr, None);
+            let mut seen = Vec::new();
+            read_headers_in_log_order(&dev, &superblock(nr), first_slot, |slot, block, h| {
+                assert!(h.is_none(), "the blocks are not headers");
+                let offset = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+                assert_eq!(offset, segment_offset(slot), "block of another slot");
+                seen.push(slot);
+                Ok(())
+            })
+            .expect("no error");
+            let want: Vec<u64> = (0..nr).map(|k| (first_slot + k) % nr).collect();
+            assert_eq!(seen, want, "{nr} segments from slot {first_slot}");
+            assert_eq!(dev.reads.load(Ordering::SeqCst), nr as usize);
+            if nr == 1000 {
+                assert!(
+                    dev.most_in_flight.load(Ordering::SeqCst) > 1,
+                    "the headers were read one at a time"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_header_read_ends_the_stream_with_its_error_after_the_headers_before_it() {
+        let nr = 700;
+        let dev = UnevenDevice::new(nr, Some(segment_offset(300)));
+        let mut seen = 0u64;
+        let err = read_headers_in_log_order(&dev, &superblock(nr), 100, |slot, _, _| {
+            assert_eq!(slot, 100 + seen, "out of order");
+            seen += 1;
+            Ok(())
+        })
+        .expect_err("slot 300 fails");
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        // the batch holding slot 300 (slots 292..324) is not handed over
+        assert_eq!(seen, 192, "headers before the failed batch");
+        assert!(
+            dev.reads.load(Ordering::SeqCst)
+                <= (seen + (READ_AHEAD_BATCHES + 1) * HEADER_BATCH) as usize,
+            "readers ran past the read-ahead bound"
+        );
+    }
+
+    #[test]
+    fn an_error_of_the_replay_stops_the_readers() {
+        let nr = 5000;
+        let dev = UnevenDevice::new(nr, None);
+        let mut seen = 0;
+        let err = read_headers_in_log_order(&dev, &superblock(nr), 0, |_, _, _| {
+            seen += 1;
+            if seen == 40 {
+                return Err(Error::Corrupt("stop here".into()));
+            }
+            Ok(())
+        })
+        .expect_err("the replay fails");
+        assert!(matches!(err, Error::Corrupt(_)));
+        let reads = dev.reads.load(Ordering::SeqCst) as u64;
+        assert!(
+            reads
+                <= (READ_AHEAD_BATCHES + 2) * HEADER_BATCH
+                    + RESUME_HEADER_READERS as u64 * HEADER_BATCH,
+            "{reads} headers read after the replay stopped at 40"
+        );
+    }
 }

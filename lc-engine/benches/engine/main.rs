@@ -84,7 +84,12 @@
 //!      nr_caches`, target <= 16 B;
 //!    * **resume / header read**: [`Cache::resume`] ÷ reading the 4 KiB header
 //!      of every segment with one thread, in alternating rounds (9 to 51: up
-//!      to about 3 s of header reads), medians compared; target <= 1.2;
+//!      to about 3 s of header reads; 3 when one header read takes over
+//!      20 s), medians compared; target <= 1.1, and <= 2.0 for a cache of
+//!      1 TiB or more (`LC_BENCH_RESUME_MB=1048576`: 4 GiB of headers
+//!      written, about 3.7 GB of index RAM per resumed copy). The headers
+//!      are also read once with as many threads as resume uses, to show
+//!      whether resume waits for the device or for its replay;
 //!    * **peak RSS** (VmHWM) of a child process that resumes the cache: this
 //!      bench binary re-executed (engine only), and, if `LC_BENCH_LCD` names
 //!      an `lcd` binary, the real daemon on a private dbus-daemon resuming
