@@ -19,7 +19,7 @@
 //! line geometry in `geometry.rs`, the status records in [`crate::status`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -36,7 +36,7 @@ use crate::geometry::{
     SEGMENT_DATA_BYTES,
 };
 use crate::index::{Index, LineKey, MAX_LINE};
-use crate::knobs::{Knob, Knobs};
+use crate::knobs::{DeviceKnob, DeviceKnobs, Knob, Knobs};
 use crate::migrator::{ReplacedCopies, WriteBackDemand};
 use crate::pin::SlotPins;
 use crate::read_plan::ReadPlan;
@@ -70,9 +70,9 @@ pub struct Backing {
     pub dev: Arc<dyn BlockDevice>,
     /// Size in sectors.
     pub size_sectors: u64,
-    /// Percent of backing-device busyness under which the daemon's policy
-    /// allows write-back (default 70).
-    pub migrate_threshold: AtomicU8,
+    /// Its knobs (`migrate_threshold`: percent of backing-device
+    /// busyness under which the daemon's policy allows write-back).
+    pub knobs: DeviceKnobs,
     /// Sectors written to the device by write-back.
     pub migrated_sectors: AtomicU64,
     /// Sectors read from the device (read misses and partial hits).
@@ -968,7 +968,7 @@ impl Cache {
                 id: device_id,
                 dev,
                 size_sectors,
-                migrate_threshold: AtomicU8::new(70),
+                knobs: DeviceKnobs::default(),
                 migrated_sectors: AtomicU64::new(0),
                 read_sectors: AtomicU64::new(0),
                 detaching: AtomicBool::new(false),
@@ -1197,7 +1197,7 @@ impl Cache {
                 dev: b.dev.describe(),
                 size_sectors: b.size_sectors,
                 nr_dirty_caches: st.index.nr_dirty(b.id),
-                migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+                knobs: b.knobs.clone(),
             })
             .collect()
     }
@@ -1212,21 +1212,19 @@ impl Cache {
             dev: b.dev.describe(),
             size_sectors: b.size_sectors,
             nr_dirty_caches,
-            migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+            knobs: b.knobs.clone(),
         })
     }
 
-    /// Sets a device's `migrate_threshold` (percent, 0..=100).
-    pub fn set_migrate_threshold(&self, device_id: u8, percent: u8) -> Result<()> {
-        if percent > 100 {
-            return Err(Error::InvalidArgument(format!(
-                "migrate_threshold must be in 0..=100, got {percent}"
-            )));
-        }
-        self.backing(device_id)?
-            .migrate_threshold
-            .store(percent, Ordering::Relaxed);
-        Ok(())
+    /// Sets knob `knob` of attached device `device_id`; an out-of-range
+    /// value changes nothing.
+    pub fn set_device_knob(&self, device_id: u8, knob: DeviceKnob, value: u64) -> Result<()> {
+        self.backing(device_id)?.knobs.set(knob, value)
+    }
+
+    /// Knob `knob` of attached device `device_id`.
+    pub fn device_knob(&self, device_id: u8, knob: DeviceKnob) -> Result<u64> {
+        Ok(self.backing(device_id)?.knobs.get(knob))
     }
 
     /// The device ids this cache holds dirty lines of, attached or not.
@@ -1560,7 +1558,7 @@ impl Cache {
             dev: b.dev.describe(),
             size_sectors: b.size_sectors,
             nr_dirty_caches: self.recent_nr_dirty(device_id),
-            migrate_threshold: b.migrate_threshold.load(Ordering::Relaxed),
+            knobs: b.knobs.clone(),
         })
     }
 

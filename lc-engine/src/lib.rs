@@ -107,7 +107,7 @@ pub use device::{AlignedBuf, BlockDevice, FileDevice, FileIdentity};
 pub use error::{DeviceRole, Error, Result};
 pub use flusher::IO_DEPTH as SEGMENT_WRITES_IN_FLIGHT;
 pub use format::MAX_CACHE_SEGMENTS;
-pub use knobs::{Knob, KnobSpec};
+pub use knobs::{DeviceKnob, DeviceKnobs, Knob, KnobSpec};
 pub use migrator::MAX_WRITE_BACK_SEGMENTS;
 pub use read_plan::{DeviceRead, ReadPlan, ReadSource, ReadTarget};
 pub use recover::{

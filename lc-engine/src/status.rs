@@ -3,6 +3,7 @@
 //! progress return. Plain data; the counters and health they carry are
 //! [`crate::stats`]'s.
 
+use crate::knobs::DeviceKnobs;
 use crate::stats::{Health, StatsSnapshot};
 
 /// Status of a cache at one moment (what dm-lc's lc-mgr printed and more).
@@ -53,8 +54,8 @@ pub struct DeviceStatus {
     pub size_sectors: u64,
     /// Dirty lines of this device in the cache.
     pub nr_dirty_caches: u64,
-    /// Policy threshold in percent.
-    pub migrate_threshold: u8,
+    /// Its knobs (`migrate_threshold`: the policy threshold in percent).
+    pub knobs: DeviceKnobs,
 }
 
 /// Progress of a detach (write-back of one device's data).

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use common::*;
 use lc_engine::sim::{PowerDomain, SimDisk};
 use lc_engine::{
-    format_cache_device, read_superblock, BlockDevice, Cache, CacheOptions, Error, FileDevice,
-    Knob, MIN_CACHE_BYTES,
+    format_cache_device, read_superblock, BlockDevice, Cache, CacheOptions, DeviceKnob, Error,
+    FileDevice, Knob, MIN_CACHE_BYTES,
 };
 
 fn opts() -> CacheOptions {
@@ -153,12 +153,33 @@ fn bad_io_and_knob_values_are_typed_errors_and_change_nothing() {
         assert!(err.to_string().contains(knob.spec().name), "{err}");
         assert_eq!(cache.knob(knob), before);
     }
+    for s in &DeviceKnob::ALL {
+        assert_eq!(
+            cache.device_knob(7, s.knob).unwrap(),
+            s.default,
+            "{}",
+            s.name
+        );
+        let err = cache.set_device_knob(7, s.knob, s.max + 1).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains(s.name), "{err}");
+        assert_eq!(
+            cache.device_knob(7, s.knob).unwrap(),
+            s.default,
+            "unchanged"
+        );
+    }
+    cache
+        .set_device_knob(7, DeviceKnob::MigrateThreshold, 40)
+        .unwrap();
+    assert_eq!(
+        cache.devices()[0].knobs.get(DeviceKnob::MigrateThreshold),
+        40
+    );
     assert!(matches!(
-        cache.set_migrate_threshold(7, 101),
-        Err(Error::InvalidArgument(_))
+        cache.set_device_knob(8, DeviceKnob::MigrateThreshold, 40),
+        Err(Error::UnknownDevice(8))
     ));
-    cache.set_migrate_threshold(7, 40).unwrap();
-    assert_eq!(cache.devices()[0].migrate_threshold, 40);
 }
 
 #[test]

@@ -131,7 +131,7 @@ macro_rules! cache_knobs {
 #[macro_export]
 macro_rules! device_knobs {
     ($callback:ident $(, $($args:tt)*)?) => {
-        $callback! { [$($($args)*)?]
+        $crate::__with_probe_device_knob! { $callback [$($($args)*)?]
             MigrateThreshold (migrate_threshold, set_migrate_threshold, "MigrateThreshold", u8)
                 = 70 in 0..=100, "percent",
                 "write-back policy threshold, percent of the backing device's load (0 stops \
@@ -159,6 +159,31 @@ macro_rules! __with_probe_knob {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __with_probe_knob {
+    ($callback:ident [$($args:tt)*] $($entries:tt)*) => {
+        $callback! { [$($args)*] $($entries)* }
+    };
+}
+
+/// Appends the probe knob to the device table when the `probe-knob`
+/// feature is on; not part of the API.
+#[cfg(feature = "probe-knob")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_probe_device_knob {
+    ($callback:ident [$($args:tt)*] $($entries:tt)*) => {
+        $callback! { [$($args)*] $($entries)*
+            ProbeDeviceKnob (probe_device_knob, set_probe_device_knob, "ProbeDeviceKnob", u64)
+                = 4 in 1..=8, "probes",
+                "a device knob only the table defines (the probe-knob build of tests/knob-table)";
+        }
+    };
+}
+
+/// Passes the device table on unchanged (the `probe-knob` feature is off).
+#[cfg(not(feature = "probe-knob"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_probe_device_knob {
     ($callback:ident [$($args:tt)*] $($entries:tt)*) => {
         $callback! { [$($args)*] $($entries)* }
     };

@@ -12,7 +12,7 @@ use lc_proto::{CacheStatus, ErrorCounts, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
-use super::{error_text, require_root, to_dbus};
+use super::{error_text, require_root, to_dbus, KnobValue};
 use crate::registry::error::blocking;
 use crate::registry::{Registry, RegistryError};
 
@@ -153,28 +153,3 @@ macro_rules! cache_interface {
 }
 
 lc_proto::knobs::cache_knobs!(cache_interface);
-
-/// A knob's D-Bus value type (as lc-knobs' table names it) to and from the
-/// engine's u64.
-trait KnobValue: Sized {
-    fn from_knob(v: u64) -> Self;
-    fn to_knob(self) -> u64;
-}
-
-impl KnobValue for u64 {
-    fn from_knob(v: u64) -> Self {
-        v
-    }
-    fn to_knob(self) -> u64 {
-        self
-    }
-}
-
-impl KnobValue for bool {
-    fn from_knob(v: u64) -> Self {
-        v != 0
-    }
-    fn to_knob(self) -> u64 {
-        self as u64
-    }
-}

@@ -1,16 +1,19 @@
 //! `org.lc.Lcd1.Device` at `/org/lc/Lcd1/device/<id>`: one object per
-//! configured device, a thin view of the registry's device entry. Its one
-//! knob, `MigrateThreshold`, needs root to change; `NrDirtyCaches` is read
-//! on demand (no change signal) so `lcctl detach` can show progress. The
-//! registry decides what a threshold means (0 stops write-back at once).
+//! configured device, a thin view of the registry's device entry. Its knobs
+//! are properties made from lc-knobs' device table (`MigrateThreshold`);
+//! setting one needs root and the registry validates and records it (and
+//! decides what a value means: a threshold of 0 stops write-back at once).
+//! `NrDirtyCaches` is read on demand (no change signal) so `lcctl detach`
+//! can show progress.
 
 use std::sync::Arc;
 
+use lc_engine::DeviceKnob;
 use lc_proto::{DeviceInfo, LcdError};
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
-use super::{device_info, error_text, require_root};
+use super::{device_info, error_text, require_root, KnobValue};
 use crate::registry::{Registry, RegistryError};
 
 /// One device on the bus.
@@ -29,64 +32,27 @@ impl DeviceObject {
     }
 }
 
-fn gone(e: LcdError) -> fdo::Error {
-    fdo::Error::UnknownObject(error_text(e))
-}
-
-#[interface(name = "org.lc.Lcd1.Device")]
 impl DeviceObject {
-    async fn info(&self) -> Result<DeviceInfo, LcdError> {
-        self.current()
+    fn knob(&self, knob: DeviceKnob) -> fdo::Result<u64> {
+        let view = self.registry.device(self.id);
+        view.map(|v| v.info().knobs.get(knob))
+            .ok_or_else(|| fdo::Error::UnknownObject(format!("device {} was removed", self.id)))
     }
 
-    #[zbus(property(emits_changed_signal = "const"))]
-    fn id(&self) -> u8 {
-        self.id
-    }
-
-    #[zbus(property(emits_changed_signal = "const"))]
-    fn cache_id(&self) -> fdo::Result<u8> {
-        Ok(self.current().map_err(gone)?.cache_id)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"))]
-    fn dev(&self) -> fdo::Result<String> {
-        Ok(self.current().map_err(gone)?.dev)
-    }
-
-    #[zbus(property)]
-    fn node(&self) -> fdo::Result<String> {
-        Ok(self.current().map_err(gone)?.node)
-    }
-
-    #[zbus(property)]
-    fn state(&self) -> fdo::Result<String> {
-        Ok(self.current().map_err(gone)?.state)
-    }
-
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn nr_dirty_caches(&self) -> fdo::Result<u64> {
-        Ok(self.current().map_err(gone)?.nr_dirty_caches)
-    }
-
-    #[zbus(property)]
-    fn migrate_threshold(&self) -> fdo::Result<u8> {
-        Ok(self.current().map_err(gone)?.migrate_threshold)
-    }
-
-    #[zbus(property)]
-    async fn set_migrate_threshold(
+    /// Sets `knob` to `value` for a root caller and records it.
+    async fn set(
         &self,
-        v: u8,
-        #[zbus(header)] hdr: Option<Header<'_>>,
-        #[zbus(connection)] conn: &Connection,
+        knob: DeviceKnob,
+        value: u64,
+        hdr: Option<Header<'_>>,
+        conn: &Connection,
     ) -> fdo::Result<()> {
         let hdr = hdr.ok_or_else(|| fdo::Error::AccessDenied("no caller".into()))?;
         require_root(conn, &hdr)
             .await
             .map_err(|e| fdo::Error::AccessDenied(error_text(e)))?;
         self.registry
-            .set_migrate_threshold(self.id, v)
+            .set_device_knob(self.id, knob, value)
             .await
             .map_err(|e| match e {
                 RegistryError::NotFound(m) => fdo::Error::UnknownObject(m),
@@ -95,3 +61,73 @@ impl DeviceObject {
             })
     }
 }
+
+fn gone(e: LcdError) -> fdo::Error {
+    fdo::Error::UnknownObject(error_text(e))
+}
+
+/// Makes the interface: the method and read-only properties below, and a
+/// knob property (getter and root-only setter) per entry of lc-knobs'
+/// device table, written inside the macro as the interface macro must see
+/// every method at once.
+macro_rules! device_interface {
+    ([] $($variant:ident ($name:ident, $setter:ident, $property:literal, $ty:ident)
+        = $default:literal in $min:literal ..= $max:literal, $unit:literal, $help:literal;)*) => {
+        #[interface(name = "org.lc.Lcd1.Device")]
+        impl DeviceObject {
+            async fn info(&self) -> Result<DeviceInfo, LcdError> {
+                self.current()
+            }
+
+            #[zbus(property(emits_changed_signal = "const"))]
+            fn id(&self) -> u8 {
+                self.id
+            }
+
+            #[zbus(property(emits_changed_signal = "const"))]
+            fn cache_id(&self) -> fdo::Result<u8> {
+                Ok(self.current().map_err(gone)?.cache_id)
+            }
+
+            #[zbus(property(emits_changed_signal = "const"))]
+            fn dev(&self) -> fdo::Result<String> {
+                Ok(self.current().map_err(gone)?.dev)
+            }
+
+            #[zbus(property)]
+            fn node(&self) -> fdo::Result<String> {
+                Ok(self.current().map_err(gone)?.node)
+            }
+
+            #[zbus(property)]
+            fn state(&self) -> fdo::Result<String> {
+                Ok(self.current().map_err(gone)?.state)
+            }
+
+            #[zbus(property(emits_changed_signal = "false"))]
+            fn nr_dirty_caches(&self) -> fdo::Result<u64> {
+                Ok(self.current().map_err(gone)?.nr_dirty_caches)
+            }
+
+        $(
+            #[doc = $help]
+            #[zbus(property)]
+            fn $name(&self) -> fdo::Result<$ty> {
+                self.knob(DeviceKnob::$variant).map(KnobValue::from_knob)
+            }
+
+            #[zbus(property)]
+            async fn $setter(
+                &self,
+                v: $ty,
+                #[zbus(header)] hdr: Option<Header<'_>>,
+                #[zbus(connection)] conn: &Connection,
+            ) -> fdo::Result<()> {
+                self.set(DeviceKnob::$variant, v.to_knob(), hdr, conn).await
+            }
+        )*
+        }
+    };
+}
+
+lc_proto::knobs::device_knobs!(device_interface);

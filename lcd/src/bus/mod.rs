@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use lc_engine::DeviceKnob;
 use lc_proto::{CacheInfo, DeviceInfo, LcdError, BUS_NAME, MANAGER_PATH};
 use zbus::message::Header;
 use zbus::Connection;
@@ -85,7 +86,7 @@ fn device_info(d: DeviceSummary) -> DeviceInfo {
         size_bytes: d.size_bytes,
         node: d.node,
         nr_dirty_caches: d.nr_dirty_caches,
-        migrate_threshold: d.migrate_threshold,
+        migrate_threshold: d.knobs.get(DeviceKnob::MigrateThreshold) as u8,
         state: d.state,
     }
 }
@@ -184,5 +185,42 @@ async fn publish(registry: &Arc<Registry>, conn: &Connection) {
     }
     for id in registry.device_ids() {
         signals::publish_device(conn, registry, id).await;
+    }
+}
+
+/// A knob's D-Bus value type (as lc-knobs' table names it) to and from the
+/// engine's u64.
+pub(crate) trait KnobValue: Sized {
+    /// The engine's value as the property's type.
+    fn from_knob(v: u64) -> Self;
+    /// The property's value as the engine's.
+    fn to_knob(self) -> u64;
+}
+
+impl KnobValue for u64 {
+    fn from_knob(v: u64) -> Self {
+        v
+    }
+    fn to_knob(self) -> u64 {
+        self
+    }
+}
+
+impl KnobValue for bool {
+    fn from_knob(v: u64) -> Self {
+        v != 0
+    }
+    fn to_knob(self) -> u64 {
+        self as u64
+    }
+}
+
+impl KnobValue for u8 {
+    fn from_knob(v: u64) -> Self {
+        // the table's ranges of a `u8` knob end at or below 255
+        v.min(u8::MAX as u64) as u8
+    }
+    fn to_knob(self) -> u64 {
+        self as u64
     }
 }

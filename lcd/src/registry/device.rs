@@ -8,28 +8,25 @@
 //! missing at start, or whose write-back failed, is `failed: …` and stays
 //! listed (and saved) until removed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lc_engine::Cache;
+use lc_engine::{Cache, DeviceKnob, DeviceKnobs};
 
 use super::state::DeviceRecord;
 use crate::frontend::Exposed;
 use crate::identity::DeviceIdentity;
 
-/// The write-back threshold of a device that has none yet (the engine's
-/// default).
-pub const DEFAULT_MIGRATE_THRESHOLD: u8 = 70;
-
-/// Refuses a write-back threshold above 100 percent. The engine refuses
-/// the same for an attached device; the registry asks first, so that a
-/// device that is not attached is held to the same rule.
-pub fn check_migrate_threshold(percent: u8) -> Result<(), lc_engine::Error> {
-    if percent > 100 {
-        return Err(lc_engine::Error::InvalidArgument(format!(
-            "migrate_threshold must be in 0..=100, got {percent}"
-        )));
+/// The knobs a state file saved for device `id`, on the table's defaults;
+/// one that cannot be applied (unknown, out of range) is logged and skipped.
+pub fn saved_knobs(id: u8, saved: &BTreeMap<String, u64>) -> DeviceKnobs {
+    let knobs = DeviceKnobs::default();
+    for (name, &v) in saved {
+        if let Err(e) = DeviceKnob::from_name(name).and_then(|k| knobs.set(k, v)) {
+            tracing::warn!(id, "saved knob {name}={v} not applied: {e}");
+        }
     }
-    Ok(())
+    knobs
 }
 
 /// What ListDevices and a device's `Info()` report.
@@ -49,8 +46,8 @@ pub struct DeviceSummary {
     pub node: String,
     /// Dirty 4 KiB lines of it in its cache.
     pub nr_dirty_caches: u64,
-    /// Write-back policy threshold, percent.
-    pub migrate_threshold: u8,
+    /// Its knobs (`migrate_threshold`: the write-back policy threshold).
+    pub knobs: DeviceKnobs,
     /// Where it is in its life, as a person reads it.
     pub state: String,
 }
@@ -101,8 +98,9 @@ pub struct DeviceEntry {
     pub block: Option<Box<dyn Exposed>>,
     /// Size of the backing device in bytes (0 if never opened).
     pub size_bytes: u64,
-    /// Threshold to record while the device is not attached.
-    pub migrate_threshold: u8,
+    /// Its knobs, kept here too so that they outlive an attachment (set
+    /// before the device is attached, read after the engine let go of it).
+    pub knobs: DeviceKnobs,
     /// Where it is in its life.
     pub state: DeviceState,
     /// Whether the state file records it: not while CreateDevice brings it
@@ -113,7 +111,7 @@ pub struct DeviceEntry {
 
 impl DeviceEntry {
     /// A device of cache `cache_id` on `backing`, not attached, not
-    /// exposed and not saved, with the engine's default threshold (70);
+    /// exposed and not saved, with the table's default knobs;
     /// `resumed_cache` is its cache if that runs.
     pub fn new(
         cache_id: u8,
@@ -129,17 +127,21 @@ impl DeviceEntry {
             resumed_cache,
             block: None,
             size_bytes: 0,
-            migrate_threshold: DEFAULT_MIGRATE_THRESHOLD,
+            knobs: DeviceKnobs::default(),
             state,
             saved: false,
         }
     }
 
     /// A device as the state file records it, coming back (`Creating`).
-    pub fn from_record(rec: &DeviceRecord, resumed_cache: Option<Arc<Cache>>) -> DeviceEntry {
+    pub fn from_record(
+        id: u8,
+        rec: &DeviceRecord,
+        resumed_cache: Option<Arc<Cache>>,
+    ) -> DeviceEntry {
         DeviceEntry {
             identity: rec.identity.clone(),
-            migrate_threshold: rec.migrate_threshold,
+            knobs: saved_knobs(id, &rec.knobs),
             saved: true,
             ..DeviceEntry::new(
                 rec.cache_id,
@@ -172,17 +174,23 @@ impl DeviceEntry {
         self.identity = Some(up.identity);
     }
 
-    /// Sets the device's write-back threshold: in its cache while attached,
-    /// and always in the entry itself, so that the value read back stays
-    /// the one set when the engine lets go of the device (a detach that
-    /// finishes between the write and the read). Refuses a value above 100
-    /// and changes nothing then.
-    pub fn set_migrate_threshold(&mut self, id: u8, percent: u8) -> Result<(), lc_engine::Error> {
-        check_migrate_threshold(percent)?;
+    /// Sets one of the device's knobs: in the entry itself, so that the
+    /// value read back stays the one set when the engine lets go of the
+    /// device (a detach that finishes between the write and the read), and
+    /// in its cache while attached. Refuses a value out of the table's
+    /// range and changes nothing then.
+    pub fn set_knob(
+        &mut self,
+        id: u8,
+        knob: DeviceKnob,
+        value: u64,
+    ) -> Result<(), lc_engine::Error> {
+        self.knobs.set(knob, value)?;
         if let Some(c) = &self.cache {
-            c.set_migrate_threshold(id, percent)?;
+            // the range was checked above: the one failure left is that the
+            // engine let go of the device meanwhile, and the entry keeps it
+            let _ = c.set_device_knob(id, knob, value);
         }
-        self.migrate_threshold = percent;
         Ok(())
     }
 
@@ -204,7 +212,7 @@ impl DeviceEntry {
                 .block
                 .as_ref()
                 .map_or_else(String::new, |b| b.node().to_string()),
-            migrate_threshold: self.migrate_threshold,
+            knobs: self.knobs.clone(),
             state: self.state.describe(),
             cache: self.cache.clone(),
             resumed_cache: self.resumed_cache.clone(),
@@ -218,7 +226,12 @@ impl DeviceEntry {
             id,
             cache_id: self.cache_id,
             backing: self.backing.clone(),
-            migrate_threshold: info.migrate_threshold,
+            knobs: info
+                .knobs
+                .values()
+                .into_iter()
+                .map(|(name, v)| (name.to_string(), v))
+                .collect(),
             identity: self.identity.clone(),
         }
     }
@@ -231,15 +244,15 @@ pub struct DeviceView {
     backing: String,
     size_bytes: u64,
     node: String,
-    migrate_threshold: u8,
+    knobs: DeviceKnobs,
     state: String,
     cache: Option<Arc<Cache>>,
     resumed_cache: Option<Arc<Cache>>,
 }
 
 impl DeviceView {
-    /// The device's info, its live figures (dirty lines, threshold) asked
-    /// of the engine for this device alone.
+    /// The device's info, its live figures (dirty lines, knobs) asked of
+    /// the engine for this device alone.
     pub fn info(self) -> DeviceSummary {
         let id = self.id;
         let engine = self.cache.as_ref().and_then(|c| c.recent_device_status(id));
@@ -258,9 +271,7 @@ impl DeviceView {
                 },
                 |d| d.nr_dirty_caches,
             ),
-            migrate_threshold: engine
-                .as_ref()
-                .map_or(self.migrate_threshold, |d| d.migrate_threshold),
+            knobs: engine.map_or(self.knobs, |d| d.knobs),
             state: self.state,
         }
     }
@@ -284,10 +295,14 @@ mod tests {
     use lc_engine::sim::{PowerDomain, SimDisk};
     use lc_engine::{format_cache_device, CacheOptions};
 
+    const THRESHOLD: DeviceKnob = DeviceKnob::MigrateThreshold;
+
     fn entry_on(cache: &Arc<Cache>) -> DeviceEntry {
+        let knobs = DeviceKnobs::default();
+        knobs.set(THRESHOLD, 33).expect("in range");
         DeviceEntry {
             cache: Some(cache.clone()),
-            migrate_threshold: 33,
+            knobs,
             saved: true,
             ..DeviceEntry::new(
                 cache.id(),
@@ -316,33 +331,59 @@ mod tests {
         // engine had dropped the device but before the entry was removed.
         let cache = running_cache();
         let mut e = entry_on(&cache);
-        e.set_migrate_threshold(1, 49).expect("in range");
-        assert_eq!(e.info(1).migrate_threshold, 49);
+        e.set_knob(1, THRESHOLD, 49).expect("in range");
+        assert_eq!(e.info(1).knobs.get(THRESHOLD), 49);
+        assert_eq!(
+            cache.device_knob(1, THRESHOLD).unwrap(),
+            49,
+            "in the engine"
+        );
         cache.detach_device(1, |_| {}).expect("detach");
         assert_eq!(
-            e.info(1).migrate_threshold,
+            e.info(1).knobs.get(THRESHOLD),
             49,
             "read back after the detach"
         );
-        assert_eq!(e.record(1).migrate_threshold, 49, "recorded");
+        assert_eq!(e.record(1).knobs["migrate_threshold"], 49, "recorded");
+        // a set once the engine let go of the device is kept by the entry
+        e.set_knob(1, THRESHOLD, 48).expect("in range");
+        assert_eq!(e.record(1).knobs["migrate_threshold"], 48);
         cache.shutdown().expect("shutdown");
     }
 
     #[test]
-    fn a_threshold_above_100_is_refused_attached_or_not() {
+    fn a_knob_out_of_range_is_refused_attached_or_not() {
         let cache = running_cache();
         let mut e = entry_on(&cache);
-        assert!(e.set_migrate_threshold(1, 101).is_err());
+        for s in &DeviceKnob::ALL {
+            assert!(e.set_knob(1, s.knob, s.max + 1).is_err(), "{}", s.name);
+        }
         assert_eq!(
-            e.info(1).migrate_threshold,
+            e.info(1).knobs.get(THRESHOLD),
             70,
             "the engine's default, unchanged"
         );
         e.cache = None;
-        assert!(e.set_migrate_threshold(1, 101).is_err());
-        assert_eq!(e.migrate_threshold, 33, "unchanged");
-        e.set_migrate_threshold(1, 0).expect("0 is in range");
-        assert_eq!(e.info(1).migrate_threshold, 0);
+        assert!(e.set_knob(1, THRESHOLD, 101).is_err());
+        assert_eq!(e.knobs.get(THRESHOLD), 33, "unchanged");
+        e.set_knob(1, THRESHOLD, 0).expect("0 is in range");
+        assert_eq!(e.info(1).knobs.get(THRESHOLD), 0);
         cache.shutdown().expect("shutdown");
+    }
+
+    #[test]
+    fn saved_knobs_come_back_and_bad_ones_are_skipped() {
+        let saved: BTreeMap<String, u64> = [
+            ("migrate_threshold".to_string(), 12),
+            ("no_such_knob".to_string(), 1),
+        ]
+        .into();
+        assert_eq!(saved_knobs(1, &saved).get(THRESHOLD), 12);
+        let bad: BTreeMap<String, u64> = [("migrate_threshold".to_string(), 700)].into();
+        assert_eq!(
+            saved_knobs(1, &bad).get(THRESHOLD),
+            THRESHOLD.spec().default,
+            "out of range: the default"
+        );
     }
 }

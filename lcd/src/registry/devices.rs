@@ -1,5 +1,5 @@
 //! The registry's rules for devices: create, remove (writing back first),
-//! forget, re-point, the write-back threshold, the restore at start, and
+//! forget, re-point, the device knobs, the restore at start, and
 //! the ids whose dirty data a cache holds without a record of their disk.
 //!
 //! Each device keeps the backing path the administrator gave and the
@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use lc_engine::{BlockDevice, Cache, FileDevice, Knob};
+use lc_engine::{BlockDevice, Cache, DeviceKnob, DeviceKnobs, FileDevice, Knob};
 
 use super::device::{BroughtUp, DeviceEntry, DeviceState, DeviceSummary};
 use super::error::blocking;
@@ -35,7 +35,7 @@ fn bring_up(
     id: u8,
     backing: &str,
     expected: Option<&DeviceIdentity>,
-    threshold: Option<u8>,
+    knobs: Option<DeviceKnobs>,
     from_restore: bool,
 ) -> Result<BroughtUp, RegistryError> {
     let dev = FileDevice::open(backing.as_ref()).map_err(RegistryError::from)?;
@@ -55,8 +55,12 @@ fn bring_up(
     cache
         .attach_device(id, Arc::new(dev))
         .map_err(RegistryError::from)?;
-    if let Some(t) = threshold {
-        let _ = cache.set_migrate_threshold(id, t);
+    for s in knobs
+        .iter()
+        .flat_map(|k| DeviceKnob::ALL.map(|s| (s.knob, k.get(s.knob))))
+    {
+        // in range (a DeviceKnobs holds no other), and just attached
+        let _ = cache.set_device_knob(id, s.0, s.1);
     }
     let (block, state) = match frontend.expose(cache, id, size) {
         Ok(b) => (Some(b), DeviceState::Running),
@@ -456,7 +460,7 @@ impl Registry {
         if !path.is_empty() {
             absolute(&path)?;
         }
-        let (cache, backing, expected, threshold, frontend) = {
+        let (cache, backing, expected, knobs, frontend) = {
             let mut d = self.lock();
             let e = d.devices.get(&id).ok_or_else(|| {
                 RegistryError::NotFound(format!("there is no device {id} (lcctl list shows them)"))
@@ -508,9 +512,9 @@ impl Registry {
             )));
             }
             let e = d.devices.get_mut(&id).expect("looked up above");
-            let threshold = e.migrate_threshold;
+            let knobs = e.knobs.clone();
             e.state = DeviceState::Creating;
-            (cache, backing, expected, threshold, self.frontend.clone())
+            (cache, backing, expected, knobs, self.frontend.clone())
         };
         let (c, b) = (cache.clone(), backing.clone());
         let up = blocking(move || {
@@ -520,7 +524,7 @@ impl Registry {
                 id,
                 &b,
                 expected.as_ref(),
-                Some(threshold),
+                Some(knobs),
                 false,
             )
         })
@@ -576,7 +580,7 @@ impl Registry {
                 .caches
                 .get(&rec.cache_id)
                 .map(|e| e.cache.clone());
-            let mut entry = DeviceEntry::from_record(&rec, cache.clone());
+            let mut entry = DeviceEntry::from_record(id, &rec, cache.clone());
             match cache {
                 None => {
                     entry.state = DeviceState::Failed(format!(
@@ -587,9 +591,9 @@ impl Registry {
                 }
                 Some(cache) => {
                     let (c, b, f) = (cache.clone(), rec.backing.clone(), frontend.clone());
-                    let (t, expected) = (rec.migrate_threshold, rec.identity.clone());
+                    let (k, expected) = (entry.knobs.clone(), rec.identity.clone());
                     let up = blocking(move || {
-                        bring_up(&*f, &c, id, &b, expected.as_ref(), Some(t), true)
+                        bring_up(&*f, &c, id, &b, expected.as_ref(), Some(k), true)
                     })
                     .await;
                     match up {
@@ -620,24 +624,30 @@ impl Registry {
         learnt
     }
 
-    /// Sets device `id`'s write-back threshold (0..=100 percent) and
-    /// records it. 0 means never, whatever the disk's load: write-back of
-    /// its cache stops now, not at the policy's next look (up to
-    /// `update_interval` away).
-    pub async fn set_migrate_threshold(&self, id: u8, percent: u8) -> Result<(), RegistryError> {
+    /// Sets knob `knob` of device `id` (in the table's range) and records
+    /// it. A `migrate_threshold` of 0 means never, whatever the disk's load:
+    /// write-back of its cache stops now, not at the policy's next look (up
+    /// to `update_interval` away).
+    pub async fn set_device_knob(
+        &self,
+        id: u8,
+        knob: DeviceKnob,
+        value: u64,
+    ) -> Result<(), RegistryError> {
         let (stop_now, cache_id, saved) = {
             let mut r = self.lock();
             let e = r
                 .devices
                 .get_mut(&id)
                 .ok_or_else(|| RegistryError::NotFound(format!("device {id} was removed")))?;
-            e.set_migrate_threshold(id, percent)
+            e.set_knob(id, knob, value)
                 .map_err(|e| RegistryError::InvalidArgument(e.to_string()))?;
-            tracing::info!(device = id, migrate_threshold = percent, "knob set");
-            let stop_now = e
-                .cache
-                .clone()
-                .filter(|c| percent == 0 && c.knob(Knob::AllowMigrate) != 0);
+            tracing::info!(device = id, knob = knob.spec().name, value, "knob set");
+            let stop_now = e.cache.clone().filter(|c| {
+                knob == DeviceKnob::MigrateThreshold
+                    && value == 0
+                    && c.knob(Knob::AllowMigrate) != 0
+            });
             let cache_id = e.cache_id;
             (stop_now, cache_id, self.snapshot(&r))
         };

@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lc_engine::{Cache, Knob};
+use lc_engine::{Cache, DeviceKnob, Knob};
 
 use super::{Change, Registry};
 
@@ -67,7 +67,10 @@ pub async fn run(registry: Arc<Registry>) {
                         .devices
                         .iter()
                         .filter(|(_, de)| de.cache_id == cid && de.cache.is_some())
-                        .map(|(&id, de)| (id, de.backing.clone(), de.info(id).migrate_threshold))
+                        .map(|(&id, de)| {
+                            let threshold = de.info(id).knobs.get(DeviceKnob::MigrateThreshold);
+                            (id, de.backing.clone(), threshold as u8)
+                        })
                         .collect();
                     (cid, e.cache.clone(), devs)
                 })

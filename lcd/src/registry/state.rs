@@ -37,8 +37,10 @@ pub struct DeviceRecord {
     pub cache_id: u8,
     /// Path of the backing device, as the administrator gave it.
     pub backing: String,
-    /// Write-back policy threshold, percent.
-    pub migrate_threshold: u8,
+    /// Its knobs by dm-lc name (`"migrate_threshold": 70`), beside the
+    /// other fields: the layout older lcd wrote and reads.
+    #[serde(flatten)]
+    pub knobs: BTreeMap<String, u64>,
     /// Who the backing device is (absent in state files of older lcd:
     /// recorded at the first successful open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,10 +172,16 @@ mod tests {
             id: 7,
             cache_id: 3,
             backing: "/dev/y".into(),
-            migrate_threshold: 50,
+            knobs: [("migrate_threshold".to_string(), 50)].into(),
             identity: Some(DeviceIdentity::File { dev: 1, ino: 2 }),
         };
         store.save(vec![rec.clone()], vec![dev.clone()]).unwrap();
+        let text = fs::read_to_string(store.file()).unwrap();
+        assert!(
+            text.contains(r#""migrate_threshold":50"#)
+                || text.contains(r#""migrate_threshold": 50"#),
+            "device knobs beside the other fields, as older lcd wrote them: {text}"
+        );
         let back = store.load().unwrap();
         assert_eq!((back.caches, back.devices), (vec![rec], vec![dev]));
         fs::write(store.file(), b"{ not json").unwrap();
@@ -197,6 +205,7 @@ mod tests {
             (None, None)
         );
         assert_eq!(s.caches[0].path, "/dev/disk/by-id/c", "the path as given");
+        assert_eq!(s.devices[0].knobs["migrate_threshold"], 70);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
-use lc_engine::{format_cache_device, FileDevice, Knob};
+use lc_engine::{format_cache_device, DeviceKnob, FileDevice, Knob};
 
 use super::device::{DeviceEntry, DeviceState};
 use super::state::StateStore;
@@ -147,6 +147,7 @@ async fn a_cache_and_device_configured_come_back_at_the_next_start() {
 
 #[tokio::test]
 async fn a_threshold_of_0_stops_write_back_at_once_and_says_so() {
+    const THRESHOLD: DeviceKnob = DeviceKnob::MigrateThreshold;
     let d = disks();
     let (registry, heard) = d.registry().await;
     registry.resume_cache(1, d.cache.clone()).await.unwrap();
@@ -160,21 +161,28 @@ async fn a_threshold_of_0_stops_write_back_at_once_and_says_so() {
         .await
         .unwrap();
     heard.take();
-    registry.set_migrate_threshold(3, 50).await.unwrap();
+    registry.set_device_knob(3, THRESHOLD, 50).await.unwrap();
     assert_eq!(
         cache.knob(Knob::AllowMigrate),
         1,
         "50 leaves it to the policy"
     );
     assert!(heard.take().is_empty());
-    registry.set_migrate_threshold(3, 0).await.unwrap();
+    registry.set_device_knob(3, THRESHOLD, 0).await.unwrap();
     assert_eq!(cache.knob(Knob::AllowMigrate), 0, "0 stops write-back now");
     assert_eq!(heard.take(), ["cache 1 allow_migrate"]);
-    let e = registry.set_migrate_threshold(3, 101).await.unwrap_err();
+    let e = registry
+        .set_device_knob(3, THRESHOLD, 101)
+        .await
+        .unwrap_err();
     assert!(matches!(e, RegistryError::InvalidArgument(_)), "{e:?}");
-    assert_eq!(registry.list_devices()[0].migrate_threshold, 0, "unchanged");
+    assert_eq!(
+        registry.list_devices()[0].knobs.get(THRESHOLD),
+        0,
+        "unchanged"
+    );
     let saved = StateStore::open(&d.state_dir()).unwrap().load().unwrap();
-    assert_eq!(saved.devices[0].migrate_threshold, 0, "recorded");
+    assert_eq!(saved.devices[0].knobs["migrate_threshold"], 0, "recorded");
     registry.stop().await;
 }
 
