@@ -103,6 +103,10 @@ END {
     ratio("randread4", "lc", "rawcache", "iodepth 4 (diagnostic)")
     ratio("randread4", "rublk", "rawcache", "iodepth 4 (diagnostic)")
     ratio("randread", "rawcache", "rawcache-nodm", "cost of the dm-linear split (reference)")
+    ratio("randrw", "lc", "rublk", "70/30 mix: reads hit the cache device")
+    ratio("randrw", "lc", "rawcache", "70/30 mix vs the cache disk itself")
+    ratio("randrw", "lc", "rawbacking", "70/30 mix: what a user gains over the backing disk")
+    ratio("randrw", "rublk", "rawcache", "cost of ublk itself (reference)")
     ratio("seqwrite", "lc", "rublk", "lc vs the reference ublk server on the same disk")
     ratio("seqwrite", "lc", "rawcache", "lc vs the cache disk itself")
     ratio("seqwrite", "lc", "rawcache-nodm", "lc vs the cache disk without the dm-linear split")
@@ -123,6 +127,21 @@ END {
             m[f] = med(tmp, dorder[k])
         }
         printf "%-9s %-13s %10s %10s %10s %8s\n", q[1], q[2], m[1], m[2], m[3], m[4]
+    }
+    print ""
+    print "completion latency percentiles (medians over the rounds, us; randrw: reads, then writes)"
+    printf "%-9s %-13s %8s %8s %8s %8s\n", "workload", "device", "p50", "p99", "w p50", "w p99"
+    for (k = 1; k <= ndd; k++) {
+        split(dorder[k], q, SUBSEP)
+        line = sprintf("%-9s %-13s", q[1], q[2])
+        for (f = 1; f <= 4; f++) {
+            fld = f == 1 ? "clat_p50_us" : f == 2 ? "clat_p99_us" : f == 3 ? "write_clat_p50_us" : "write_clat_p99_us"
+            delete tmp
+            for (i = 1; i <= nr; i++) if ((fld, dorder[k], i) in det) tmp[dorder[k], i] = det[fld, dorder[k], i]
+            x = med(tmp, dorder[k])
+            line = line sprintf(" %8s", x == "" ? "-" : x)
+        }
+        print line
     }
     if (nt) {
         print ""

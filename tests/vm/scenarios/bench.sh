@@ -43,11 +43,16 @@
 #              RAM segment: hits on the RAM buffer, served with no I/O
 #   randread4  diagnostic: randread at iodepth 4, 32 MiB over R, on
 #              rawcache, rublk and lc
+#   randrw     4 KiB random reads and writes mixed 70/30, iodepth 32,
+#              64 MiB over R (lc: the reads hit the cache device), then a
+#              FLUSH; IOPS of both counted until durable
 #   seqwrite   1 MiB sequential writes, iodepth 8, 1024 MiB (4 passes over
 #              Q), then a FLUSH; MiB/s until durable
-# Space through lc: R 256 + Q 256 + rounds x (128 + 1024) MiB; 5 rounds use
-# 6272 of the ~7140 MiB of data lines of its 7 GiB cache, so lc never
-# waits for write-back.
+# Every run also reports fio's completion-latency percentiles p50 and p99
+# (reads and writes apart for randrw).
+# Space through lc: R 256 + Q 256 + rounds x (128 + 20 + 1024) MiB; 5 rounds
+# use about 6372 of the ~7140 MiB of data lines of its 7 GiB cache, so lc
+# never waits for write-back.
 # For lc's runs, LC-BENCH-THREADS gives the CPU time of each of lcd's
 # thread groups (perf is not in the guest).
 
@@ -56,7 +61,7 @@ MIB=1048576
 R_OFF=0 R_SIZE=256M
 Q_OFF=$((512 * MIB)) Q_SIZE=256M
 M_OFF=$((1024 * MIB)) M_SIZE=256M
-RW_IO=128M RR_IO=64M RR4_IO=32M SEQ_IO=1024M
+RW_IO=128M RR_IO=64M RR4_IO=32M RRW_IO=64M SEQ_IO=1024M
 RAM_OFF=$((64 * MIB)) RAM_SIZE=768K RAM_IO=32M
 # dm-linear split of the cache disk, in sectors: lc's part, then the scratch
 scratch=$((1024 * 2048))
@@ -131,6 +136,7 @@ measure() {
         randwrite) _args="--rw=randwrite --bs=4k --iodepth=32 --io_size=$RW_IO" ;;
         randread) _args="--rw=randread --bs=4k --iodepth=32 --io_size=$RR_IO" ;;
         randread4) _args="--rw=randread --bs=4k --iodepth=4 --io_size=$RR4_IO" ;;
+        randrw) _args="--rw=randrw --rwmixread=70 --bs=4k --iodepth=32 --io_size=$RRW_IO" ;;
         seqwrite) _args="--rw=write --bs=1M --iodepth=8 --io_size=$SEQ_IO"; _off=$Q_OFF _size=$Q_SIZE ;;
     esac
     [ "$_d" = rawbacking ] && [ "$_w" = randread ] && _off=$M_OFF _size=$M_SIZE
@@ -162,9 +168,18 @@ measure() {
     echo "$_t" | awk -F';' -v w="$_w" -v d="$_d" -v r="$_r" -v f0="$_f0" -v f1="$_f1" \
         -v j0="$_j0" -v j1="$_j1" -v s0="$_s0" -v s1="$_s1" -v c0="$_c0" -v c1="$_c1" '
         $5 != 0 { print "FAIL [bench]: fio reported error " $5 " for " w " on " d; exit 1 }
-        { rd = (w ~ /^randread/)
-          kb = rd ? $6 : $47; ms = rd ? $9 : $50; iops = rd ? $8 : $49
-          clat = rd ? $16 : $57; usr = $88; sys = $89
+        # the value of percentile P among the 20 fields from F ("P.000000%=V")
+        function pct(f, p,    i, kv) {
+            for (i = f; i < f + 20; i++)
+                if ($i ~ ("^" p "\\.0+%=")) { split($i, kv, "="); return kv[2] + 0 }
+            return -1
+        }
+        { rd = (w ~ /^randread/); mix = (w == "randrw")
+          kb = rd ? $6 : mix ? $6 + $47 : $47
+          ms = rd ? $9 : mix ? ($9 > $50 ? $9 : $50) : $50; iops = rd ? $8 : $49
+          clat = rd || mix ? $16 : $57; usr = $88; sys = $89
+          # percentiles: of the reads (fields 18-37), else of the writes (59-78)
+          p50 = pct(rd || mix ? 18 : 59, 50); p99 = pct(rd || mix ? 18 : 59, 99)
           flush = rd ? 0 : f1 - f0; secs = ms / 1000 + flush
           ios = rd ? iops * ms / 1000 : kb / (w == "seqwrite" ? 1024 : 4)
           split(j0, a, " "); split(j1, b, " "); busy = b[1] - a[1]; tot = b[2] - a[2]
@@ -172,10 +187,12 @@ measure() {
           name = w "." d ".r" r
           if (w == "seqwrite") printf "LC-BENCH %s %.1f MiB/s\n", name, kb / 1024 / secs
           else printf "LC-BENCH %s %.0f IOPS\n", name, (kb / 4) / secs
-          printf "LC-BENCH-DETAIL %s kib=%d fio_runtime_ms=%d fio_rate=%s%s flush_s=%.2f clat_mean_us=%.0f fio_cpu_usr=%s fio_cpu_sys=%s guest_cpu_busy=%.0f%% guest_cpu_us_per_io=%.0f server_cpu_us_per_io=%.0f", \
+          printf "LC-BENCH-DETAIL %s kib=%d fio_runtime_ms=%d fio_rate=%s%s flush_s=%.2f clat_mean_us=%.0f clat_p50_us=%d clat_p99_us=%d fio_cpu_usr=%s fio_cpu_sys=%s guest_cpu_busy=%.0f%% guest_cpu_us_per_io=%.0f server_cpu_us_per_io=%.0f", \
               name, kb, ms, (w == "seqwrite" ? sprintf("%.1f", kb / 1024 / (ms / 1000)) : iops), \
-              (w == "seqwrite" ? "MiB/s" : "IOPS"), flush, clat, usr, sys, \
+              (w == "seqwrite" ? "MiB/s" : "IOPS"), flush, clat, p50, p99, usr, sys, \
               (tot ? 100 * busy / tot : 0), busy * 10000 / ios, (s1 - s0) * 10000 / ios
+          if (mix) printf " write_clat_mean_us=%.0f write_clat_p50_us=%d write_clat_p99_us=%d", \
+              $57, pct(59, 50), pct(59, 99)
           if (d ~ /^lc/) printf " lc_read_lines_miss=%d lc_read_lines_hit=%d lc_read_lines_hit_ram=%d", \
               y[1] - x[1], y[2] - x[2], y[3] - x[3]
           printf "\n" }' || fail "fio $_w on $_d: $_t"
@@ -203,7 +220,7 @@ format_and_resume 1 "$LCDEV"
 create_device 1 "$DISK_backing" 1
 set_knob device 1 migrate_threshold y 0
 set_knob cache 1 allow_migrate b false
-info "lc: cache 1 on $LCDEV ($((lcpart / 2048)) MiB, $(cache_status 1 nr_segments) segments), device /dev/ublkb1 on $DISK_backing; write-back off (migrate_threshold 0, allow_migrate 0); lcd: $(ls /sys/block/ublkb1/mq 2>/dev/null | wc -l) queues x depth 64, 256 KiB buffers (lcd/src/ublk.rs)"
+info "lc: cache 1 on $LCDEV ($((lcpart / 2048)) MiB, $(cache_status 1 nr_segments) segments), device /dev/ublkb1 on $DISK_backing; write-back off (migrate_threshold 0, allow_migrate 0); lcd: $(ls /sys/block/ublkb1/mq 2>/dev/null | wc -l) queues x depth 64, 256 KiB buffers (lcd/src/frontend/ublk/)"
 # lc's regions R and Q, written through lc: every measured write through lc
 # replaces a cached line, as every raw write lands on written blocks
 fio_plain pre-lc-r --filename=/dev/ublkb1 --rw=write --bs=1M --iodepth=8 --offset=$R_OFF --size=$R_SIZE
@@ -232,9 +249,9 @@ while [ $r -le $ROUNDS ]; do
     # rotate the order by one device per round
     order=$(echo $devices | awk -v r=$r '{ for (i = 0; i < NF; i++) printf "%s ", $((i + r - 1) % NF + 1) }')
     log "round $r/$ROUNDS, device order: $order"
-    for w in randwrite randread randread4 seqwrite; do
+    for w in randwrite randread randread4 randrw seqwrite; do
         for d in $order; do
-            case $w.$d in randread4.rawbacking | randread4.rawcache-nodm) continue ;; esac
+            case $w.$d in randread4.rawbacking | randread4.rawcache-nodm | randrw.rawcache-nodm) continue ;; esac
             measure $w $d $r
             if [ $w = randread ] && [ $d = lc ]; then
                 measure randread lc-miss $r
