@@ -137,7 +137,7 @@ _lcctl() {
             return 0
             ;;
         lcctl__subcmd__attach)
-            opts="-h --cache --id --json --bus --help"
+            opts="-h --cache --id --frontend --json --bus --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -149,6 +149,10 @@ _lcctl() {
                     ;;
                 --id)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --frontend)
+                    COMPREPLY=($(compgen -W "ublk nbd none" -- "${cur}"))
                     return 0
                     ;;
                 --bus)

@@ -26,8 +26,16 @@ pub const DEVICE_INTERFACE: &str = "org.lc.Lcd1.Device";
 pub const ERROR_PREFIX: &str = "org.lc.Lcd1.Error";
 /// Version of the API the Manager's `Version` property reports; a client
 /// refuses a daemon whose version it does not know. Version 2: `Status()`
-/// reports its error counters as a named struct ([`ErrorCounts`]).
-pub const API_VERSION: u32 = 2;
+/// reports its error counters as a named struct ([`ErrorCounts`]). Version
+/// 3: each device has its own frontend ([`DeviceInfo::frontend`], the
+/// device's `Frontend` property, `CreateDeviceWithFrontend`).
+pub const API_VERSION: u32 = 3;
+
+/// The frontends a device can be exposed through, as
+/// `CreateDeviceWithFrontend` and [`DeviceInfo::frontend`] name them:
+/// `ublk` (`/dev/ublkbN`), `nbd` (an NBD export on a root-only Unix socket),
+/// `none` (attached to its cache only).
+pub const FRONTENDS: [&str; 3] = ["ublk", "nbd", "none"];
 
 /// Object path of cache `id`.
 pub fn cache_path(id: u8) -> String {
@@ -112,6 +120,15 @@ pub trait Manager {
         backing_path: &str,
         cache_id: u8,
     ) -> Result<DeviceInfo, LcdError>;
+    /// `CreateDevice`, exposing the device through `frontend` (one of
+    /// [`FRONTENDS`]; empty: lcd's default) instead of lcd's default.
+    fn create_device_with_frontend(
+        &self,
+        device_id: u8,
+        backing_path: &str,
+        cache_id: u8,
+        frontend: &str,
+    ) -> Result<DeviceInfo, LcdError>;
     /// Writes every dirty block of the device back (its block device still
     /// served), then removes the block device and detaches it; returns when
     /// all that is done.
@@ -156,7 +173,8 @@ pub struct DeviceInfo {
     pub dev: String,
     /// Size in bytes (that of the backing device).
     pub size_bytes: u64,
-    /// Block device node (`/dev/ublkbN`), empty when there is none.
+    /// What users open: the block node (`/dev/ublkbN`) or the NBD URI
+    /// (`nbd+unix:///?socket=…`), empty when there is none.
     pub node: String,
     /// Dirty 4 KiB lines of this device in the cache.
     pub nr_dirty_caches: u64,
@@ -165,6 +183,8 @@ pub struct DeviceInfo {
     /// `running`, `detaching`, `no block device: <why>` (attached to the
     /// cache, data safe, but not exposed), or `failed: <why>`.
     pub state: String,
+    /// How it is exposed: one of [`FRONTENDS`].
+    pub frontend: String,
 }
 
 /// `Status()` of a cache: what dm-lc's lc-mgr printed, and more.
@@ -291,6 +311,9 @@ macro_rules! device_proxy {
             /// `running`, `detaching`, `no block device: <why>` or `failed: <why>`.
             #[zbus(property)]
             fn state(&self) -> zbus::Result<String>;
+            /// How it is exposed: one of [`FRONTENDS`].
+            #[zbus(property)]
+            fn frontend(&self) -> zbus::Result<String>;
             $(
                 #[doc = $help]
                 #[zbus(property)]

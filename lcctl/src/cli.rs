@@ -95,8 +95,8 @@ pub enum Command {
         #[arg(value_name = "ID", value_parser = id_parser())]
         id: Option<u8>,
     },
-    /// Serve a backing device through a cache; prints the new block device
-    /// node (/dev/ublkbN).
+    /// Serve a backing device through a cache; prints what to open: the
+    /// block device node (/dev/ublkbN) or the NBD URI.
     Attach {
         /// The backing device (block device or file).
         backing: PathBuf,
@@ -107,6 +107,13 @@ pub enum Command {
         /// free one). Reuse the id a device had to get its cached data back.
         #[arg(long, value_name = "ID", value_parser = id_parser())]
         id: Option<u8>,
+        /// How to expose it: `ublk` (/dev/ublkbN), `nbd` (an NBD export on
+        /// a root-only Unix socket, for kernels without ublk, VMs and NBD
+        /// tools: nbd-client, qemu, nbdfuse) or `none` (attached to the
+        /// cache only). Default: lcd's (`lcd --frontend`; ublk where the
+        /// kernel has it, else nbd). Kept across restarts of lcd.
+        #[arg(long, value_enum, value_name = "FRONTEND")]
+        frontend: Option<FrontendArg>,
     },
     /// Remove a device: its dirty data is written back to the backing
     /// device, its block node goes away, then it is detached from its cache.
@@ -220,4 +227,26 @@ pub struct KnobTarget {
     /// A device's knobs.
     #[arg(long, value_name = "ID", value_parser = id_parser())]
     pub device: Option<u8>,
+}
+
+/// `attach --frontend` values (lc-proto's [`lc_proto::FRONTENDS`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendArg {
+    /// /dev/ublkbN through the kernel's ublk driver.
+    Ublk,
+    /// An NBD export on a root-only Unix socket.
+    Nbd,
+    /// Attached to its cache only, no block device.
+    None,
+}
+
+impl FrontendArg {
+    /// The name lcd takes (one of [`lc_proto::FRONTENDS`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontendArg::Ublk => "ublk",
+            FrontendArg::Nbd => "nbd",
+            FrontendArg::None => "none",
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use lc_proto::{CacheInfo, CacheStatus, DeviceInfo};
 use serde_json::{json, Map, Value};
 
-use crate::cli::{Cli, Command, KnobTarget};
+use crate::cli::{Cli, Command, FrontendArg, KnobTarget};
 use crate::client::Client;
 use crate::error::{Exit, Failure, Result};
 use crate::knobs::{self, KnobSpec, CACHE_KNOBS, DEVICE_KNOBS};
@@ -34,7 +34,12 @@ pub async fn run(cli: &Cli) -> Result<Output> {
         Command::Resume { path, id } => resume(&c, path, *id).await,
         Command::Free { id } => free(&c, *id).await,
         Command::ClearStat { id } => clear_stat(&c, *id).await,
-        Command::Attach { backing, cache, id } => attach(&c, backing, *cache, *id).await,
+        Command::Attach {
+            backing,
+            cache,
+            id,
+            frontend,
+        } => attach(&c, backing, *cache, *id, *frontend).await,
         Command::Detach {
             id,
             discard_dirty: true,
@@ -204,11 +209,18 @@ async fn clear_stat(c: &Client, id: Option<u8>) -> Result<Output> {
     })
 }
 
-async fn attach(c: &Client, backing: &Path, cache: u8, id: Option<u8>) -> Result<Output> {
+async fn attach(
+    c: &Client,
+    backing: &Path,
+    cache: u8,
+    id: Option<u8>,
+    frontend: Option<FrontendArg>,
+) -> Result<Output> {
     let backing = absolute(backing)?;
+    let frontend = frontend.map_or("", FrontendArg::name);
     let info = c
         .manager
-        .create_device(id.unwrap_or(0), &backing, cache)
+        .create_device_with_frontend(id.unwrap_or(0), &backing, cache, frontend)
         .await
         .map_err(c.lcd_err(&backing))?;
     let text = if info.node.is_empty() {
@@ -603,6 +615,7 @@ async fn status(c: &Client, only: Option<u8>) -> Result<Output> {
                 Some(&[
                     "DEVICE",
                     "BACKING",
+                    "FRONTEND",
                     "NODE",
                     "SIZE",
                     "DIRTY",
@@ -614,6 +627,7 @@ async fn status(c: &Client, only: Option<u8>) -> Result<Output> {
                         vec![
                             d.id.to_string(),
                             or_dash(&d.backing),
+                            d.frontend.clone(),
                             or_dash(&d.node),
                             bytes(d.size_bytes),
                             d.nr_dirty_caches.to_string(),
@@ -659,6 +673,7 @@ async fn list(c: &Client) -> Result<Output> {
             "-".to_string(),
             i.path.clone(),
             "-".to_string(),
+            "-".to_string(),
             i.nr_dirty_caches.to_string(),
             i.state.clone(),
         ]);
@@ -674,7 +689,9 @@ async fn list(c: &Client) -> Result<Output> {
         "no caches and no devices".to_string()
     } else {
         table(
-            Some(&["TYPE", "ID", "CACHE", "PATH", "NODE", "DIRTY", "STATE"]),
+            Some(&[
+                "TYPE", "ID", "CACHE", "PATH", "FRONTEND", "NODE", "DIRTY", "STATE",
+            ]),
             rows,
         )
     };
@@ -690,6 +707,7 @@ fn device_row(d: &DeviceInfo) -> Vec<String> {
         d.id.to_string(),
         d.cache_id.to_string(),
         or_dash(&d.backing),
+        d.frontend.clone(),
         or_dash(&d.node),
         d.nr_dirty_caches.to_string(),
         d.state.clone(),

@@ -72,12 +72,12 @@ fn format_resume_inspect_tune_and_free_a_cache() {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["TYPE", "ID", "CACHE", "PATH", "NODE", "DIRTY", "STATE"]
+        ["TYPE", "ID", "CACHE", "PATH", "FRONTEND", "NODE", "DIRTY", "STATE"]
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         row,
-        ["cache", "3", "-", cache.as_str(), "-", "0", "running"]
+        ["cache", "3", "-", cache.as_str(), "-", "-", "0", "running"]
     );
     let j = rig.lcctl(&["--json", "list"]).json();
     assert_eq!(j["caches"][0]["path"], cache.as_str());

@@ -73,14 +73,14 @@ fn attach_inspect_tune_and_detach_devices() {
     let rows: Vec<Vec<&str>> = text
         .lines()
         .skip(1)
-        .map(|l| l.split_whitespace().take(6).collect())
+        .map(|l| l.split_whitespace().take(7).collect())
         .collect();
     assert_eq!(
         rows,
         [
-            vec!["cache", "1", "-", cache.as_str(), "-", "0"],
-            vec!["device", "1", "1", disk_b.as_str(), "-", "0"],
-            vec!["device", "4", "1", disk_a.as_str(), "-", "0"],
+            vec!["cache", "1", "-", cache.as_str(), "-", "-", "0"],
+            vec!["device", "1", "1", disk_b.as_str(), "none", "-", "0"],
+            vec!["device", "4", "1", disk_a.as_str(), "none", "-", "0"],
         ]
     );
     let j = rig.lcctl(&["--json", "list"]).json();
@@ -98,6 +98,7 @@ fn attach_inspect_tune_and_detach_devices() {
         [
             "DEVICE",
             "BACKING",
+            "FRONTEND",
             "NODE",
             "SIZE",
             "DIRTY",
@@ -112,8 +113,8 @@ fn attach_inspect_tune_and_detach_devices() {
         .split_whitespace()
         .collect::<Vec<_>>();
     assert_eq!(
-        row[..7],
-        ["4", disk_a.as_str(), "-", "32.0", "MiB", "0", "70"]
+        row[..8],
+        ["4", disk_a.as_str(), "none", "-", "32.0", "MiB", "0", "70"]
     );
     let j = rig.lcctl(&["--json", "status", "1"]).json();
     let devs = j["caches"][0]["devices"].as_array().unwrap();
@@ -433,4 +434,67 @@ fn dirty_again(cache: &str, backing: &str) {
     .unwrap();
     c.write(DEVICE, 0, &block(9)).unwrap();
     c.shutdown().unwrap();
+}
+
+#[test]
+fn attach_chooses_each_devices_frontend_and_list_and_status_show_it() {
+    let rig = Rig::start();
+    let files = tempfile::tempdir().unwrap();
+    let cache = sparse(files.path(), "cache.img", CACHE_BYTES);
+    let disk_a = sparse(files.path(), "a.img", 16 << 20);
+    let disk_b = sparse(files.path(), "b.img", 16 << 20);
+    rig.lcctl(&["format", &cache]).ok();
+    rig.lcctl(&["resume", &cache, "--id", "1"]).ok();
+
+    // an NBD export: attach prints the URI to open
+    let uri = rig
+        .lcctl(&[
+            "attach",
+            &disk_a,
+            "--cache",
+            "1",
+            "--id",
+            "2",
+            "--frontend",
+            "nbd",
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    assert!(uri.starts_with("nbd+unix:///?socket="), "{uri}");
+    let j = rig
+        .lcctl(&["--json", "attach", &disk_b, "--cache", "1", "--id", "3"])
+        .json();
+    assert_eq!(
+        j["frontend"], "none",
+        "lcd's default (the rig's --frontend none): {j}"
+    );
+
+    // a frontend lcctl does not know is a usage error; nothing is attached
+    let bad = rig.lcctl(&["attach", &disk_b, "--cache", "1", "--frontend", "scsi"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("possible values: ublk, nbd, none"),
+        "{bad:?}"
+    );
+    assert_eq!(device_ids(&rig), [2, 3]);
+
+    let j = rig.lcctl(&["--json", "list"]).json();
+    let devs = j["devices"].as_array().unwrap();
+    assert_eq!(
+        (devs[0]["frontend"].as_str(), devs[0]["node"].as_str()),
+        (Some("nbd"), Some(uri.as_str()))
+    );
+    assert_eq!(devs[1]["frontend"], "none");
+    let text = rig.lcctl(&["list"]).ok().to_string();
+    let row = text.lines().find(|l| l.contains(disk_a.as_str())).unwrap();
+    assert_eq!(
+        row.split_whitespace().take(6).collect::<Vec<_>>(),
+        ["device", "2", "1", disk_a.as_str(), "nbd", uri.as_str()]
+    );
+    let text = rig.lcctl(&["status", "1"]).ok().to_string();
+    let row = text.lines().find(|l| l.contains(disk_a.as_str())).unwrap();
+    assert_eq!(row.split_whitespace().nth(2), Some("nbd"), "{text}");
+    let j = rig.lcctl(&["--json", "status", "1"]).json();
+    assert_eq!(j["caches"][0]["devices"][0]["frontend"], "nbd", "{j}");
 }

@@ -23,11 +23,13 @@ pub struct Cli {
     /// at start.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lcd")]
     pub state_dir: PathBuf,
-    /// How devices are exposed: `ublk` (as /dev/ublkbN), `nbd` (each as an
-    /// NBD export on the Unix socket RUN_DIR/nbd/N.sock, root only: for
-    /// kernels without ublk, VMs and NBD tools) or `none` (attached to their
-    /// cache only: for tests, or to drain a cache).
-    #[arg(long, value_enum, default_value_t = FrontendArg::Ublk, hide_possible_values = true)]
+    /// How devices are exposed unless their attach says otherwise (`lcctl
+    /// attach --frontend`): `ublk` (as /dev/ublkbN), `nbd` (each as an NBD
+    /// export on the Unix socket RUN_DIR/nbd/N.sock, root only: for kernels
+    /// without ublk, VMs and NBD tools), `none` (attached to their cache
+    /// only: for tests, or to drain a cache) or `auto` (the default: ublk
+    /// where the kernel offers it, else nbd).
+    #[arg(long, value_enum, default_value_t = FrontendArg::Auto, hide_possible_values = true)]
     pub frontend: FrontendArg,
     /// Where lcd marks its block devices for the udev rule that adds the
     /// /dev/lc/<id> links.
@@ -52,6 +54,8 @@ pub struct Cli {
 /// `--frontend` values.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum FrontendArg {
+    /// ublk where the kernel offers it, else nbd.
+    Auto,
     /// /dev/ublkbN through the kernel's ublk driver.
     Ublk,
     /// An NBD export per device on a Unix socket.

@@ -32,6 +32,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, Command, FrontendArg};
+use frontend::FrontendKind;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,9 +44,10 @@ fn main() -> ExitCode {
                 (false, None) => bus::Bus::System,
             };
             let frontend = match cli.frontend {
-                FrontendArg::Ublk => process::FrontendKind::Ublk,
-                FrontendArg::Nbd => process::FrontendKind::Nbd,
-                FrontendArg::None => process::FrontendKind::None,
+                FrontendArg::Auto => None,
+                FrontendArg::Ublk => Some(FrontendKind::Ublk),
+                FrontendArg::Nbd => Some(FrontendKind::Nbd),
+                FrontendArg::None => Some(FrontendKind::None),
             };
             process::run(process::Options {
                 bus,

@@ -4,12 +4,10 @@
 //! READY=1 once all of it is back), serving on the bus, and the clean stop
 //! on SIGTERM or SIGINT.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 
 use crate::bus::{self, Bus};
-use crate::frontend::{nbd::NbdFrontend, ublk::UblkFrontend, BlockFrontend, NoFrontend};
+use crate::frontend::{FrontendKind, Frontends};
 use crate::registry::state::StateStore;
 use crate::registry::Registry;
 
@@ -45,18 +43,6 @@ fn private_mount_namespace() {
     }
 }
 
-/// Which frontend exposes the devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrontendKind {
-    /// As `/dev/ublkb<id>` (production).
-    Ublk,
-    /// As an NBD export on `<run-dir>/nbd/<id>.sock`.
-    Nbd,
-    /// Not at all: attached to their cache only (tests; draining a cache on
-    /// a kernel without ublk).
-    None,
-}
-
 /// How lcd runs: where it serves, keeps its state and exposes devices.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -64,8 +50,9 @@ pub struct Options {
     pub bus: Bus,
     /// Where caches, devices and knobs are recorded.
     pub state_dir: std::path::PathBuf,
-    /// How devices are exposed.
-    pub frontend: FrontendKind,
+    /// How devices are exposed unless their attach names a frontend
+    /// (`None`: ublk where the kernel offers it, else NBD).
+    pub frontend: Option<FrontendKind>,
     /// Where the udev markers of lc's block devices go.
     pub run_dir: std::path::PathBuf,
     /// Queues of each new ublk device (0: one per CPU).
@@ -89,15 +76,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let frontend: Arc<dyn BlockFrontend> = match opts.frontend {
-        FrontendKind::Ublk => {
-            private_mount_namespace();
-            // and before libublk touches /run/ublksrvd, lcd makes it its own
-            Arc::new(UblkFrontend::new(opts.run_dir.clone(), opts.queues))
-        }
-        FrontendKind::Nbd => Arc::new(NbdFrontend::new(&opts.run_dir)),
-        FrontendKind::None => Arc::new(NoFrontend),
-    };
+    if crate::frontend::ublk::unavailable_reason().is_none() {
+        // before libublk touches /run/ublksrvd (the ublk frontend makes it
+        // lcd's own)
+        private_mount_namespace();
+    }
+    let frontends = Frontends::new(&opts.run_dir, opts.queues, opts.frontend);
+    tracing::info!(
+        default = %frontends.default_kind(),
+        "devices get the {} frontend unless their attach names another",
+        frontends.default_kind()
+    );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -105,7 +94,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let store = StateStore::open(&opts.state_dir)?;
         let saved = store.load()?;
-        let registry = Registry::new(store, frontend);
+        let registry = Registry::new(store, frontends);
         let paths = saved
             .caches
             .iter()

@@ -621,7 +621,7 @@ async fn without_ublk_create_device_says_what_to_load_and_changes_nothing() {
     let keep = tempfile::tempdir().unwrap();
     let cache = file(&keep.path().join("cache.img"), 16 << 20);
     let backing = file(&keep.path().join("backing.img"), 4 << 20);
-    let rig = lcd().start();
+    let rig = lcd().frontend("ublk").start();
     let (_conn, m) = rig.client().await;
     let frontend = m.block_frontend().await.unwrap();
     assert!(frontend.contains("modprobe ublk_drv"), "{frontend}");

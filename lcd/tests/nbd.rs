@@ -221,3 +221,105 @@ async fn a_hostile_or_unprivileged_client_changes_nothing() {
     assert!(!denied.status.success(), "nobody reached the NBD socket");
     rig.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_device_keeps_the_frontend_it_was_attached_with_across_restarts() {
+    // lcd's default is none here; one device asks for nbd, one for nothing
+    let mut rig = lcd().frontend("none").start();
+    let (_c, m) = rig.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = file(&dir.path().join("cache.img"), 64 << 20);
+    let a = file(&dir.path().join("a.img"), BACKING);
+    let b = file(&dir.path().join("b.img"), BACKING);
+    let c = file(&dir.path().join("c.img"), BACKING);
+    m.format_cache_device(&cache, false).await.unwrap();
+    m.switch_to(1).await.unwrap();
+    m.resume_cache(&cache).await.unwrap();
+
+    let da = m
+        .create_device_with_frontend(1, &a, 1, "nbd")
+        .await
+        .unwrap();
+    assert_eq!(
+        (da.frontend.as_str(), da.state.as_str()),
+        ("nbd", "running")
+    );
+    assert!(da.node.starts_with("nbd+unix:///?socket="), "{da:?}");
+    let db = m.create_device_with_frontend(2, &b, 1, "").await.unwrap();
+    assert_eq!(db.frontend, "none", "lcd's default: {db:?}");
+    assert_eq!(db.node, "");
+    assert!(db.state.starts_with("no block device:"), "{db:?}");
+
+    // a frontend lcd does not know, or one this kernel lacks, creates nothing
+    let e = m
+        .create_device_with_frontend(3, &c, 1, "scsi")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, lc_proto::LcdError::InvalidArgument(m) if m.contains("ublk, nbd or none")),
+        "{e:?}"
+    );
+    if !Path::new("/dev/ublk-control").exists() {
+        let e = m
+            .create_device_with_frontend(3, &c, 1, "ublk")
+            .await
+            .unwrap_err();
+        let text = format!("{e:?}");
+        assert!(text.contains("/dev/ublk-control is missing"), "{text}");
+        assert!(
+            text.contains("--frontend nbd"),
+            "says what to do instead: {text}"
+        );
+    }
+    assert_eq!(m.list_devices().await.unwrap().len(), 2, "nothing created");
+
+    let data = pattern(4 << 20, 11);
+    let src = dir.path().join("in.bin");
+    std::fs::write(&src, &data).unwrap();
+    run(Command::new("nbdcopy").arg(&src).arg(&da.node));
+
+    // the frontends are saved with the devices and come back with them,
+    // after a clean restart and after kill -9
+    for round in ["restart", "kill -9"] {
+        if round == "restart" {
+            rig.restart();
+        } else {
+            rig.kill();
+            rig.start_lcd();
+            rig.wait_ready();
+        }
+        let (_c, m) = rig.client().await;
+        let devs = m.list_devices().await.unwrap();
+        let by_id = |id: u8| devs.iter().find(|d| d.id == id).unwrap();
+        assert_eq!(by_id(1).frontend, "nbd", "{round}: {devs:?}");
+        assert_eq!(by_id(1).node, da.node, "{round}");
+        assert_eq!(by_id(2).frontend, "none", "{round}: {devs:?}");
+        let out = dir.path().join("out.bin");
+        run(Command::new("nbdcopy").arg(&da.node).arg(&out));
+        assert!(
+            std::fs::read(&out).unwrap()[..data.len()] == data[..],
+            "{round}: read back over NBD"
+        );
+    }
+    rig.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_lcd_exports_over_nbd_where_the_kernel_has_no_ublk() {
+    if Path::new("/dev/ublk-control").exists() {
+        eprintln!("skipped: this kernel has ublk (the default is ublk then)");
+        return;
+    }
+    let rig = lcd().start();
+    let (_c, m) = rig.client().await;
+    let frontend = m.block_frontend().await.unwrap();
+    assert!(
+        frontend.starts_with("nbd") && frontend.contains("modprobe ublk_drv"),
+        "the default, and why not ublk: {frontend}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = device(&m, dir.path()).await;
+    assert_eq!(d.frontend, "nbd");
+    run(Command::new("nbdinfo").arg(&d.node));
+    rig.stop();
+}

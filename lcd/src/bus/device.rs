@@ -104,6 +104,11 @@ macro_rules! device_interface {
                 Ok(self.current().map_err(gone)?.state)
             }
 
+            #[zbus(property(emits_changed_signal = "const"))]
+            fn frontend(&self) -> fdo::Result<String> {
+                Ok(self.current().map_err(gone)?.frontend)
+            }
+
             #[zbus(property(emits_changed_signal = "false"))]
             fn nr_dirty_caches(&self) -> fdo::Result<u64> {
                 Ok(self.current().map_err(gone)?.nr_dirty_caches)

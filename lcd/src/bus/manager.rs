@@ -11,6 +11,7 @@ use zbus::message::Header;
 use zbus::{interface, Connection};
 
 use super::{cache_info, device_info, require_root, to_dbus};
+use crate::frontend::FrontendKind;
 use crate::registry::Registry;
 
 /// Each client's cache cursor, by unique bus name.
@@ -149,7 +150,28 @@ impl Manager {
     ) -> Result<DeviceInfo, LcdError> {
         require_root(conn, &hdr).await?;
         self.registry
-            .create_device(device_id, backing_path, cache_id)
+            .create_device(device_id, backing_path, cache_id, None)
+            .await
+            .map(device_info)
+            .map_err(to_dbus)
+    }
+
+    async fn create_device_with_frontend(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        device_id: u8,
+        backing_path: String,
+        cache_id: u8,
+        frontend: String,
+    ) -> Result<DeviceInfo, LcdError> {
+        require_root(conn, &hdr).await?;
+        let kind = match frontend.as_str() {
+            "" => None,
+            name => Some(FrontendKind::from_name(name).map_err(LcdError::InvalidArgument)?),
+        };
+        self.registry
+            .create_device(device_id, backing_path, cache_id, kind)
             .await
             .map(device_info)
             .map_err(to_dbus)

@@ -88,6 +88,7 @@ fn device_info(d: DeviceSummary) -> DeviceInfo {
         nr_dirty_caches: d.nr_dirty_caches,
         migrate_threshold: d.knobs.get(DeviceKnob::MigrateThreshold) as u8,
         state: d.state,
+        frontend: d.frontend.name().to_string(),
     }
 }
 

@@ -6,15 +6,134 @@
 //! the block device again ([`Exposed`]). Three frontends exist: [`ublk`]
 //! (`/dev/ublkb<id>`, production), [`nbd`] (an NBD export per device on a
 //! root-only Unix socket: kernels without ublk, VMs, NBD tools) and
-//! [`NoFrontend`] (`--frontend none`: devices are attached to their cache
-//! only; tests, draining a cache). Nothing here knows D-Bus or the registry.
+//! [`NoFrontend`] (`none`: devices are attached to their cache only;
+//! tests, draining a cache). Each device has its own ([`FrontendKind`]),
+//! chosen when it is attached; [`Frontends`] holds one of each and the
+//! default. Nothing here knows D-Bus or the registry.
 
+use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use lc_engine::Cache;
 
 pub mod nbd;
 pub mod ublk;
+
+/// Which frontend exposes a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontendKind {
+    /// As `/dev/ublkb<id>` (production).
+    Ublk,
+    /// As an NBD export on `<run-dir>/nbd/<id>.sock`.
+    Nbd,
+    /// Not at all: attached to its cache only (tests; draining a cache).
+    None,
+}
+
+impl FrontendKind {
+    /// Every kind, as `lcctl attach --frontend` and the state file name them.
+    pub const ALL: [FrontendKind; 3] = [FrontendKind::Ublk, FrontendKind::Nbd, FrontendKind::None];
+
+    /// The name users give and see: `ublk`, `nbd`, `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontendKind::Ublk => "ublk",
+            FrontendKind::Nbd => "nbd",
+            FrontendKind::None => "none",
+        }
+    }
+
+    /// The kind named `name`; an error that lists the names otherwise.
+    pub fn from_name(name: &str) -> Result<FrontendKind, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| format!("unknown frontend {name:?}: give ublk, nbd or none"))
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One frontend of each kind, and the kind a device gets when its attach
+/// names none.
+#[derive(Clone)]
+pub struct Frontends {
+    ublk: Arc<dyn BlockFrontend>,
+    nbd: Arc<dyn BlockFrontend>,
+    none: Arc<dyn BlockFrontend>,
+    default: FrontendKind,
+}
+
+impl Frontends {
+    /// The real frontends (ublk with `queues` per device, NBD exports under
+    /// `run_dir`), devices getting `default` unless they ask for another;
+    /// `None` as the default means ublk where this kernel offers it, else
+    /// NBD.
+    pub fn new(run_dir: &Path, queues: u16, default: Option<FrontendKind>) -> Frontends {
+        let ublk: Arc<dyn BlockFrontend> =
+            Arc::new(ublk::UblkFrontend::new(run_dir.to_path_buf(), queues));
+        let default = default.unwrap_or(if ublk.refuses_new_devices().is_none() {
+            FrontendKind::Ublk
+        } else {
+            FrontendKind::Nbd
+        });
+        Frontends {
+            ublk,
+            nbd: Arc::new(nbd::NbdFrontend::new(run_dir)),
+            none: Arc::new(NoFrontend),
+            default,
+        }
+    }
+
+    /// Only `frontend`, as the default and for any kind asked for (the
+    /// registry's tests).
+    #[cfg(test)]
+    pub fn only(frontend: Arc<dyn BlockFrontend>) -> Frontends {
+        Frontends {
+            ublk: frontend.clone(),
+            nbd: frontend.clone(),
+            none: frontend,
+            default: FrontendKind::None,
+        }
+    }
+
+    /// The frontend of `kind`.
+    pub fn get(&self, kind: FrontendKind) -> &Arc<dyn BlockFrontend> {
+        match kind {
+            FrontendKind::Ublk => &self.ublk,
+            FrontendKind::Nbd => &self.nbd,
+            FrontendKind::None => &self.none,
+        }
+    }
+
+    /// The kind a device gets when its attach names none.
+    pub fn default_kind(&self) -> FrontendKind {
+        self.default
+    }
+
+    /// Before the saved devices come back: each frontend removes block
+    /// devices an earlier lcd left for ids not in `saved`.
+    pub fn before_restore(&self, saved: &[u8]) {
+        for kind in FrontendKind::ALL {
+            self.get(kind).before_restore(saved);
+        }
+    }
+
+    /// What the Manager's `BlockFrontend` property says: the default, and
+    /// why ublk is not offered where it is not.
+    pub fn describe(&self) -> String {
+        let default = self.get(self.default).describe();
+        match (self.default, self.ublk.refuses_new_devices()) {
+            (FrontendKind::Ublk, _) | (_, None) => default,
+            (_, Some(why)) => format!("{default} (ublk: {why})"),
+        }
+    }
+}
 
 /// A block device a frontend serves for one lc device, until stopped.
 pub trait Exposed: Send {
@@ -61,14 +180,12 @@ pub trait BlockFrontend: Send + Sync {
     ) -> Result<Box<dyn Exposed>, NotExposed>;
 }
 
-/// `--frontend none`: devices are attached to their cache but not exposed.
+/// Frontend `none`: devices are attached to their cache but not exposed.
 pub struct NoFrontend;
 
 impl BlockFrontend for NoFrontend {
     fn describe(&self) -> String {
-        "none: lcd runs with --frontend none; devices are attached to their cache but not \
-         exposed as block devices"
-            .into()
+        "none: devices are attached to their cache but not exposed as block devices".into()
     }
 
     fn refuses_new_devices(&self) -> Option<String> {
@@ -88,7 +205,7 @@ impl BlockFrontend for NoFrontend {
         _size_bytes: u64,
     ) -> Result<Box<dyn Exposed>, NotExposed> {
         Err(NotExposed::NotOffered(
-            "lcd runs with --frontend none".into(),
+            "its frontend is none (lcd --frontend none, or lcctl attach --frontend none)".into(),
         ))
     }
 }

@@ -216,7 +216,7 @@ impl Registry {
             self.snapshot(&r)
         };
         saved.write().await?;
-        let listed = devices::list_unrecorded(&mut self.lock(), id);
+        let listed = devices::list_unrecorded(&mut self.lock(), id, self.frontends.default_kind());
         for dev in listed {
             self.announce(Change::DeviceAdded(dev)).await;
         }

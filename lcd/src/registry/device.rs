@@ -14,7 +14,7 @@ use std::sync::Arc;
 use lc_engine::{Cache, DeviceKnob, DeviceKnobs};
 
 use super::state::DeviceRecord;
-use crate::frontend::Exposed;
+use crate::frontend::{Exposed, FrontendKind};
 use crate::identity::DeviceIdentity;
 
 /// The knobs a state file saved for device `id`, on the table's defaults;
@@ -48,6 +48,8 @@ pub struct DeviceSummary {
     pub nr_dirty_caches: u64,
     /// Its knobs (`migrate_threshold`: the write-back policy threshold).
     pub knobs: DeviceKnobs,
+    /// How it is exposed.
+    pub frontend: FrontendKind,
     /// Where it is in its life, as a person reads it.
     pub state: String,
 }
@@ -94,6 +96,8 @@ pub struct DeviceEntry {
     /// Its cache while that runs, attached or not (a failed device's dirty
     /// lines are counted there).
     pub resumed_cache: Option<Arc<Cache>>,
+    /// How it is exposed (chosen at attach, kept across restarts).
+    pub frontend: FrontendKind,
     /// The block device, while there is one.
     pub block: Option<Box<dyn Exposed>>,
     /// Size of the backing device in bytes (0 if never opened).
@@ -111,17 +115,19 @@ pub struct DeviceEntry {
 
 impl DeviceEntry {
     /// A device of cache `cache_id` on `backing`, not attached, not
-    /// exposed and not saved, with the table's default knobs;
-    /// `resumed_cache` is its cache if that runs.
+    /// exposed and not saved, with the table's default knobs, to be
+    /// exposed through `frontend`; `resumed_cache` is its cache if that runs.
     pub fn new(
         cache_id: u8,
         backing: String,
+        frontend: FrontendKind,
         resumed_cache: Option<Arc<Cache>>,
         state: DeviceState,
     ) -> DeviceEntry {
         DeviceEntry {
             cache_id,
             backing,
+            frontend,
             identity: None,
             cache: None,
             resumed_cache,
@@ -133,12 +139,26 @@ impl DeviceEntry {
         }
     }
 
-    /// A device as the state file records it, coming back (`Creating`).
+    /// A device as the state file records it, coming back (`Creating`);
+    /// one saved without a frontend (by an older lcd), or with one this lcd
+    /// does not know, gets `default_frontend`.
     pub fn from_record(
         id: u8,
         rec: &DeviceRecord,
+        default_frontend: FrontendKind,
         resumed_cache: Option<Arc<Cache>>,
     ) -> DeviceEntry {
+        let frontend = match rec.frontend.as_deref().map(FrontendKind::from_name) {
+            None => default_frontend,
+            Some(Ok(kind)) => kind,
+            Some(Err(why)) => {
+                tracing::warn!(
+                    id,
+                    "saved frontend not used ({why}): {default_frontend} instead"
+                );
+                default_frontend
+            }
+        };
         DeviceEntry {
             identity: rec.identity.clone(),
             knobs: saved_knobs(id, &rec.knobs),
@@ -146,6 +166,7 @@ impl DeviceEntry {
             ..DeviceEntry::new(
                 rec.cache_id,
                 rec.backing.clone(),
+                frontend,
                 resumed_cache,
                 DeviceState::Creating,
             )
@@ -213,6 +234,7 @@ impl DeviceEntry {
                 .as_ref()
                 .map_or_else(String::new, |b| b.node().to_string()),
             knobs: self.knobs.clone(),
+            frontend: self.frontend,
             state: self.state.describe(),
             cache: self.cache.clone(),
             resumed_cache: self.resumed_cache.clone(),
@@ -232,6 +254,7 @@ impl DeviceEntry {
                 .into_iter()
                 .map(|(name, v)| (name.to_string(), v))
                 .collect(),
+            frontend: Some(self.frontend.name().to_string()),
             identity: self.identity.clone(),
         }
     }
@@ -245,6 +268,7 @@ pub struct DeviceView {
     size_bytes: u64,
     node: String,
     knobs: DeviceKnobs,
+    frontend: FrontendKind,
     state: String,
     cache: Option<Arc<Cache>>,
     resumed_cache: Option<Arc<Cache>>,
@@ -272,6 +296,7 @@ impl DeviceView {
                 |d| d.nr_dirty_caches,
             ),
             knobs: engine.map_or(self.knobs, |d| d.knobs),
+            frontend: self.frontend,
             state: self.state,
         }
     }
@@ -307,6 +332,7 @@ mod tests {
             ..DeviceEntry::new(
                 cache.id(),
                 "/dev/b".into(),
+                FrontendKind::None,
                 Some(cache.clone()),
                 DeviceState::Running,
             )

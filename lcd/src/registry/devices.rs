@@ -21,7 +21,7 @@ use super::error::blocking;
 use super::paths::absolute;
 use super::state::DeviceRecord;
 use super::{Change, Registry, RegistryError, Roster};
-use crate::frontend::{BlockFrontend, NotExposed};
+use crate::frontend::{BlockFrontend, FrontendKind, NotExposed};
 use crate::identity::DeviceIdentity;
 
 /// Opens the backing device, checks it is the device `expected` records
@@ -131,7 +131,7 @@ fn log_progress(id: u8) -> impl FnMut(lc_engine::DrainProgress) {
 /// attaches the right disk on purpose (`RepointDevice(id, path)`) or gives
 /// the data up (`ForgetDevice(id, true)`). They are not saved: the next
 /// start lists them again from the cache. Returns the ids listed.
-pub(super) fn list_unrecorded(d: &mut Roster, cache_id: u8) -> Vec<u8> {
+pub(super) fn list_unrecorded(d: &mut Roster, cache_id: u8, frontend: FrontendKind) -> Vec<u8> {
     let Some(cache) = d.caches.get(&cache_id).map(|e| e.cache.clone()) else {
         return Vec::new();
     };
@@ -165,6 +165,7 @@ pub(super) fn list_unrecorded(d: &mut Roster, cache_id: u8) -> Vec<u8> {
             DeviceEntry::new(
                 cache_id,
                 String::new(),
+                frontend,
                 Some(cache.clone()),
                 DeviceState::Failed(format!(
                     "cache {cache_id} holds {n} dirty 4 KiB lines of device {id}, but lcd has no \
@@ -187,7 +188,9 @@ impl Registry {
         device_id: u8,
         backing_path: String,
         cache_id: u8,
+        frontend: Option<FrontendKind>,
     ) -> Result<DeviceSummary, RegistryError> {
+        let kind = frontend.unwrap_or(self.frontends.default_kind());
         absolute(&backing_path)?;
         if cache_id == 0 {
             return Err(RegistryError::InvalidArgument(
@@ -197,8 +200,10 @@ impl Registry {
         let backing = backing_path;
         let (id, cache, frontend) = {
             let mut d = self.lock();
-            if let Some(why) = self.frontend.refuses_new_devices() {
-                return Err(RegistryError::Failed(why));
+            if let Some(why) = self.frontends.get(kind).refuses_new_devices() {
+                return Err(RegistryError::Failed(format!(
+                    "{why}; or attach it with another frontend (lcctl attach --frontend nbd)"
+                )));
             }
             let cache = d
             .caches
@@ -246,11 +251,12 @@ impl Registry {
                 DeviceEntry::new(
                     cache_id,
                     backing.clone(),
+                    kind,
                     Some(cache.clone()),
                     DeviceState::Creating,
                 ),
             );
-            (id, cache, self.frontend.clone())
+            (id, cache, self.frontends.get(kind).clone())
         };
         let (c, b) = (cache.clone(), backing.clone());
         let up = blocking(move || bring_up(&*frontend, &c, id, &b, None, None, false)).await;
@@ -270,7 +276,7 @@ impl Registry {
             e.info(id)
         };
         self.announce(Change::DeviceAdded(id)).await;
-        tracing::info!(id, cache_id, %backing, node = %info.node, "created device");
+        tracing::info!(id, cache_id, %backing, frontend = %kind, node = %info.node, "created device");
         self.persist().await?;
         Ok(info)
     }
@@ -514,7 +520,8 @@ impl Registry {
             let e = d.devices.get_mut(&id).expect("looked up above");
             let knobs = e.knobs.clone();
             e.state = DeviceState::Creating;
-            (cache, backing, expected, knobs, self.frontend.clone())
+            let frontend = self.frontends.get(e.frontend).clone();
+            (cache, backing, expected, knobs, frontend)
         };
         let (c, b) = (cache.clone(), backing.clone());
         let up = blocking(move || {
@@ -564,11 +571,10 @@ impl Registry {
     /// are published once lcd is on the bus). One that cannot be brought up is
     /// listed as failed; the others go on.
     pub(super) async fn restore_devices(&self, records: Vec<DeviceRecord>) -> bool {
-        let frontend = self.frontend.clone();
         let keep: Vec<u8> = records.iter().map(|r| r.id).collect();
-        let f = frontend.clone();
+        let frontends = self.frontends.clone();
         let _ = blocking(move || {
-            f.before_restore(&keep);
+            frontends.before_restore(&keep);
             Ok(())
         })
         .await;
@@ -580,7 +586,9 @@ impl Registry {
                 .caches
                 .get(&rec.cache_id)
                 .map(|e| e.cache.clone());
-            let mut entry = DeviceEntry::from_record(id, &rec, cache.clone());
+            let default = self.frontends.default_kind();
+            let mut entry = DeviceEntry::from_record(id, &rec, default, cache.clone());
+            let frontend = self.frontends.get(entry.frontend).clone();
             match cache {
                 None => {
                     entry.state = DeviceState::Failed(format!(

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use futures_util::future::BoxFuture;
 use lc_engine::{Cache, Knob};
 
-use crate::frontend::BlockFrontend;
+use crate::frontend::Frontends;
 
 mod caches;
 pub mod device;
@@ -90,7 +90,7 @@ struct Roster {
 /// The caches and devices lcd hosts, and its rules for them.
 pub struct Registry {
     roster: Mutex<Roster>,
-    frontend: Arc<dyn BlockFrontend>,
+    frontends: Frontends,
     persister: Persister,
     announcer: OnceLock<Arc<dyn Announcer>>,
 }
@@ -155,16 +155,16 @@ impl Roster {
 }
 
 impl Registry {
-    /// An empty registry saving into `store`, exposing devices through
-    /// `frontend`.
-    pub fn new(store: StateStore, frontend: Arc<dyn BlockFrontend>) -> Arc<Registry> {
+    /// An empty registry saving into `store`, exposing each device through
+    /// the one of `frontends` it asks for.
+    pub fn new(store: StateStore, frontends: Frontends) -> Arc<Registry> {
         Arc::new(Registry {
             roster: Mutex::new(Roster {
                 caches: BTreeMap::new(),
                 devices: BTreeMap::new(),
                 failed: BTreeMap::new(),
             }),
-            frontend,
+            frontends,
             persister: Persister::new(store),
             announcer: OnceLock::new(),
         })
@@ -201,7 +201,7 @@ impl Registry {
 
     /// What the Manager's `BlockFrontend` property says.
     pub fn frontend_description(&self) -> String {
-        self.frontend.describe()
+        self.frontends.describe()
     }
 
     /// Brings back what `saved` names: every cache, then every device,
@@ -214,7 +214,7 @@ impl Registry {
             let mut r = self.lock();
             let ids: Vec<u8> = r.caches.keys().copied().collect();
             for id in ids {
-                devices::list_unrecorded(&mut r, id);
+                devices::list_unrecorded(&mut r, id, self.frontends.default_kind());
             }
         }
         if learnt_caches || learnt_devices {

@@ -41,6 +41,10 @@ pub struct DeviceRecord {
     /// other fields: the layout older lcd wrote and reads.
     #[serde(flatten)]
     pub knobs: BTreeMap<String, u64>,
+    /// How it is exposed: `ublk`, `nbd` or `none` (absent in state files of
+    /// older lcd: lcd's default frontend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
     /// Who the backing device is (absent in state files of older lcd:
     /// recorded at the first successful open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +177,7 @@ mod tests {
             cache_id: 3,
             backing: "/dev/y".into(),
             knobs: [("migrate_threshold".to_string(), 50)].into(),
+            frontend: Some("nbd".into()),
             identity: Some(DeviceIdentity::File { dev: 1, ino: 2 }),
         };
         store.save(vec![rec.clone()], vec![dev.clone()]).unwrap();
@@ -206,6 +211,7 @@ mod tests {
         );
         assert_eq!(s.caches[0].path, "/dev/disk/by-id/c", "the path as given");
         assert_eq!(s.devices[0].knobs["migrate_threshold"], 70);
+        assert_eq!(s.devices[0].frontend, None, "lcd's default then");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use lc_engine::{format_cache_device, DeviceKnob, FileDevice, Knob};
 use super::device::{DeviceEntry, DeviceState};
 use super::state::StateStore;
 use super::*;
-use crate::frontend::NoFrontend;
+use crate::frontend::{FrontendKind, Frontends, NoFrontend};
 
 /// An [`Announcer`] that writes down what it is told.
 #[derive(Default)]
@@ -71,7 +71,7 @@ impl Disks {
     async fn registry(&self) -> (Arc<Registry>, Arc<Heard>) {
         let store = StateStore::open(&self.state_dir()).unwrap();
         let saved = store.load().unwrap();
-        let registry = Registry::new(store, Arc::new(NoFrontend));
+        let registry = Registry::new(store, Frontends::only(Arc::new(NoFrontend)));
         registry.restore(saved).await;
         let heard = Arc::new(Heard::default());
         registry.announce_to(heard.clone());
@@ -82,7 +82,7 @@ impl Disks {
 fn entry(backing: &str, state: DeviceState, saved: bool) -> DeviceEntry {
     DeviceEntry {
         saved,
-        ..DeviceEntry::new(1, backing.into(), None, state)
+        ..DeviceEntry::new(1, backing.into(), FrontendKind::None, None, state)
     }
 }
 
@@ -90,7 +90,7 @@ fn entry(backing: &str, state: DeviceState, saved: bool) -> DeviceEntry {
 async fn the_state_file_keeps_a_device_being_re_pointed_and_no_unsaved_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let registry = Registry::new(store, Arc::new(NoFrontend));
+    let registry = Registry::new(store, Frontends::only(Arc::new(NoFrontend)));
     {
         let mut r = registry.lock();
         // re-pointing: recorded, coming up again
@@ -121,11 +121,11 @@ async fn a_cache_and_device_configured_come_back_at_the_next_start() {
             .await
             .unwrap();
         let dev = registry
-            .create_device(0, d.backing.clone(), 1)
+            .create_device(0, d.backing.clone(), 1, None)
             .await
             .unwrap();
         assert_eq!(dev.id, 1, "the first free id");
-        assert_eq!(dev.state, "no block device: lcd runs with --frontend none");
+        assert_eq!(dev.state, "no block device: its frontend is none (lcd --frontend none, or lcctl attach --frontend none)");
         assert_eq!(heard.take(), ["cache 1 added", "device 1 added"]);
         registry.stop().await;
     }
@@ -140,7 +140,7 @@ async fn a_cache_and_device_configured_come_back_at_the_next_start() {
     assert_eq!(devices[0].backing, d.backing);
     assert_eq!(
         devices[0].state,
-        "no block device: lcd runs with --frontend none"
+        "no block device: its frontend is none (lcd --frontend none, or lcctl attach --frontend none)"
     );
     registry.stop().await;
 }
@@ -152,7 +152,7 @@ async fn a_threshold_of_0_stops_write_back_at_once_and_says_so() {
     let (registry, heard) = d.registry().await;
     registry.resume_cache(1, d.cache.clone()).await.unwrap();
     registry
-        .create_device(3, d.backing.clone(), 1)
+        .create_device(3, d.backing.clone(), 1, None)
         .await
         .unwrap();
     let cache = registry.running_cache(1).unwrap();
@@ -192,7 +192,7 @@ async fn removing_a_device_writes_it_back_and_forgets_it() {
     let (registry, heard) = d.registry().await;
     registry.resume_cache(1, d.cache.clone()).await.unwrap();
     registry
-        .create_device(2, d.backing.clone(), 1)
+        .create_device(2, d.backing.clone(), 1, None)
         .await
         .unwrap();
     let cache = registry.running_cache(1).unwrap();

@@ -93,10 +93,10 @@ impl UblkFrontend {
     /// The ublk frontend keeping its records in `run_dir`, giving new
     /// devices `queues` queues (0: one per CPU). Makes libublk's directory
     /// lcd's; when ublk cannot be used here, says why in the log (devices
-    /// are then attached to their cache only).
+    /// that ask for ublk are then attached to their cache only).
     pub fn new(run_dir: PathBuf, queues: u16) -> UblkFrontend {
         if let Some(why) = unavailable_reason().or_else(|| control::prepare().err()) {
-            tracing::warn!("devices cannot be exposed as block devices: {why}");
+            tracing::warn!("devices cannot be exposed through ublk: {why}");
         }
         UblkFrontend { run_dir, queues }
     }
