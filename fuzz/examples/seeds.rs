@@ -85,4 +85,34 @@ fn main() {
         6, // FreeCache
     ];
     write("dbus", "session", dbus);
+
+    // nbd: a valid handshake (mode 1; 3 with structured replies), then a
+    // WRITE, a READ of it, FLUSH, TRIM, WRITE_ZEROES with FUA, an
+    // out-of-range READ, DISC; and the handshake alone sent raw (mode 0)
+    let request = |flags: u16, kind: u16, cookie: u64, offset: u64, len: u32| {
+        let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
+        r.extend(flags.to_be_bytes());
+        r.extend(kind.to_be_bytes());
+        r.extend(cookie.to_be_bytes());
+        r.extend(offset.to_be_bytes());
+        r.extend(len.to_be_bytes());
+        r
+    };
+    let mut session = request(0, 1, 1, 4096, 4096);
+    session.extend(vec![0x5A; 4096]);
+    session.extend(request(0, 0, 2, 4096, 4096));
+    session.extend(request(0, 3, 3, 0, 0));
+    session.extend(request(0, 4, 4, 8192, 8192));
+    session.extend(request(1, 6, 5, 16384, 4096));
+    session.extend(request(0, 0, 6, lc_fuzz::nbd::EXPORT_BYTES, 4096));
+    session.extend(request(0, 2, 7, 0, 0));
+    for (mode, name) in [(1u8, "session"), (3, "session-structured")] {
+        let mut input = vec![mode];
+        input.extend(&session);
+        write("nbd", name, &input);
+    }
+    let mut raw = vec![0u8];
+    raw.extend(lc_fuzz::nbd::client_handshake(true));
+    raw.extend(&session);
+    write("nbd", "raw-handshake-and-session", &raw);
 }

@@ -4,3 +4,4 @@
 #[cfg(feature = "dbus")]
 pub mod dbus;
 pub mod engine;
+pub mod nbd;

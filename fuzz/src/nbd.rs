@@ -1,0 +1,142 @@
+//! The `nbd` target: a client's byte stream fed to lc-nbd's server, the
+//! one lcd's NBD frontend runs on each connection, serving an export in RAM.
+//!
+//! Input: the first byte chooses how the rest is sent. Bit 0 clear: the
+//! rest is the whole client stream, handshake included. Bit 0 set: a valid
+//! fixed-newstyle handshake comes first (client flags, then
+//! `NBD_OPT_STRUCTURED_REPLY` if bit 1 is set, then `NBD_OPT_GO` for the
+//! default export), and the rest is the transmission phase, so the fuzzer
+//! reaches the requests at once.
+//!
+//! What must hold for any input: the server returns when the stream ends
+//! (every request read answered or the connection closed: libFuzzer's
+//! timeout catches a hang), never panics, and calls the export only with
+//! offsets and lengths that are multiples of 512 and inside the export (the
+//! export panics otherwise); a READ never returns more than the export
+//! holds.
+
+use std::io::{self, Cursor, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use lc_nbd::{serve, Errno, Export, Exports};
+
+/// Size of the export: small, so the fuzzer finds the end quickly.
+pub const EXPORT_BYTES: u64 = 256 << 10;
+
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const FLAG_FIXED_NEWSTYLE: u32 = 1;
+const FLAG_NO_ZEROES: u32 = 2;
+const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+
+/// An export in RAM that refuses (panics at) any call the server must never
+/// make.
+struct CheckedExport {
+    bytes: Mutex<Vec<u8>>,
+}
+
+fn check(what: &str, offset: u64, len: u64) {
+    assert!(
+        offset % 512 == 0 && len % 512 == 0,
+        "{what} at {offset}+{len}: not 512-byte aligned"
+    );
+    assert!(
+        offset.checked_add(len).is_some_and(|end| end <= EXPORT_BYTES),
+        "{what} at {offset}+{len}: beyond the export's {EXPORT_BYTES} bytes"
+    );
+}
+
+impl Export for CheckedExport {
+    fn size(&self) -> u64 {
+        EXPORT_BYTES
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        check("read", offset, buf.len() as u64);
+        let b = self.bytes.lock().expect("export");
+        buf.copy_from_slice(&b[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), Errno> {
+        check("write", offset, data.len() as u64);
+        self.bytes.lock().expect("export")[offset as usize..offset as usize + data.len()]
+            .copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn trim(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        check("trim", offset, len);
+        Ok(())
+    }
+    fn flush_covers_all_connections(&self) -> bool {
+        true
+    }
+}
+
+struct OneExport(Arc<CheckedExport>);
+
+impl Exports for OneExport {
+    fn find(&self, name: &str) -> Option<Arc<dyn Export>> {
+        (name.is_empty() || name == "lc1").then(|| self.0.clone() as Arc<dyn Export>)
+    }
+    fn names(&self) -> Vec<String> {
+        vec!["lc1".into()]
+    }
+}
+
+/// The server's replies, discarded (counted, to bound them).
+struct Sink(u64);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A valid client handshake: flags, optionally structured replies, then GO
+/// for the default export.
+pub fn client_handshake(structured: bool) -> Vec<u8> {
+    let mut h = (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes().to_vec();
+    let mut option = |opt: u32, data: &[u8]| {
+        h.extend(IHAVEOPT.to_be_bytes());
+        h.extend(opt.to_be_bytes());
+        h.extend((data.len() as u32).to_be_bytes());
+        h.extend(data);
+    };
+    if structured {
+        option(OPT_STRUCTURED_REPLY, &[]);
+    }
+    // GO: export name length 0, no information requests
+    option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    h
+}
+
+/// One input: see the module documentation.
+pub fn nbd(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut stream = Vec::new();
+    if mode & 1 != 0 {
+        stream = client_handshake(mode & 2 != 0);
+    }
+    stream.extend_from_slice(rest);
+    let input_bytes = stream.len() as u64;
+    let export = Arc::new(CheckedExport {
+        bytes: Mutex::new(vec![0; EXPORT_BYTES as usize]),
+    });
+    let exports = OneExport(export);
+    let reader: Box<dyn Read> = Box::new(Cursor::new(stream));
+    let mut sink = Sink(0);
+    // a protocol error closes the connection: that is allowed, a panic is not
+    let _ = serve(reader, &mut sink, &exports);
+    // each request of 28 bytes gets at most one reply of its READ length
+    // (at most the export) plus a header: no reply comes from nowhere
+    let most = 4096 + (input_bytes / 28 + 1) * (EXPORT_BYTES + 64);
+    assert!(sink.0 <= most, "{} reply bytes for {input_bytes} input bytes", sink.0);
+}
