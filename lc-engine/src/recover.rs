@@ -288,11 +288,13 @@ fn verify_oldest(
 /// them one after the other; a single spindle loses nothing by it.
 pub const RESUME_HEADER_READERS: usize = 4;
 /// Headers a reader fetches and parses per hand-over to the replay.
-const HEADER_BATCH: u64 = 32;
-/// How many batches readers may run ahead of the one the replay needs next
-/// (bounds the RAM of headers that arrived out of order: at most this many
-/// batches of about 10 KiB per header).
-const READ_AHEAD_BATCHES: u64 = 4 * RESUME_HEADER_READERS as u64;
+const HEADER_BATCH: u64 = 16;
+/// How many batches readers may run ahead of the one the replay needs next:
+/// two per reader, so each always has one to read while the replay takes
+/// the other. This bounds the RAM of headers read and not yet replayed to
+/// 8 × 16 headers of about 8 KiB (the block and its parsed metablocks):
+/// 1 MiB, whatever the device holds (`tests/bounded_memory.rs`).
+const READ_AHEAD_BATCHES: u64 = 2 * RESUME_HEADER_READERS as u64;
 
 /// Headers of consecutive slots of the log, read and parsed: `(slot, header
 /// block, the header if it is a well-formed one of this cache in that slot)`.
@@ -609,7 +611,7 @@ mod tests {
         })
         .expect_err("slot 300 fails");
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
-        // the batch holding slot 300 (slots 292..324) is not handed over
+        // the batch holding slot 300 (slots 292..308) is not handed over
         assert_eq!(seen, 192, "headers before the failed batch");
         assert!(
             dev.reads.load(Ordering::SeqCst)
