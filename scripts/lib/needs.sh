@@ -30,7 +30,8 @@
 # Groups: build (cargo build of the workspace), bus (daemon tests on a private
 # dbus-daemon), man (man page lint), deb (the package's build dependencies
 # besides build), debtest (packaging/test), vm (the qemu guest), fuzz
-# (libFuzzer), nbd (the NBD clients lcd's NBD tests drive), bench (plots).
+# (libFuzzer), nbd (the NBD clients lcd's NBD tests drive), nbdbench (the NBD
+# benchmark's reference server), bench (plots).
 
 LC_NEEDS="
 build cmd    cc                  gcc
@@ -64,6 +65,7 @@ fuzz  cmd    c++                 g++
 nbd   cmd    nbdinfo             libnbd-bin
 nbd   cmd    nbdcopy             libnbd-bin
 nbd   cmd    fio                 fio
+nbdbench cmd qemu-nbd            qemu-utils
 bench py     matplotlib          matplotlib
 "
 
