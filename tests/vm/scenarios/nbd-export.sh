@@ -1,0 +1,39 @@
+# vm-about: the guest's disk is lc's NBD export, served by lcd on the host (qemu -drive file=nbd+unix://...): mkfs.ext4, files with checksums, e2fsck -fn, remount and verify; the host restarts its lcd and checks the export's file system
+# vm-host-nbd: lcnbd 128M 384M
+# vm-timeout: 600
+
+# No lcd in the guest is used: the disk is the host's lcd device 1, seen by
+# this kernel as a plain virtio disk through qemu's NBD client.
+d=$DISK_lcnbd
+[ -b "$d" ] || fail "no disk with serial lcnbd (the host's NBD export)"
+size=$(dev_size "$d")
+[ "$size" = $((384 * 1024 * 1024)) ] || fail "the export is $size bytes, expected 384 MiB (the host's backing file)"
+
+mkfs.ext4 -q -F "$d" || fail "mkfs.ext4 $d failed"
+mount -t ext4 "$d" /mnt || fail "mount $d failed after mkfs.ext4"
+i=0
+for dir in a b c d; do
+    mkdir -p /mnt/$dir/sub
+    for f in 1 2 3 4 5 6 7 8; do
+        i=$((i + 1))
+        head -c $((i * 1531 % 65536 + 1)) /dev/urandom >/mnt/$dir/small$f
+    done
+    head -c $((3 * 1024 * 1024 + i)) /dev/urandom >/mnt/$dir/sub/medium
+done
+dd if=/dev/urandom of=/mnt/big bs=1M count=160 2>/dev/null || fail "writing /mnt/big failed"
+(cd /mnt && find . -type f ! -path './lost+found/*' | sort | xargs sha256sum) >/tmp/sums
+log "$(wc -l </tmp/sums) files written ($(du -sm /mnt | cut -f1) MiB) through the NBD export"
+sync
+umount /mnt || fail "umount /mnt failed"
+
+out=$(e2fsck -fn "$d" 2>&1) || { echo "$out"; fail "e2fsck -fn $d: expected a clean file system, it reported problems (above)"; }
+log "e2fsck -fn clean: $(echo "$out" | tail -n1)"
+
+drop_caches
+mount -t ext4 "$d" /mnt || fail "remount of $d failed"
+(cd /mnt && sha256sum -c -s /tmp/sums) || {
+    (cd /mnt && sha256sum -c /tmp/sums 2>&1 | grep -v ': OK$' | head -n 20)
+    fail "files read back after remount differ from what was written (list above)"
+}
+log "all $(wc -l </tmp/sums) files verify after remount"
+umount /mnt
