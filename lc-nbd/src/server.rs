@@ -41,6 +41,10 @@ impl From<io::Error> for ServeError {
     }
 }
 
+/// Alignment of the buffers READs are served into (the export's
+/// [`Export::read`] gets one starting at such a boundary).
+const READ_ALIGN: usize = 4096;
+
 /// Serves one connection: the handshake on `r`/`w` (the two directions of
 /// one stream), then its requests until the client disconnects.
 pub fn serve<R: Read, W: Write + Send>(
@@ -234,9 +238,17 @@ fn execute(export: &dyn Export, structured: bool, work: &Work) -> Vec<u8> {
             if req.length == 0 {
                 return done(Ok(()));
             }
-            let mut buf = vec![0u8; req.length as usize];
-            match export.read(req.offset, &mut buf) {
-                Ok(()) => command_reply(structured, req.cookie, Ok(()), Some((req.offset, &buf))),
+            // a buffer at a 4 KiB boundary, so that an export reading with
+            // O_DIRECT can read into it without a bounce buffer of its own
+            let len = req.length as usize;
+            let mut storage = vec![0u8; len + READ_ALIGN - 1];
+            let at = storage
+                .as_ptr()
+                .align_offset(READ_ALIGN)
+                .min(READ_ALIGN - 1);
+            let buf = &mut storage[at..at + len];
+            match export.read(req.offset, buf) {
+                Ok(()) => command_reply(structured, req.cookie, Ok(()), Some((req.offset, buf))),
                 Err(e) => done(Err(e)),
             }
         }

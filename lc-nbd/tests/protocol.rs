@@ -22,6 +22,11 @@ impl Export for MemExport {
         SIZE
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        assert_eq!(
+            buf.as_ptr() as usize % 4096,
+            0,
+            "reads are served into buffers at a 4 KiB boundary (O_DIRECT exports need no bounce)"
+        );
         let b = self.bytes.lock().unwrap();
         buf.copy_from_slice(&b[offset as usize..offset as usize + buf.len()]);
         Ok(())

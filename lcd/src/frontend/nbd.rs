@@ -120,8 +120,12 @@ impl Export for DeviceExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        // resolved once under the cache's lock, the device reads then go
+        // straight into `buf` (lc-nbd gives one at a 4 KiB boundary, so
+        // O_DIRECT needs no bounce buffer)
         self.cache
-            .read(self.id, offset / SECTOR_SIZE as u64, buf)
+            .plan_read(self.id, offset / SECTOR_SIZE as u64, buf)
+            .and_then(|plan| plan.execute_blocking(buf))
             .map_err(|e| errno(&e))
     }
 
