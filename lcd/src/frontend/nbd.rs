@@ -124,8 +124,7 @@ impl Export for DeviceExport {
         // straight into `buf` (lc-nbd gives one at a 4 KiB boundary, so
         // O_DIRECT needs no bounce buffer)
         self.cache
-            .plan_read(self.id, offset / SECTOR_SIZE as u64, buf)
-            .and_then(|plan| plan.execute_blocking(buf))
+            .read(self.id, offset / SECTOR_SIZE as u64, buf)
             .map_err(|e| errno(&e))
     }
 
