@@ -120,9 +120,9 @@ impl Export for DeviceExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        // resolved once under the cache's lock, the device reads then go
-        // straight into `buf` (lc-nbd gives one at a 4 KiB boundary, so
-        // O_DIRECT needs no bounce buffer)
+        // lc-nbd gives `buf` at a 4 KiB boundary, so misses read straight
+        // into it with O_DIRECT (no bounce buffer); the engine's read plan
+        // measured slower here (BENCHMARKS.md, NBD exports)
         self.cache
             .read(self.id, offset / SECTOR_SIZE as u64, buf)
             .map_err(|e| errno(&e))
