@@ -148,12 +148,8 @@ impl Manager {
         backing_path: String,
         cache_id: u8,
     ) -> Result<DeviceInfo, LcdError> {
-        require_root(conn, &hdr).await?;
-        self.registry
-            .create_device(device_id, backing_path, cache_id, None)
+        self.create_device_with_frontend(hdr, conn, device_id, backing_path, cache_id, String::new())
             .await
-            .map(device_info)
-            .map_err(to_dbus)
     }
 
     async fn create_device_with_frontend(

@@ -249,6 +249,34 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
+# write_file_tree DIRS FILES: on the file system at /mnt, DIRS directories
+# of FILES small files and a 3 MiB one each, and a 160 MiB file (bigger than
+# the cache's RAM buffers); their sha256 sums go to /tmp/sums
+write_file_tree() {
+    _i=0
+    for _dir in $(seq "$1"); do
+        mkdir -p "/mnt/d$_dir/sub"
+        for _f in $(seq "$2"); do
+            _i=$((_i + 1))
+            head -c $((_i * 1531 % 65536 + 1)) /dev/urandom >"/mnt/d$_dir/small$_f"
+        done
+        head -c $((3 * 1024 * 1024 + _i)) /dev/urandom >"/mnt/d$_dir/sub/medium"
+    done
+    dd if=/dev/urandom of=/mnt/big bs=1M count=160 2>/dev/null || fail "writing /mnt/big failed"
+    (cd /mnt && find . -type f ! -path './lost+found/*' | sort | xargs sha256sum) >/tmp/sums
+    log "$(wc -l </tmp/sums) files written ($(du -sm /mnt | cut -f1) MiB)"
+}
+
+# verify_file_tree WHEN: the files at /mnt match /tmp/sums; fails listing
+# those that differ
+verify_file_tree() {
+    (cd /mnt && sha256sum -c -s /tmp/sums) || {
+        (cd /mnt && sha256sum -c /tmp/sums 2>&1 | grep -v ': OK$' | head -n 20)
+        fail "files read back $1 differ from what was written (list above)"
+    }
+    log "all $(wc -l </tmp/sums) files verify $1"
+}
+
 # run_fio NAME ARGS...: fio with verification; fails with fio's output tail
 run_fio() {
     _name=$1
