@@ -148,8 +148,15 @@ impl Manager {
         backing_path: String,
         cache_id: u8,
     ) -> Result<DeviceInfo, LcdError> {
-        self.create_device_with_frontend(hdr, conn, device_id, backing_path, cache_id, String::new())
-            .await
+        self.create_device_with_frontend(
+            hdr,
+            conn,
+            device_id,
+            backing_path,
+            cache_id,
+            String::new(),
+        )
+        .await
     }
 
     async fn create_device_with_frontend(
