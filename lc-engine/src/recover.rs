@@ -3,8 +3,9 @@
 //!
 //! Resume reads every segment header once, [`RESUME_HEADER_READERS`] at a
 //! time (reader threads that also parse what they read), and replays them
-//! in log order starting at the slot of `last_migrated_segment_id + 1`. The contiguous run of well-formed
-//! headers with the expected ids is the candidate log. A segment is replayed
+//! in log order starting at the slot of `last_migrated_segment_id + 1`.
+//! The contiguous run of well-formed headers with the expected ids is the
+//! candidate log. A segment is replayed
 //! without reading its data when a later header's `durable_id` vouches that
 //! it was flushed before that header was sealed; the few segments at the end
 //! of the run that nobody vouches for are checked against their full
@@ -349,9 +350,9 @@ impl Drop for StopOnPanic<'_> {
 }
 
 /// Reads and parses the header of every slot in log order from
-/// `first_slot`, with [`RESUME_HEADER_READERS`] threads reading at once, and hands
-/// each to `each` on the calling thread strictly in log order. Returns the
-/// first read error or error of `each`; nothing is read after it.
+/// `first_slot`, with [`RESUME_HEADER_READERS`] threads reading at once,
+/// and hands each to `each` on the calling thread strictly in log order.
+/// Returns the first read error or error of `each`; the readers stop then.
 fn read_headers_in_log_order(
     dev: &dyn BlockDevice,
     sb: &SuperBlockHeader,

@@ -250,3 +250,26 @@ impl FrontendArg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    #[test]
+    fn attach_frontends_are_lc_protos() {
+        let names: Vec<&str> = FrontendArg::value_variants()
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        assert_eq!(names, lc_proto::FRONTENDS);
+        for f in FrontendArg::value_variants() {
+            let shown = f.to_possible_value().expect("a value");
+            assert_eq!(
+                shown.get_name(),
+                f.name(),
+                "what --frontend takes is what lcd gets"
+            );
+        }
+    }
+}

@@ -209,3 +209,22 @@ impl BlockFrontend for NoFrontend {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontend_names_are_lc_protos_and_come_back() {
+        let names: Vec<&str> = FrontendKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            lc_proto::FRONTENDS,
+            "the names of the D-Bus contract"
+        );
+        for k in FrontendKind::ALL {
+            assert_eq!(FrontendKind::from_name(k.name()), Ok(k));
+        }
+        assert!(FrontendKind::from_name("scsi").is_err());
+    }
+}
