@@ -55,12 +55,11 @@ fn bring_up(
     cache
         .attach_device(id, Arc::new(dev))
         .map_err(RegistryError::from)?;
-    for s in knobs
-        .iter()
-        .flat_map(|k| DeviceKnob::ALL.map(|s| (s.knob, k.get(s.knob))))
-    {
-        // in range (a DeviceKnobs holds no other), and just attached
-        let _ = cache.set_device_knob(id, s.0, s.1);
+    if let Some(knobs) = &knobs {
+        for s in &DeviceKnob::ALL {
+            // in range (a DeviceKnobs holds no other), and just attached
+            let _ = cache.set_device_knob(id, s.knob, knobs.get(s.knob));
+        }
     }
     let (block, state) = match frontend.expose(cache, id, size) {
         Ok(b) => (Some(b), DeviceState::Running),
