@@ -32,15 +32,53 @@ fn transmission_flags(export: &dyn Export) -> u16 {
     f
 }
 
+/// Whether a connection must start TLS before it may choose an export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// The server offers no TLS (a root-only Unix socket):
+    /// `NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_UNSUP`.
+    Off,
+    /// Until the client has started TLS, every option but
+    /// `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` is answered
+    /// `NBD_REP_ERR_TLS_REQD` (and `NBD_OPT_EXPORT_NAME`, which cannot be
+    /// answered so, closes the connection).
+    Required,
+}
+
+/// How a handshake ended.
+pub enum Handshake {
+    /// The client chose an export: transmission follows.
+    Export(Negotiated),
+    /// The client ended it (`NBD_OPT_ABORT`, or it closed the stream
+    /// between options).
+    Ended,
+    /// The client asked for TLS and was told yes (`NBD_REP_ACK` is sent):
+    /// the caller runs TLS's handshake as the server on this stream, then
+    /// goes on with [`negotiate_in_tls`] on the TLS stream.
+    StartTls(TlsStarted),
+}
+
+/// Where option haggling stands on TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No TLS is offered.
+    Plain,
+    /// TLS is required and not started yet.
+    BeforeTls,
+    /// Inside TLS.
+    InTls,
+}
+
 /// Runs the server's side of the handshake on `r`/`w` (one stream's two
-/// directions). `Ok(None)`: the client ended it (`NBD_OPT_ABORT`, or it
-/// closed the stream between options). An error: the client broke the
-/// protocol or the stream failed; the caller closes the connection.
+/// directions): the greeting, then the client's options under `tls`. An
+/// error: the client broke the protocol or the stream failed; the caller
+/// closes the connection.
 pub fn handshake(
     r: &mut impl Read,
     w: &mut impl Write,
     exports: &dyn Exports,
-) -> io::Result<Option<Negotiated>> {
+    tls: TlsPolicy,
+) -> io::Result<Handshake> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -55,11 +93,48 @@ pub fn handshake(
         return Err(invalid(format!("unknown client flags {client_flags:#x}")));
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    let phase = match tls {
+        TlsPolicy::Off => Phase::Plain,
+        TlsPolicy::Required => Phase::BeforeTls,
+    };
+    negotiate(r, w, exports, phase, no_zeroes)
+}
+
+/// Goes on with option haggling inside TLS, after [`Handshake::StartTls`]:
+/// `r`/`w` are the TLS stream's two directions, `no_zeroes` is
+/// [`TlsStarted::no_zeroes`] of the plain handshake. What the client
+/// negotiated before TLS is forgotten, as the protocol says. Never returns
+/// [`Handshake::StartTls`] (a second STARTTLS is refused).
+pub fn negotiate_in_tls(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    exports: &dyn Exports,
+    started: TlsStarted,
+) -> io::Result<Handshake> {
+    negotiate(r, w, exports, Phase::InTls, started.no_zeroes)
+}
+
+/// What the plain part of a handshake agreed that outlives STARTTLS.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsStarted {
+    /// The client asked for no zeroes after `NBD_OPT_EXPORT_NAME`'s reply.
+    pub no_zeroes: bool,
+}
+
+/// Option haggling until an export is chosen, the client ends it or TLS
+/// starts.
+fn negotiate(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    exports: &dyn Exports,
+    phase: Phase,
+    no_zeroes: bool,
+) -> io::Result<Handshake> {
     let mut structured = false;
     loop {
         let magic = match read_u64(r) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Handshake::Ended),
             Err(e) => return Err(e),
         };
         if magic != IHAVEOPT {
@@ -72,7 +147,26 @@ pub fn handshake(
         }
         let mut data = vec![0u8; len as usize];
         r.read_exact(&mut data)?;
+        if phase == Phase::BeforeTls && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
+            if option == OPT_EXPORT_NAME {
+                // no way to say "TLS first" but to close the connection
+                return Err(invalid("NBD_OPT_EXPORT_NAME before STARTTLS"));
+            }
+            option_reply(w, option, REP_ERR_TLS_REQD, &[])?;
+            w.flush()?;
+            continue;
+        }
         match option {
+            OPT_STARTTLS => match phase {
+                _ if !data.is_empty() => option_reply(w, option, REP_ERR_INVALID, &[])?,
+                Phase::Plain => option_reply(w, option, REP_ERR_UNSUP, &[])?,
+                Phase::InTls => option_reply(w, option, REP_ERR_INVALID, &[])?,
+                Phase::BeforeTls => {
+                    option_reply(w, option, REP_ACK, &[])?;
+                    w.flush()?;
+                    return Ok(Handshake::StartTls(TlsStarted { no_zeroes }));
+                }
+            },
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
                 // no way to say no but to close the connection
@@ -87,7 +181,7 @@ pub fn handshake(
                 }
                 w.write_all(&m)?;
                 w.flush()?;
-                return Ok(Some(Negotiated {
+                return Ok(Handshake::Export(Negotiated {
                     export,
                     name,
                     structured,
@@ -96,7 +190,7 @@ pub fn handshake(
             OPT_ABORT => {
                 // the reply is optional; the client may already be gone
                 let _ = option_reply(w, option, REP_ACK, &[]).and_then(|()| w.flush());
-                return Ok(None);
+                return Ok(Handshake::Ended);
             }
             OPT_LIST => {
                 if !data.is_empty() {
@@ -141,7 +235,7 @@ pub fn handshake(
                         option_reply(w, option, REP_ACK, &[])?;
                         if option == OPT_GO {
                             w.flush()?;
-                            return Ok(Some(Negotiated {
+                            return Ok(Handshake::Export(Negotiated {
                                 export,
                                 name,
                                 structured,

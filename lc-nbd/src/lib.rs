@@ -15,8 +15,13 @@
 //!   export's size and flags, its block sizes: minimum 512 B, preferred
 //!   4 KiB, maximum [`MAX_REQUEST_BYTES`], and its name), `NBD_OPT_LIST`,
 //!   `NBD_OPT_ABORT` and `NBD_OPT_STRUCTURED_REPLY`; every other option is
-//!   answered `NBD_REP_ERR_UNSUP` (TLS among them: lc serves NBD on a
-//!   root-only Unix socket);
+//!   answered `NBD_REP_ERR_UNSUP`;
+//! - `NBD_OPT_STARTTLS` where the caller requires TLS ([`TlsPolicy`]):
+//!   until the client starts it, other options are answered
+//!   `NBD_REP_ERR_TLS_REQD`; the TLS itself is the caller's (this crate
+//!   hands back the stream at [`Handshake::StartTls`] and goes on over the
+//!   TLS stream in [`negotiate_in_tls`]). Without TLS required, STARTTLS is
+//!   answered `NBD_REP_ERR_UNSUP`;
 //! - commands `READ`, `WRITE` (with `FUA`), `FLUSH`, `TRIM`,
 //!   `WRITE_ZEROES` (with `FUA`) and `DISC`, requests in flight at once
 //!   (answered as they finish, as the protocol allows), simple or
@@ -41,7 +46,7 @@ mod handshake;
 mod server;
 mod wire;
 
-pub use handshake::{handshake, Negotiated};
+pub use handshake::{handshake, negotiate_in_tls, Handshake, Negotiated, TlsPolicy, TlsStarted};
 pub use server::{serve, transmit, ServeError};
 pub use wire::Errno;
 

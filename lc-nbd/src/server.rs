@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use crate::handshake::{handshake, Negotiated};
+use crate::handshake::{handshake, Handshake, Negotiated, TlsPolicy};
 use crate::wire::*;
 use crate::{Export, Exports, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MIN_BLOCK_BYTES};
 
@@ -45,16 +45,19 @@ impl From<io::Error> for ServeError {
 /// [`Export::read`] gets one starting at such a boundary).
 const READ_ALIGN: usize = 4096;
 
-/// Serves one connection: the handshake on `r`/`w` (the two directions of
-/// one stream), then its requests until the client disconnects.
+/// Serves one connection that offers no TLS: the handshake on `r`/`w` (the
+/// two directions of one stream), then its requests until the client
+/// disconnects.
 pub fn serve<R: Read, W: Write + Send>(
     mut r: R,
     mut w: W,
     exports: &dyn Exports,
 ) -> Result<(), ServeError> {
-    match handshake(&mut r, &mut w, exports)? {
-        Some(n) => transmit(r, w, &n),
-        None => Ok(()),
+    match handshake(&mut r, &mut w, exports, TlsPolicy::Off)? {
+        Handshake::Export(n) => transmit(r, w, &n),
+        Handshake::Ended => Ok(()),
+        // STARTTLS is refused where TLS is off, so this cannot come
+        Handshake::StartTls(_) => Err(ServeError::Protocol("STARTTLS without TLS".into())),
     }
 }
 

@@ -19,6 +19,7 @@ pub(crate) const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 pub(crate) const OPT_EXPORT_NAME: u32 = 1;
 pub(crate) const OPT_ABORT: u32 = 2;
 pub(crate) const OPT_LIST: u32 = 3;
+pub(crate) const OPT_STARTTLS: u32 = 5;
 pub(crate) const OPT_INFO: u32 = 6;
 pub(crate) const OPT_GO: u32 = 7;
 pub(crate) const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -30,6 +31,7 @@ pub(crate) const REP_INFO: u32 = 3;
 const REP_ERR: u32 = 1 << 31;
 pub(crate) const REP_ERR_UNSUP: u32 = REP_ERR | 1;
 pub(crate) const REP_ERR_INVALID: u32 = REP_ERR | 3;
+pub(crate) const REP_ERR_TLS_REQD: u32 = REP_ERR | 5;
 pub(crate) const REP_ERR_UNKNOWN: u32 = REP_ERR | 6;
 
 // NBD_OPT_INFO / NBD_OPT_GO information types

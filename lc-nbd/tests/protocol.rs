@@ -7,7 +7,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use lc_nbd::{serve, Errno, Export, Exports, ServeError};
+use lc_nbd::{
+    handshake, negotiate_in_tls, serve, transmit, Errno, Export, Exports, Handshake, ServeError,
+    TlsPolicy,
+};
 
 const SIZE: u64 = 1 << 20;
 
@@ -360,5 +363,111 @@ fn pipelined_requests_are_all_answered_by_cookie() {
     );
     drop(b);
     request(&mut s, 2, 0, 0, 0, 0);
+    t.join().unwrap().unwrap();
+}
+
+/// How a server that requires TLS ended its handshake: "export" (the
+/// client chose one after STARTTLS, and was served), "ended", or the error.
+fn start_tls_required() -> (
+    UnixStream,
+    std::thread::JoinHandle<Result<&'static str, ServeError>>,
+) {
+    let (client, server) = UnixStream::pair().unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let exports = One(Arc::new(MemExport {
+        bytes: Mutex::new(vec![0x11; SIZE as usize]),
+        flushes: Mutex::new(0),
+    }));
+    let t = std::thread::spawn(move || {
+        let (mut r, mut w) = (server.try_clone().unwrap(), server);
+        let started = match handshake(&mut r, &mut w, &exports, TlsPolicy::Required)? {
+            Handshake::StartTls(started) => started,
+            Handshake::Ended => return Ok("ended"),
+            Handshake::Export(_) => panic!("an export was chosen without TLS"),
+        };
+        // the test's "TLS stream" is the same socket: this crate leaves the
+        // TLS itself to its caller
+        match negotiate_in_tls(&mut r, &mut w, &exports, started)? {
+            Handshake::Export(n) => transmit(r, w, &n).map(|()| "export"),
+            Handshake::Ended => Ok("ended"),
+            Handshake::StartTls(_) => panic!("a second STARTTLS was accepted"),
+        }
+    });
+    (client, t)
+}
+
+#[test]
+fn where_tls_is_required_only_starttls_and_abort_are_answered_before_it() {
+    let (mut s, t) = start_tls_required();
+    hello(&mut s);
+    for option in [3u32, 6, 7, 8, 99] {
+        let data = if matches!(option, 6 | 7) {
+            go_data("dev1")
+        } else {
+            vec![]
+        };
+        send_option(&mut s, option, &data);
+        assert_eq!(
+            option_reply(&mut s, option).0,
+            (1 << 31) | 5,
+            "option {option} before STARTTLS: NBD_REP_ERR_TLS_REQD"
+        );
+    }
+    send_option(&mut s, 5, b"x");
+    assert_eq!(
+        option_reply(&mut s, 5).0,
+        (1 << 31) | 3,
+        "STARTTLS with data"
+    );
+    send_option(&mut s, 5, &[]);
+    assert_eq!(option_reply(&mut s, 5).0, 1, "STARTTLS: ACK");
+    // inside TLS: a second STARTTLS is invalid, then the export is served
+    send_option(&mut s, 5, &[]);
+    assert_eq!(
+        option_reply(&mut s, 5).0,
+        (1 << 31) | 3,
+        "a second STARTTLS"
+    );
+    let (size, _, _) = go(&mut s, "dev1");
+    assert_eq!(size, SIZE);
+    request(&mut s, 0, 0, 7, 0, 512);
+    let (err, cookie, data) = simple_reply(&mut s, 512);
+    assert_eq!((err, cookie), (0, 7));
+    assert!(data.iter().all(|&b| b == 0x11));
+    request(&mut s, 2, 0, 8, 0, 0); // DISC
+    assert_eq!(t.join().unwrap().unwrap(), "export");
+
+    // NBD_OPT_EXPORT_NAME cannot be refused with an error: the connection
+    // is closed, and nothing is served
+    let (mut s, t) = start_tls_required();
+    hello(&mut s);
+    send_option(&mut s, 1, b"dev1");
+    assert!(matches!(t.join().unwrap(), Err(ServeError::Protocol(_))));
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "no export info was sent: {rest:?}");
+
+    let (mut s, t) = start_tls_required();
+    hello(&mut s);
+    send_option(&mut s, 2, &[]); // ABORT is allowed before TLS
+    assert_eq!(option_reply(&mut s, 2).0, 1);
+    assert_eq!(t.join().unwrap().unwrap(), "ended");
+}
+
+#[test]
+fn where_tls_is_off_starttls_is_unsupported_and_the_handshake_goes_on() {
+    let (mut s, _e, t) = start();
+    hello(&mut s);
+    send_option(&mut s, 5, &[]);
+    assert_eq!(
+        option_reply(&mut s, 5).0,
+        (1 << 31) | 1,
+        "NBD_REP_ERR_UNSUP"
+    );
+    let (size, _, _) = go(&mut s, "dev1");
+    assert_eq!(size, SIZE);
+    request(&mut s, 2, 0, 1, 0, 0);
     t.join().unwrap().unwrap();
 }
