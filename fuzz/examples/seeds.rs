@@ -106,13 +106,21 @@ fn main() {
     session.extend(request(1, 6, 5, 16384, 4096));
     session.extend(request(0, 0, 6, lc_fuzz::nbd::EXPORT_BYTES, 4096));
     session.extend(request(0, 2, 7, 0, 0));
-    for (mode, name) in [(1u8, "session"), (3, "session-structured")] {
+    for (mode, name) in [
+        (1u8, "session"),
+        (3, "session-structured"),
+        (7, "session-tls-structured"),
+    ] {
         let mut input = vec![mode];
         input.extend(&session);
         write("nbd", name, &input);
     }
     let mut raw = vec![0u8];
-    raw.extend(lc_fuzz::nbd::client_handshake(true));
+    raw.extend(lc_fuzz::nbd::client_handshake(false, true));
     raw.extend(&session);
     write("nbd", "raw-handshake-and-session", &raw);
+    let mut raw = vec![4u8];
+    raw.extend(lc_fuzz::nbd::client_handshake(true, true));
+    raw.extend(&session);
+    write("nbd", "raw-tls-handshake-and-session", &raw);
 }

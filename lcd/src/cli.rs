@@ -47,6 +47,29 @@ pub struct Cli {
     /// while it lives; a changed count applies to devices started later.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub queues: u16,
+    /// Also serve every NBD device over TCP at ADDRESS: PORT (on loopback,
+    /// 127.0.0.1), HOST:PORT or [IPV6]:PORT (0.0.0.0:10809 for every
+    /// address). Clients name the device as the export: nbds://HOST:PORT/1.
+    /// Needs --nbd-tls or --nbd-insecure. Off by default: NBD is served on
+    /// root-only Unix sockets only.
+    #[arg(long, value_name = "ADDRESS")]
+    pub nbd_listen: Option<String>,
+    /// TLS for NBD over TCP, with DIR holding ca-cert.pem, server-cert.pem
+    /// and server-key.pem (qemu-nbd's layout; read at start). Clients must
+    /// start TLS (NBD_OPT_STARTTLS) and present a certificate signed by
+    /// ca-cert.pem; any other is refused.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "nbd_listen",
+        conflicts_with = "nbd_insecure"
+    )]
+    pub nbd_tls: Option<PathBuf>,
+    /// NBD over TCP without TLS or any check of who connects: whoever can
+    /// reach ADDRESS can read and write every NBD device. Only for a
+    /// machine and network you trust entirely (a test VM's host side).
+    #[arg(long, requires = "nbd_listen")]
+    pub nbd_insecure: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -9,7 +9,7 @@
 //! - `bus`: the D-Bus API over the registry; it only authorises, converts
 //!   and announces.
 //! - `frontend`: how a device becomes a block device (`BlockFrontend`:
-//!   ublk, or none).
+//!   ublk, NBD exports, or none).
 //! - `process`: start, early boot without D-Bus, readiness and stop.
 //!
 //! The offline rescue subcommands
@@ -49,12 +49,24 @@ fn main() -> ExitCode {
                 FrontendArg::Nbd => Some(FrontendKind::Nbd),
                 FrontendArg::None => Some(FrontendKind::None),
             };
+            let nbd_tcp = match frontend::nbd::NbdTcpConfig::from_flags(
+                cli.nbd_listen.as_deref(),
+                cli.nbd_tls,
+                cli.nbd_insecure,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("lcd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             process::run(process::Options {
                 bus,
                 state_dir: cli.state_dir,
                 frontend,
                 run_dir: cli.run_dir,
                 queues: cli.queues,
+                nbd_tcp,
                 wait_for_devices: std::time::Duration::from_secs(cli.wait_for_devices),
             })
             .map(|()| ExitCode::SUCCESS)

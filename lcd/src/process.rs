@@ -57,6 +57,8 @@ pub struct Options {
     pub run_dir: std::path::PathBuf,
     /// Queues of each new ublk device (0: one per CPU).
     pub queues: u16,
+    /// NBD over TCP, where configured.
+    pub nbd_tcp: Option<crate::frontend::nbd::NbdTcpConfig>,
     /// How long to wait at start for saved devices that do not exist yet.
     pub wait_for_devices: std::time::Duration,
 }
@@ -81,7 +83,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // lcd's own)
         private_mount_namespace();
     }
-    let frontends = Frontends::new(&opts.run_dir, opts.queues, opts.frontend);
+    let frontends = Frontends::new(
+        &opts.run_dir,
+        opts.queues,
+        opts.frontend,
+        opts.nbd_tcp.as_ref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     tracing::info!(
         default = %frontends.default_kind(),
         "devices get the {} frontend unless their attach names another",

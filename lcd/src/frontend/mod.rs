@@ -71,10 +71,16 @@ pub struct Frontends {
 
 impl Frontends {
     /// The real frontends (ublk with `queues` per device, NBD exports under
-    /// `run_dir`), devices getting `default` unless they ask for another;
-    /// `None` as the default means ublk where this kernel offers it, else
-    /// NBD.
-    pub fn new(run_dir: &Path, queues: u16, default: Option<FrontendKind>) -> Frontends {
+    /// `run_dir` and over TCP as `nbd_tcp` says), devices getting `default`
+    /// unless they ask for another; `None` as the default means ublk where
+    /// this kernel offers it, else NBD. Fails if NBD over TCP cannot be
+    /// served as configured.
+    pub fn new(
+        run_dir: &Path,
+        queues: u16,
+        default: Option<FrontendKind>,
+        nbd_tcp: Option<&nbd::NbdTcpConfig>,
+    ) -> Result<Frontends, String> {
         let ublk: Arc<dyn BlockFrontend> =
             Arc::new(ublk::UblkFrontend::new(run_dir.to_path_buf(), queues));
         let default = default.unwrap_or(if ublk.refuses_new_devices().is_none() {
@@ -82,12 +88,12 @@ impl Frontends {
         } else {
             FrontendKind::Nbd
         });
-        Frontends {
+        Ok(Frontends {
             ublk,
-            nbd: Arc::new(nbd::NbdFrontend::new(run_dir)),
+            nbd: Arc::new(nbd::NbdFrontend::new(run_dir, nbd_tcp)?),
             none: Arc::new(NoFrontend),
             default,
-        }
+        })
     }
 
     /// Only `frontend`, as the default and for any kind asked for (the

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod nbd;
+
 use std::path::Path;
 
 use lc_testbus::{Rig, RigBuilder};
