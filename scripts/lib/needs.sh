@@ -30,8 +30,9 @@
 # Groups: build (cargo build of the workspace), bus (daemon tests on a private
 # dbus-daemon), man (man page lint), deb (the package's build dependencies
 # besides build), debtest (packaging/test), vm (the qemu guest), fuzz
-# (libFuzzer), nbd (the NBD clients lcd's NBD tests drive), nbdbench (the NBD
-# benchmark's reference server), bench (plots).
+# (libFuzzer), nbd (the NBD clients lcd's NBD tests drive, openssl for their
+# certificates), nbdbench (the NBD benchmark's reference server), bench
+# (plots).
 
 LC_NEEDS="
 build cmd    cc                  gcc
@@ -65,6 +66,7 @@ fuzz  cmd    c++                 g++
 nbd   cmd    nbdinfo             libnbd-bin
 nbd   cmd    nbdcopy             libnbd-bin
 nbd   cmd    fio                 fio
+nbd   cmd    openssl             openssl
 nbdbench cmd qemu-nbd            qemu-utils
 bench py     matplotlib          matplotlib
 "
