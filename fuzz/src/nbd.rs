@@ -151,7 +151,7 @@ pub fn nbd(data: &[u8]) {
     });
     let tls = mode & 4 != 0;
     let exports = OneExport(export, AtomicBool::new(tls));
-    let mut reader: Box<dyn Read> = Box::new(Cursor::new(stream));
+    let mut reader: Box<dyn Read + Send> = Box::new(Cursor::new(stream));
     let mut sink = Sink(0);
     // a protocol error closes the connection: that is allowed, a panic is not
     if tls {

@@ -66,7 +66,8 @@ pub const MIN_BLOCK_BYTES: u32 = 512;
 pub const PREFERRED_BLOCK_BYTES: u32 = 4096;
 
 /// The requests of one connection that may be in flight at once; the
-/// server stops reading requests while this many are not yet answered.
+/// server stops reading requests while this many are not yet answered
+/// (its threads serving a connection are fewer).
 pub const MAX_IN_FLIGHT: usize = 64;
 
 /// A block device served over NBD. Offsets and lengths are multiples of

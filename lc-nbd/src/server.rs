@@ -1,8 +1,7 @@
-//! Transmission: requests read in order, served by a few threads at once,
-//! answered as they finish.
+//! Transmission: requests read in order, served by a few threads at once
+//! (each serving the request it read), answered as they finish.
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
@@ -12,6 +11,7 @@ use crate::{Export, Exports, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MIN_BLOCK_BYTES};
 
 /// Threads that serve one connection's requests.
 const WORKERS: usize = 8;
+const _: () = assert!(WORKERS <= MAX_IN_FLIGHT);
 
 /// Most bytes of request payloads and read buffers one connection holds.
 const MAX_IN_FLIGHT_BYTES: u64 = 64 << 20;
@@ -48,7 +48,7 @@ const READ_ALIGN: usize = 4096;
 /// Serves one connection that offers no TLS: the handshake on `r`/`w` (the
 /// two directions of one stream), then its requests until the client
 /// disconnects.
-pub fn serve<R: Read, W: Write + Send>(
+pub fn serve<R: Read + Send, W: Write + Send>(
     mut r: R,
     mut w: W,
     exports: &dyn Exports,
@@ -69,35 +69,70 @@ struct Work {
     bytes: u64,
 }
 
-/// The requests read and not yet answered.
-struct InFlight {
-    queue: VecDeque<Work>,
-    /// Read and not yet answered (queued or being served).
-    count: usize,
-    bytes: u64,
-    /// The reader is done: workers end once the queue is empty.
-    closed: bool,
+/// The connection's request stream, read by one worker at a time, and how
+/// reading it ended.
+struct RequestStream<R> {
+    r: BufReader<R>,
+    /// Set by the worker that saw the end: DISC or the end of the stream
+    /// (`Ok`), a protocol or stream error.
+    ended: Option<Result<(), ServeError>>,
 }
+
+/// Payload bytes of the requests being served, against
+/// [`MAX_IN_FLIGHT_BYTES`].
+struct Budget {
+    bytes: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    /// Waits until `bytes` more fit (a request larger than the whole budget
+    /// waits until nothing is in flight), then takes them.
+    fn take(&self, bytes: u64) {
+        let mut b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        while *b > 0 && *b + bytes > MAX_IN_FLIGHT_BYTES {
+            b = self.freed.wait(b).unwrap_or_else(|e| e.into_inner());
+        }
+        *b += bytes;
+    }
+
+    fn give_back(&self, bytes: u64) {
+        if bytes > 0 {
+            *self.bytes.lock().unwrap_or_else(|e| e.into_inner()) -= bytes;
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// Bytes the request stream is read in: several pipelined requests per
+/// read of the socket.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// The transmission phase of a negotiated connection; returns when the
 /// client sends `NBD_CMD_DISC` or ends the stream (every request read is
 /// answered first, unless the stream broke).
-pub fn transmit<R: Read, W: Write + Send>(
-    mut r: R,
+///
+/// Eight threads take turns at reading: the one holding the stream reads
+/// the next request, lets go of the stream and serves that request itself
+/// (no hand-over between threads), so at most eight (fewer than
+/// [`MAX_IN_FLIGHT`]) requests are in flight, answered as they finish.
+pub fn transmit<R: Read + Send, W: Write + Send>(
+    r: R,
     w: W,
     n: &Negotiated,
 ) -> Result<(), ServeError> {
     let export = &*n.export;
+    let structured = n.structured;
     let writer = Mutex::new(w);
     let broken = AtomicBool::new(false);
-    let flight = Mutex::new(InFlight {
-        queue: VecDeque::new(),
-        count: 0,
-        bytes: 0,
-        closed: false,
+    let stream = Mutex::new(RequestStream {
+        r: BufReader::with_capacity(READ_BUFFER_BYTES, r),
+        ended: None,
     });
-    let cv = Condvar::new();
-    let lock = || flight.lock().unwrap_or_else(|e| e.into_inner());
+    let budget = Budget {
+        bytes: Mutex::new(0),
+        freed: Condvar::new(),
+    };
     let reply = |bytes: Vec<u8>| {
         let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
         if w.write_all(&bytes).and_then(|()| w.flush()).is_err() {
@@ -108,54 +143,52 @@ pub fn transmit<R: Read, W: Write + Send>(
         for _ in 0..WORKERS {
             scope.spawn(|| loop {
                 let work = {
-                    let mut f = lock();
-                    loop {
-                        if let Some(work) = f.queue.pop_front() {
-                            break Some(work);
+                    let mut s = stream.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.ended.is_some() {
+                        return;
+                    }
+                    if broken.load(Ordering::SeqCst) {
+                        let e = ServeError::Stream(io::ErrorKind::BrokenPipe.into());
+                        s.ended = Some(Err(e));
+                        return;
+                    }
+                    match next_request(&mut s.r, structured, &budget, &reply) {
+                        Ok(Some(work)) => work,
+                        Ok(None) => {
+                            s.ended = Some(Ok(()));
+                            return;
                         }
-                        if f.closed {
-                            break None;
+                        Err(e) => {
+                            s.ended = Some(Err(e));
+                            return;
                         }
-                        f = cv.wait(f).unwrap_or_else(|e| e.into_inner());
                     }
                 };
-                let Some(work) = work else { return };
-                reply(execute(export, n.structured, &work));
-                let mut f = lock();
-                f.count -= 1;
-                f.bytes -= work.bytes;
-                drop(f);
-                cv.notify_all();
+                reply(execute(export, structured, &work));
+                budget.give_back(work.bytes);
             });
         }
-        let res = read_requests(&mut r, n.structured, &broken, &flight, &cv, &reply);
-        lock().closed = true;
-        cv.notify_all();
-        res
-    })
+    });
+    let ended = stream.into_inner().unwrap_or_else(|e| e.into_inner()).ended;
+    ended.unwrap_or(Ok(()))
 }
 
-/// The reader: requests in order, each queued for the workers once the
-/// in-flight budget has room. Ends at DISC, at the end of the stream or at
-/// a protocol error.
-fn read_requests(
+/// Reads the next request to serve, with its payload, once the in-flight
+/// budget has room for it; `None` at DISC or the end of the stream.
+/// Unknown commands are answered here and skipped.
+fn next_request(
     r: &mut impl Read,
     structured: bool,
-    broken: &AtomicBool,
-    flight: &Mutex<InFlight>,
-    cv: &Condvar,
-    reply: &(impl Fn(Vec<u8>) + Sync),
-) -> Result<(), ServeError> {
+    budget: &Budget,
+    reply: &impl Fn(Vec<u8>),
+) -> Result<Option<Work>, ServeError> {
     loop {
-        if broken.load(Ordering::SeqCst) {
-            return Err(ServeError::Stream(io::ErrorKind::BrokenPipe.into()));
-        }
         let Some(req) = Request::read(r)? else {
-            return Ok(());
+            return Ok(None);
         };
         let len = req.length as u64;
-        let (data, bytes) = match req.kind {
-            CMD_DISC => return Ok(()),
+        return Ok(Some(match req.kind {
+            CMD_DISC => return Ok(None),
             CMD_WRITE => {
                 if req.length > MAX_REQUEST_BYTES {
                     // its payload cannot be skipped safely: close
@@ -164,19 +197,31 @@ fn read_requests(
                         req.length
                     )));
                 }
-                wait_for_budget(flight, cv, len);
+                budget.take(len);
                 let mut data = vec![0u8; req.length as usize];
-                r.read_exact(&mut data)?;
-                (data, len)
+                if let Err(e) = r.read_exact(&mut data) {
+                    budget.give_back(len);
+                    return Err(e.into());
+                }
+                Work {
+                    req,
+                    data,
+                    bytes: len,
+                }
             }
             CMD_READ if req.length <= MAX_REQUEST_BYTES => {
-                wait_for_budget(flight, cv, len);
-                (Vec::new(), len)
+                budget.take(len);
+                Work {
+                    req,
+                    data: Vec::new(),
+                    bytes: len,
+                }
             }
-            CMD_READ | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES => {
-                wait_for_budget(flight, cv, 0);
-                (Vec::new(), 0)
-            }
+            CMD_READ | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES => Work {
+                req,
+                data: Vec::new(),
+                bytes: 0,
+            },
             _ => {
                 // unknown commands carry no payload the server knows of
                 reply(command_reply(
@@ -187,22 +232,7 @@ fn read_requests(
                 ));
                 continue;
             }
-        };
-        let mut f = flight.lock().unwrap_or_else(|e| e.into_inner());
-        f.count += 1;
-        f.bytes += bytes;
-        f.queue.push_back(Work { req, data, bytes });
-        drop(f);
-        cv.notify_all();
-    }
-}
-
-/// Waits until one more request of `bytes` fits the in-flight budget (a
-/// request larger than the whole budget waits until nothing is in flight).
-fn wait_for_budget(flight: &Mutex<InFlight>, cv: &Condvar, bytes: u64) {
-    let mut f = flight.lock().unwrap_or_else(|e| e.into_inner());
-    while f.count >= MAX_IN_FLIGHT || (f.count > 0 && f.bytes + bytes > MAX_IN_FLIGHT_BYTES) {
-        f = cv.wait(f).unwrap_or_else(|e| e.into_inner());
+        }));
     }
 }
 

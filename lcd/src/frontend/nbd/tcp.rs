@@ -278,7 +278,7 @@ fn serve(
 
 /// Serves the requests of a connection that chose `device`, counted among
 /// the device's connections (closed by `closers`) while it lasts.
-fn run<R: std::io::Read, W: std::io::Write + Send>(
+fn run<R: std::io::Read + Send, W: std::io::Write + Send>(
     n: lc_nbd::Negotiated,
     device: Option<Arc<ServedDevice>>,
     closers: Vec<Closer>,
