@@ -35,6 +35,25 @@ use super::{
 use crate::ledger::Ledger;
 use crate::rundir::{describe, names, Dir, Owner};
 
+/// `UBLK_F_AUTO_BUF_REG` (Linux 6.16 and later): the kernel registers each
+/// request's pages as the queue ring's buffer, for zero copy without a
+/// registration per request. Not in libublk 0.4's bindings.
+const UBLK_F_AUTO_BUF_REG: u64 = 1 << 11;
+
+/// Logs what this kernel's ublk driver offers (GET_FEATURES) that lc uses
+/// or could: user recovery with reissue, and zero copy, which lc does not
+/// use yet (it copies every write into its RAM segment, checksummed there).
+pub(super) fn log_kernel_features() {
+    let features = UblkCtrl::get_features().unwrap_or(0);
+    let has = |f: u64| if features & f != 0 { "yes" } else { "no" };
+    tracing::info!(
+        "ublk driver features {features:#x}: user recovery with reissue {}, \
+         UBLK_F_AUTO_BUF_REG {} (lc copies request data either way)",
+        has(sys::UBLK_F_USER_RECOVERY_REISSUE as u64),
+        has(UBLK_F_AUTO_BUF_REG),
+    );
+}
+
 /// The name of libublk's JSON file of ublk device `id` in [`UBLKSRVD`].
 pub(super) fn json_name(id: u8) -> String {
     format!("{id:04}.json")

@@ -95,8 +95,9 @@ impl UblkFrontend {
     /// lcd's; when ublk cannot be used here, says why in the log (devices
     /// that ask for ublk are then attached to their cache only).
     pub fn new(run_dir: PathBuf, queues: u16) -> UblkFrontend {
-        if let Some(why) = unavailable_reason().or_else(|| control::prepare().err()) {
-            tracing::warn!("devices cannot be exposed through ublk: {why}");
+        match unavailable_reason().or_else(|| control::prepare().err()) {
+            Some(why) => tracing::warn!("devices cannot be exposed through ublk: {why}"),
+            None => control::log_kernel_features(),
         }
         UblkFrontend { run_dir, queues }
     }
