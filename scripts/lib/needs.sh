@@ -148,9 +148,8 @@ lc_have_backports_source() {
     grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/
 }
 
-# Adds a deb822 source for bookworm-backports on the archive the machine
-# already uses for bookworm (root only).
-lc_add_backports_source() {
+# The Debian archive the machine uses for bookworm (its URI).
+lc_debian_archive_uri() {
     local uri
     uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk 'BEGIN { RS = "" }
         { u = ""; b = 0; n = split($0, l, "\n")
@@ -160,6 +159,14 @@ lc_add_backports_source() {
           if (b && u != "") { print u; exit } }')
     [ -n "$uri" ] || uri=$(grep -hsE '^deb .* bookworm ' /etc/apt/sources.list | head -n1 | awk '{print $2}')
     [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    echo "$uri"
+}
+
+# Adds a deb822 source for bookworm-backports on the archive the machine
+# already uses for bookworm (root only).
+lc_add_backports_source() {
+    local uri
+    uri=$(lc_debian_archive_uri)
     echo "adding apt source bookworm-backports ($uri) in /etc/apt/sources.list.d/bookworm-backports.sources" >&2
     cat >/etc/apt/sources.list.d/bookworm-backports.sources <<EOF
 # added by lc's scripts/lib/needs.sh: the guest kernel of tests/vm/run (it
