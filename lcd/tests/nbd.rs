@@ -11,8 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{file, lcd};
 use common::nbd::{device, pattern, run, socket_of, BACKING};
+use common::{file, lcd};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nbd_clients_write_and_read_the_device_through_the_cache() {
