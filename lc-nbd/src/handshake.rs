@@ -101,8 +101,8 @@ pub fn handshake(
 }
 
 /// Goes on with option haggling inside TLS, after [`Handshake::StartTls`]:
-/// `r`/`w` are the TLS stream's two directions, `no_zeroes` is
-/// [`TlsStarted::no_zeroes`] of the plain handshake. What the client
+/// `r`/`w` are the TLS stream's two directions, `started` is what
+/// [`Handshake::StartTls`] carried. What the client
 /// negotiated before TLS is forgotten, as the protocol says. Never returns
 /// [`Handshake::StartTls`] (a second STARTTLS is refused).
 pub fn negotiate_in_tls(
