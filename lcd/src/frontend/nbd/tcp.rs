@@ -121,9 +121,9 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 /// The TCP listener and its connections' way to the devices.
 pub struct TcpExports {
+    /// As configured, but with the address bound (the port chosen for
+    /// port 0).
     config: NbdTcpConfig,
-    /// The port bound (the configured one, or the one chosen for port 0).
-    bound: SocketAddr,
 }
 
 impl TcpExports {
@@ -171,7 +171,7 @@ impl TcpExports {
             .map_err(|e| format!("starting the NBD TCP thread: {e}"))?;
         let mut config = config.clone();
         config.listen = bound;
-        Ok(TcpExports { config, bound })
+        Ok(TcpExports { config })
     }
 
     /// What the frontend's description adds: where and how TCP is served.
@@ -185,7 +185,7 @@ impl TcpExports {
         };
         format!(
             "and over TCP on {} ({how}) as {}",
-            self.bound,
+            self.config.listen,
             self.config.uri("<id>")
         )
     }
