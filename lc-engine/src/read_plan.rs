@@ -28,6 +28,7 @@
 //! not seen, one that completed before it is (no stale read).
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -335,6 +336,42 @@ impl ReadPlan {
         }
     }
 
+    /// The byte ranges of the caller's buffer whose bytes do not come from
+    /// a [`ReadTarget::Out`] read: lines copied from RAM, lines put
+    /// together in the scratch buffer, and the dirty sectors
+    /// [`ReadPlan::finish`] lays over backing data an `Out` read put there.
+    /// A frontend that sends every `Out` read straight to the bytes' final
+    /// place (the request's pages, zero copy) carries these ranges of the
+    /// caller's buffer over itself after `finish`. In order, disjoint.
+    pub fn from_memory(&self) -> Vec<Range<usize>> {
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        let mut add = |r: Range<usize>| match ranges.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => ranges.push(r),
+        };
+        let mut outs: Vec<Range<usize>> = (self.reads.iter())
+            .filter_map(|r| match r.target {
+                ReadTarget::Out(o) => Some(o..o + r.len),
+                ReadTarget::Scratch(_) => None,
+            })
+            .collect();
+        outs.sort_by_key(|r| r.start);
+        let mut laid_over: Vec<Range<usize>> = Vec::new();
+        for o in &self.overlay {
+            for s in (o.s0..o.s0 + o.n).filter(|s| o.dirty & (1 << s) != 0) {
+                let at = o.out + (s - o.s0) * SECTOR_SIZE;
+                laid_over.push(at..at + SECTOR_SIZE);
+            }
+        }
+        let mut pieces: Vec<Range<usize>> = uncovered(self.len, &outs);
+        pieces.extend(laid_over);
+        pieces.sort_by_key(|r| r.start);
+        for p in pieces {
+            add(p);
+        }
+        ranges
+    }
+
     /// Completes the read into `out` (the buffer given to `plan_read`)
     /// after every [`DeviceRead`] was done: `failed` names the first read
     /// that failed and its error, if one did. Applies the overlay, counts
@@ -396,6 +433,22 @@ impl ReadPlan {
     pub fn pinned_slots(&self) -> Vec<u64> {
         self.pinned.iter().map(SlotPin::slot).collect()
     }
+}
+
+/// The parts of `0..len` outside every range of `sorted` (sorted by start).
+fn uncovered(len: usize, sorted: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut gaps = Vec::new();
+    let mut at = 0;
+    for r in sorted {
+        if r.start > at {
+            gaps.push(at..r.start);
+        }
+        at = at.max(r.end);
+    }
+    if at < len {
+        gaps.push(at..len);
+    }
+    gaps
 }
 
 /// Cache lines pinned by readers and write-back at this moment, over all

@@ -15,6 +15,7 @@ use common::{pattern, sector_pattern};
 use lc_engine::read_plan::pinned_lines;
 use lc_engine::{
     format_cache_device, AlignedBuf, Cache, CacheOptions, FileDevice, Knob, ReadPlan, ReadSource,
+    ReadTarget,
 };
 use proptest::prelude::*;
 
@@ -55,49 +56,81 @@ fn rig(segments: u64, pool: usize, backing_sectors: u64) -> Rig {
     }
 }
 
+/// Reads `target.len()` bytes at `offset` of `fd` with blocking `pread`s.
+fn pread_all(fd: i32, target: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < target.len() {
+        // SAFETY: reads into the live slice `target[done..]`.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                target[done..].as_mut_ptr().cast(),
+                target.len() - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            n if n < 0 => return Err(std::io::Error::last_os_error()),
+            n => done += n as usize,
+        }
+    }
+    Ok(())
+}
+
 /// Executes `plan` as lcd's queue threads do, but with blocking `pread`s
-/// on the devices' file descriptors, and finishes it.
-fn execute_with_pread(mut plan: ReadPlan, out: &mut [u8]) -> lc_engine::Result<()> {
+/// on the devices' file descriptors, and finishes it. With `request`, as
+/// under zero copy: every [`ReadTarget::Out`] read goes straight into
+/// `request`, and after `finish` the plan's [`ReadPlan::from_memory`]
+/// ranges are carried over from `out` to it.
+fn execute_with_pread(
+    mut plan: ReadPlan,
+    out: &mut [u8],
+    mut request: Option<&mut [u8]>,
+) -> lc_engine::Result<()> {
     let mut failed = None;
+    let from_memory = plan.from_memory();
     for read in plan.reads().to_vec() {
         let fd = plan
             .raw_fd(read.source)
             .expect("a FileDevice has a descriptor");
-        let target = plan.target_mut(&read, out);
-        let mut done = 0;
-        while done < target.len() {
-            // SAFETY: reads into the live slice `target[done..]`.
-            let n = unsafe {
-                libc::pread(
-                    fd,
-                    target[done..].as_mut_ptr().cast(),
-                    target.len() - done,
-                    (read.offset + done as u64) as libc::off_t,
-                )
-            };
-            if n <= 0 {
-                let e = if n == 0 {
-                    std::io::Error::from_raw_os_error(libc::EIO)
-                } else {
-                    std::io::Error::last_os_error()
-                };
-                failed = Some((read.source, e));
-                break;
-            }
-            done += n as usize;
-        }
-        if failed.is_some() {
+        let target = match (read.target, request.as_deref_mut()) {
+            (ReadTarget::Out(at), Some(request)) => &mut request[at..at + read.len],
+            _ => plan.target_mut(&read, out),
+        };
+        if let Err(e) = pread_all(fd, target, read.offset) {
+            failed = Some((read.source, e));
             break;
         }
     }
-    plan.finish(out, failed)
+    plan.finish(out, failed)?;
+    if let Some(request) = request {
+        for r in from_memory {
+            request[r.clone()].copy_from_slice(&out[r]);
+        }
+    }
+    Ok(())
 }
 
 fn plan_and_execute(cache: &Cache, sector: u64, len: usize) -> Vec<u8> {
     let mut out = AlignedBuf::zeroed(len);
     let plan = cache.plan_read(1, sector, &mut out).unwrap();
-    execute_with_pread(plan, &mut out).unwrap();
+    execute_with_pread(plan, &mut out, None).unwrap();
     out.to_vec()
+}
+
+/// [`plan_and_execute`] as under zero copy: the bytes end up in a separate
+/// "request" buffer; both it and the plan's own buffer start with
+/// different garbage, so that a byte carried over that should not be, or
+/// one not carried over that should, shows.
+fn plan_and_execute_zero_copy(cache: &Cache, sector: u64, len: usize) -> Vec<u8> {
+    let mut out = AlignedBuf::zeroed(len);
+    out.fill(0xdd);
+    let mut request = AlignedBuf::zeroed(len);
+    request.fill(0xee);
+    let plan = cache.plan_read(1, sector, &mut out).unwrap();
+    execute_with_pread(plan, &mut out, Some(&mut request)).unwrap();
+    request.to_vec()
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +162,9 @@ proptest! {
     /// Over generated writes, flushes and write-backs (RAM lines, lines on
     /// the cache device, partially dirty lines, misses), a plan executed
     /// with preads reads what `Cache::read` reads and what was written,
-    /// and leaves no pin behind.
+    /// also when its device reads go straight to another buffer and its
+    /// `from_memory` ranges are carried over (zero copy), and leaves no
+    /// pin behind.
     #[test]
     fn a_plan_reads_what_cache_read_reads(ops in proptest::collection::vec(op(), 1..60)) {
         let r = rig(6, 3, DEVICE_SECTORS);
@@ -147,6 +182,11 @@ proptest! {
                     let mut via_read = vec![0u8; n as usize * 512];
                     r.cache.read(1, sector, &mut via_read).unwrap();
                     prop_assert!(got == via_read, "plan and Cache::read differ at {sector}+{n}");
+                    let zero_copy = plan_and_execute_zero_copy(&r.cache, sector, n as usize * 512);
+                    prop_assert!(
+                        zero_copy == via_read,
+                        "plan executed as under zero copy and Cache::read differ at {sector}+{n}"
+                    );
                     let want: Vec<u8> = model[sector as usize..(sector + n) as usize].concat();
                     prop_assert!(got == want, "plan and model differ at {sector}+{n}");
                 }
@@ -271,9 +311,14 @@ fn plans_under_concurrent_writes_flushes_and_write_back() {
                 1
             }));
         }
-        execute_with_pread(plan, &mut out).unwrap();
+        // every other read as under zero copy, into a separate buffer
+        let zero_copy = reads % 2 == 0;
+        let mut request = AlignedBuf::zeroed(len);
+        request.fill(0xee);
+        execute_with_pread(plan, &mut out, zero_copy.then_some(&mut request[..])).unwrap();
+        let read = if zero_copy { &request } else { &out };
         for (i, s) in (sector..sector + n).enumerate() {
-            let got = &out[i * 512..(i + 1) * 512];
+            let got = &read[i * 512..(i + 1) * 512];
             let v = u64::from_le_bytes(got[..8].try_into().unwrap());
             if s >= WRITERS * REGION {
                 let want = if s < WRITERS * REGION + STABLE / 2 {
@@ -300,7 +345,10 @@ fn plans_under_concurrent_writes_flushes_and_write_back() {
             let mut via_read = vec![0u8; bytes];
             r.cache.read(1, s0, &mut via_read).unwrap();
             let off = ((s0 - sector) * 512) as usize;
-            assert_eq!(&out[off..], &via_read[..], "stable sectors from {s0}");
+            assert!(
+                read[off..] == via_read[..],
+                "stable sectors from {s0} differ"
+            );
         }
     }
     stop.store(true, Ordering::SeqCst);

@@ -26,6 +26,7 @@ use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{sys, UblkError, UblkFlags};
 
+use super::data_path::zero_copy_flags;
 use super::queue::run_queue;
 use super::requests::{write_gate, Job, Target};
 use super::{
@@ -35,22 +36,22 @@ use super::{
 use crate::ledger::Ledger;
 use crate::rundir::{describe, names, Dir, Owner};
 
-/// `UBLK_F_AUTO_BUF_REG` (Linux 6.16 and later): the kernel registers each
-/// request's pages as the queue ring's buffer, for zero copy without a
-/// registration per request. Not in libublk 0.4's bindings.
-const UBLK_F_AUTO_BUF_REG: u64 = 1 << 11;
-
-/// Logs what this kernel's ublk driver offers (GET_FEATURES) that lc uses
-/// or could: user recovery with reissue, and zero copy, which lc does not
-/// use yet (it copies every write into its RAM segment, checksummed there).
+/// Logs what this kernel's ublk driver offers (GET_FEATURES) that lc uses:
+/// user recovery with reissue, and zero copy ([`zero_copy_flags`]).
 pub(super) fn log_kernel_features() {
     let features = UblkCtrl::get_features().unwrap_or(0);
     let has = |f: u64| if features & f != 0 { "yes" } else { "no" };
+    let path = if zero_copy_flags(features) != 0 {
+        "zero copy: device reads land in the request's pages"
+    } else {
+        "copied: the driver copies each request's data"
+    };
     tracing::info!(
         "ublk driver features {features:#x}: user recovery with reissue {}, \
-         UBLK_F_AUTO_BUF_REG {} (lc copies request data either way)",
+         UBLK_F_AUTO_BUF_REG {}, UBLK_F_USER_COPY {}; new devices' data path: {path}",
         has(sys::UBLK_F_USER_RECOVERY_REISSUE as u64),
-        has(UBLK_F_AUTO_BUF_REG),
+        has(sys::UBLK_F_AUTO_BUF_REG as u64),
+        has(sys::UBLK_F_USER_COPY as u64),
     );
 }
 
@@ -289,6 +290,7 @@ impl UblkDevice {
         if features & sys::UBLK_F_USER_RECOVERY_REISSUE as u64 != 0 {
             ctrl_flags |= sys::UBLK_F_USER_RECOVERY_REISSUE as u64;
         }
+        ctrl_flags |= zero_copy_flags(features);
         let (nr_queues, depth) = shape;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<UblkCtrl>, String>>();
         let t = target.clone();

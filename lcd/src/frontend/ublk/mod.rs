@@ -11,7 +11,9 @@
 //! directory (which ublk devices are lc's, decided by those records only);
 //! [`queue`] is the queue thread with its io_uring and its tag tasks;
 //! [`requests`] maps each request onto the engine (on the queue thread or a
-//! worker) and hands results back to the queue thread. [`UblkFrontend`] is
+//! worker) and hands results back to the queue thread; [`data_path`] says
+//! how a request's data moves: copied by the driver, or zero copy where the
+//! kernel has `UBLK_F_AUTO_BUF_REG` (Linux 6.16 and later). [`UblkFrontend`] is
 //! the [`BlockFrontend`] the registry sees.
 //!
 //! Devices are created with `UBLK_F_USER_RECOVERY` (and `_REISSUE` where
@@ -28,6 +30,7 @@ use lc_engine::Cache;
 use super::{BlockFrontend, Exposed, NotExposed};
 
 pub mod control;
+pub mod data_path;
 pub mod queue;
 pub mod requests;
 

@@ -6,24 +6,28 @@
 //!
 //! A READ is resolved by the engine into a read plan ([`lc_engine::Cache::plan_read`]):
 //! lines in RAM are copied at once, and the plan's device reads (cache
-//! device, backing device) are submitted through this thread's ring; when
-//! they have landed the plan is finished (overlay, pins) and the request
-//! committed. A queue thread never waits for room in the cache.
+//! device, backing device) are submitted through this thread's ring, into
+//! the request's own pages under zero copy ([`super::data_path`]); when
+//! they have landed the plan is finished (overlay, pins), what lcd holds
+//! of the read is handed to the request, and the request committed. A
+//! queue thread never waits for room in the cache.
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use lc_engine::ReadSource;
+use lc_engine::{ReadSource, ReadTarget};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::ublk_submit_sqe_async;
-use libublk::{sys, BufDesc, UblkError};
+use libublk::{sys, UblkError};
 
+use super::data_path::{DataPath, Registered};
 use super::requests::{errno_of, Completions, Job, Target, WriteOutcome};
 use super::IO_BUF_BYTES;
 
@@ -50,24 +54,51 @@ impl Future for TagResult<'_> {
     }
 }
 
-/// Reads `len` bytes at `offset` of `fd` into `ptr` through the queue
+/// Where a ring read puts its bytes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ReadInto {
+    /// lcd's memory: the tag's buffer or a read plan's scratch.
+    Memory(*mut u8),
+    /// The request's registered pages (zero copy), from byte `at` of the
+    /// request.
+    Request { registered: Registered, at: usize },
+}
+
+/// Reads `len` bytes at `offset` of `fd` into `into` through the queue
 /// thread's io_uring, resubmitting the rest after a short read.
 pub(super) async fn ring_read(
     fd: RawFd,
-    ptr: *mut u8,
+    into: ReadInto,
     len: usize,
     offset: u64,
 ) -> std::io::Result<()> {
     let mut done = 0usize;
     while done < len {
-        // SAFETY: `ptr..ptr + len` is a live buffer of the request (the
-        // tag's buffer or its read plan's scratch) that nothing else touches
-        // until this read has completed: the tag's task awaits it before it
-        // finishes the plan or commits.
-        let at = unsafe { ptr.add(done) };
-        let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(fd), at, (len - done) as u32)
-            .offset(offset + done as u64)
-            .build();
+        let (fd, rest, at) = (
+            io_uring::types::Fd(fd),
+            (len - done) as u32,
+            offset + done as u64,
+        );
+        let sqe = match into {
+            ReadInto::Memory(ptr) => {
+                // SAFETY: `ptr..ptr + len` is a live buffer of the request
+                // (the tag's buffer or its read plan's scratch) that nothing
+                // else touches until this read has completed: the tag's task
+                // awaits it before it finishes the plan or commits.
+                let ptr = unsafe { ptr.add(done) };
+                io_uring::opcode::Read::new(fd, ptr, rest)
+                    .offset(at)
+                    .build()
+            }
+            // For pages the kernel registered, the "address" is the byte
+            // offset in the request; the kernel checks it against the
+            // request's length.
+            ReadInto::Request { registered, at: o } => {
+                io_uring::opcode::ReadFixed::new(fd, (o + done) as *mut u8, rest, registered.index)
+                    .offset(at)
+                    .build()
+            }
+        };
         let res = ublk_submit_sqe_async(sqe, libublk::UblkUringData::Target as u64)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -80,23 +111,52 @@ pub(super) async fn ring_read(
     Ok(())
 }
 
+/// A READ served on the queue thread.
+pub(super) struct ReadDone {
+    /// The request's result.
+    pub(super) result: i32,
+    /// The byte ranges of the request whose bytes are in lcd's buffer: the
+    /// whole request, or under zero copy what the plan had in memory
+    /// ([`lc_engine::ReadPlan::from_memory`]), device reads having put the
+    /// rest straight into the request's pages.
+    pub(super) from_memory: Vec<Range<usize>>,
+}
+
 /// A READ on the queue thread: planned by the engine, its device reads
-/// submitted in this queue's ring. `None` when a device of the plan has no
-/// descriptor (the request then goes to a worker).
-pub(super) async fn read_here(target: &Target, sector: u64, out: &mut [u8]) -> Option<i32> {
+/// submitted in this queue's ring, into the request's `registered` pages
+/// where it has them. `None` when a device of the plan has no descriptor
+/// (the request then goes to a worker).
+pub(super) async fn read_here(
+    target: &Target,
+    sector: u64,
+    out: &mut [u8],
+    registered: Option<Registered>,
+) -> Option<ReadDone> {
     let mut plan = match target.cache.plan_read(target.device_id, sector, out) {
         Ok(p) => p,
-        Err(e) => return Some(errno_of(&e)),
+        Err(e) => {
+            return Some(ReadDone {
+                result: errno_of(&e),
+                from_memory: Vec::new(),
+            })
+        }
     };
     let reads = plan.reads().to_vec();
     let mut fds = Vec::with_capacity(reads.len());
     for r in &reads {
         fds.push(plan.raw_fd(r.source)?);
     }
+    let from_memory = match registered {
+        Some(_) => plan.from_memory(),
+        None => std::iter::once(0..out.len()).collect(),
+    };
     let mut pending = Vec::with_capacity(reads.len());
     for (r, fd) in reads.iter().zip(fds) {
-        let t = plan.target_mut(r, out);
-        pending.push((r.source, ring_read(fd, t.as_mut_ptr(), t.len(), r.offset)));
+        let into = match (r.target, registered) {
+            (ReadTarget::Out(at), Some(registered)) => ReadInto::Request { registered, at },
+            _ => ReadInto::Memory(plan.target_mut(r, out).as_mut_ptr()),
+        };
+        pending.push((r.source, ring_read(fd, into, r.len, r.offset)));
     }
     let (sources, futures): (Vec<ReadSource>, Vec<_>) = pending.into_iter().unzip();
     let results = futures_util::future::join_all(futures).await;
@@ -104,7 +164,7 @@ pub(super) async fn read_here(target: &Target, sector: u64, out: &mut [u8]) -> O
         .into_iter()
         .zip(results)
         .find_map(|(src, r)| r.err().map(|e| (src, e)));
-    Some(match plan.finish(out, failed) {
+    let result = match plan.finish(out, failed) {
         Ok(()) => out.len() as i32,
         Err(e) => {
             tracing::warn!(
@@ -114,6 +174,10 @@ pub(super) async fn read_here(target: &Target, sector: u64, out: &mut [u8]) -> O
             );
             errno_of(&e)
         }
+    };
+    Some(ReadDone {
+        result,
+        from_memory,
     })
 }
 
@@ -124,10 +188,17 @@ pub(super) async fn tag_task(
     target: &Arc<Target>,
     slots: &TagSlots,
     completions: &Arc<Completions>,
+    path: DataPath,
 ) -> Result<(), UblkError> {
     let buf = IoBuf::<u8>::new(IO_BUF_BYTES as usize);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
-        .await?;
+    let copied = path == DataPath::Copied;
+    q.submit_io_prep_cmd(
+        tag,
+        path.buf_desc(tag, buf.as_slice()),
+        0,
+        copied.then_some(&buf),
+    )
+    .await?;
     let result_of_tag = || TagResult {
         slots,
         tag: tag as usize,
@@ -136,8 +207,10 @@ pub(super) async fn tag_task(
         let iod = q.get_iod(tag);
         let op = iod.op_flags & 0xff;
         let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
+        let registered = path.registered(tag, iod.op_flags);
         let (sector, nr_sectors) = (iod.start_sector, iod.nr_sectors);
-        let fits = nr_sectors as u64 * 512 <= IO_BUF_BYTES as u64;
+        let bytes = nr_sectors as usize * 512;
+        let fits = bytes <= IO_BUF_BYTES as usize;
         let job = |op| Job {
             tag,
             op,
@@ -147,28 +220,44 @@ pub(super) async fn tag_task(
             buf: buf.as_mut_ptr() as usize,
             completions: completions.clone(),
         };
+        // SAFETY: the tag's buffer holds IO_BUF_BYTES ≥ `bytes` when `fits`
+        // and is this task's alone until the commit below (a worker given
+        // the request uses it only until it hands back the result).
+        let data = || unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr(), bytes) };
         let result = match op {
             sys::UBLK_IO_OP_FLUSH => {
                 target.flush(tag, completions.clone());
                 result_of_tag().await
             }
             sys::UBLK_IO_OP_READ if fits => {
-                // SAFETY: the tag's buffer holds IO_BUF_BYTES ≥ the request
-                // and is this task's alone until the commit below.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(buf.as_mut_ptr(), nr_sectors as usize * 512)
-                };
-                match read_here(target, sector, out).await {
-                    Some(r) => r,
+                let done = match read_here(target, sector, data(), registered).await {
+                    Some(done) => done,
                     None => {
                         target.submit_read(job(op));
-                        result_of_tag().await
+                        ReadDone {
+                            result: result_of_tag().await,
+                            from_memory: std::iter::once(0..bytes).collect(),
+                        }
                     }
+                };
+                if done.result > 0 {
+                    deliver(target, &path, tag, data(), &done.from_memory, done.result)
+                } else {
+                    done.result
                 }
             }
-            sys::UBLK_IO_OP_WRITE if fits => match target.write_here(job(op)) {
-                WriteOutcome::Done(r) => r,
-                WriteOutcome::Pending => result_of_tag().await,
+            sys::UBLK_IO_OP_WRITE if fits => match path.fetch_write_data(tag, data()) {
+                Ok(()) => match target.write_here(job(op)) {
+                    WriteOutcome::Done(r) => r,
+                    WriteOutcome::Pending => result_of_tag().await,
+                },
+                Err(e) => {
+                    tracing::warn!(
+                        device = target.device_id,
+                        "cannot take a write's data from the ublk device: {e}"
+                    );
+                    -libc::EIO
+                }
             },
             sys::UBLK_IO_OP_DISCARD => {
                 target.submit_parked(job(op));
@@ -176,8 +265,30 @@ pub(super) async fn tag_task(
             }
             _ => -libc::EOPNOTSUPP,
         };
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), result)
+        q.submit_io_commit_cmd(tag, path.buf_desc(tag, buf.as_slice()), result)
             .await?;
+    }
+}
+
+/// Puts a READ's bytes lcd holds into the request (zero copy); `result`
+/// when they are there, EIO when they could not be.
+fn deliver(
+    target: &Target,
+    path: &DataPath,
+    tag: u16,
+    data: &[u8],
+    from_memory: &[Range<usize>],
+    result: i32,
+) -> i32 {
+    match path.deliver_read_data(tag, data, from_memory) {
+        Ok(()) => result,
+        Err(e) => {
+            tracing::warn!(
+                device = target.device_id,
+                "cannot hand a read's data to the ublk device: {e}"
+            );
+            -libc::EIO
+        }
     }
 }
 
@@ -222,6 +333,8 @@ pub(super) fn run_queue(qid: u16, dev: &UblkDev, target: &Arc<Target>) {
         }
     };
     let depth = dev.dev_info.queue_depth as usize;
+    // fds[0] is /dev/ublkcN, open as long as `dev`
+    let path = DataPath::new(dev.dev_info.flags, dev.tgt.fds[0], qid);
     let slots = Rc::new(TagSlots {
         results: RefCell::new(vec![None; depth]),
         wakers: RefCell::new(vec![None; depth]),
@@ -236,7 +349,7 @@ pub(super) fn run_queue(qid: u16, dev: &UblkDev, target: &Arc<Target>) {
             completions.clone(),
         );
         tasks.push(exe.spawn(async move {
-            match tag_task(&q, tag, &target, &slots, &completions).await {
+            match tag_task(&q, tag, &target, &slots, &completions, path).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => tracing::error!("tag {tag}: {e}"),
             }
