@@ -68,6 +68,7 @@ nbd   cmd    nbdcopy             libnbd-bin
 nbd   cmd    fio                 fio
 nbd   cmd    openssl             openssl
 nbdbench cmd qemu-nbd            qemu-utils
+perf  cmd    perf                linux-perf
 bench py     matplotlib          matplotlib
 "
 
