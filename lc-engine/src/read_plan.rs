@@ -141,8 +141,12 @@ fn try_plan(
     sector: u64,
     out: &mut [u8],
 ) -> Result<ReadPlan, (Arc<SegmentBuffer>, usize)> {
-    // the counters move only once the plan is made
-    let mut counts: Vec<(bool, bool, bool)> = Vec::new();
+    // the counters move only once the plan is made: pieces counted by
+    // (hit, on_buffer, full), as bits 2, 1, 0 of the index
+    let mut counts = [0u64; 8];
+    let count_index = |hit: bool, on_buffer: bool, full: bool| {
+        usize::from(hit) << 2 | usize::from(on_buffer) << 1 | usize::from(full)
+    };
     let mut plan = ReadPlan {
         inner: inner.clone(),
         backing,
@@ -171,7 +175,7 @@ fn try_plan(
             .lookup(key)
             .map(|idx| (idx, st.index.info(idx).expect("indexed").dirty_bits));
         let Some((idx, bits)) = hit else {
-            counts.push((false, false, full));
+            counts[count_index(false, false, full)] += 1;
             plan.push_backing(piece_sector, pos, bytes);
             backing_sectors += n as u64;
             pos += bytes;
@@ -224,7 +228,7 @@ fn try_plan(
                 false
             }
         };
-        counts.push((true, on_buffer, full));
+        counts[count_index(true, on_buffer, full)] += 1;
         if needs_backing {
             plan.push_backing(piece_sector, pos, bytes);
             backing_sectors += n as u64;
@@ -232,8 +236,10 @@ fn try_plan(
         pos += bytes;
     }
     drop(st);
-    for (hit, on_buffer, full) in counts {
-        inner.stats.count(false, hit, on_buffer, full);
+    for (i, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+        inner
+            .stats
+            .count_many(false, i & 4 != 0, i & 2 != 0, i & 1 != 0, n);
     }
     if scratch_lines > 0 {
         let mut scratch = AlignedBuf::zeroed(scratch_lines * LINE_SIZE);
@@ -345,6 +351,12 @@ impl ReadPlan {
     /// caller's buffer over itself after `finish`. In order, disjoint.
     pub fn from_memory(&self) -> Vec<Range<usize>> {
         let mut ranges: Vec<Range<usize>> = Vec::new();
+        // the common hit or miss: one device read of the whole buffer
+        if let ([only], []) = (&self.reads[..], &self.overlay[..]) {
+            if only.target == ReadTarget::Out(0) && only.len == self.len {
+                return ranges;
+            }
+        }
         let mut add = |r: Range<usize>| match ranges.last_mut() {
             Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
             _ => ranges.push(r),

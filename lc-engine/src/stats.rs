@@ -188,7 +188,12 @@ impl StatsSnapshot {
 impl Stats {
     /// Counts one I/O (one cache line's worth of a request).
     pub fn count(&self, write: bool, hit: bool, on_buffer: bool, fullsize: bool) {
-        self.counters[stat_index(write, hit, on_buffer, fullsize)].fetch_add(1, Ordering::Relaxed);
+        self.count_many(write, hit, on_buffer, fullsize, 1);
+    }
+
+    /// Counts `n` line accesses of one kind at once ([`Stats::count`]).
+    pub fn count_many(&self, write: bool, hit: bool, on_buffer: bool, fullsize: bool, n: u64) {
+        self.counters[stat_index(write, hit, on_buffer, fullsize)].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one error.

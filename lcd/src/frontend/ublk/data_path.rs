@@ -113,18 +113,21 @@ impl DataPath {
         Ok(())
     }
 
-    /// Puts the `ranges` of `buf` into `tag`'s READ request: the bytes of
-    /// the read lcd has in memory (nothing to do on the copied path).
+    /// Puts the `ranges` of `buf` (all of it: `None`) into `tag`'s READ
+    /// request: the bytes of the read lcd has in memory (nothing to do on
+    /// the copied path).
     pub(super) fn deliver_read_data(
         &self,
         tag: u16,
         buf: &[u8],
-        ranges: &[Range<usize>],
+        ranges: Option<&[Range<usize>]>,
     ) -> std::io::Result<()> {
         let DataPath::ZeroCopy { cdev, qid } = *self else {
             return Ok(());
         };
-        for range in ranges.iter().cloned() {
+        let all = 0..buf.len();
+        let whole = std::slice::from_ref(&all);
+        for range in ranges.unwrap_or(whole).iter().cloned() {
             let mut done = range.start;
             while done < range.end {
                 let pos = UblkIOCtx::ublk_user_copy_pos(qid, tag, done as u32);

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use lc_engine::{ReadSource, ReadTarget};
+use lc_engine::{DeviceRead, ReadPlan, ReadTarget};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::ublk_submit_sqe_async;
@@ -111,15 +111,30 @@ pub(super) async fn ring_read(
     Ok(())
 }
 
+/// Where device read `r` of `plan` puts its bytes: the request's
+/// `registered` pages for a read into the caller's buffer under zero copy,
+/// else lcd's memory (`out` or the plan's scratch).
+fn read_into(
+    plan: &mut ReadPlan,
+    r: &DeviceRead,
+    out: &mut [u8],
+    registered: Option<Registered>,
+) -> ReadInto {
+    match (r.target, registered) {
+        (ReadTarget::Out(at), Some(registered)) => ReadInto::Request { registered, at },
+        _ => ReadInto::Memory(plan.target_mut(r, out).as_mut_ptr()),
+    }
+}
+
 /// A READ served on the queue thread.
 pub(super) struct ReadDone {
     /// The request's result.
     pub(super) result: i32,
-    /// The byte ranges of the request whose bytes are in lcd's buffer: the
-    /// whole request, or under zero copy what the plan had in memory
+    /// The byte ranges of the request whose bytes are in lcd's buffer:
+    /// under zero copy what the plan had in memory
     /// ([`lc_engine::ReadPlan::from_memory`]), device reads having put the
-    /// rest straight into the request's pages.
-    pub(super) from_memory: Vec<Range<usize>>,
+    /// rest straight into the request's pages; `None`: the whole request.
+    pub(super) from_memory: Option<Vec<Range<usize>>>,
 }
 
 /// A READ on the queue thread: planned by the engine, its device reads
@@ -137,33 +152,31 @@ pub(super) async fn read_here(
         Err(e) => {
             return Some(ReadDone {
                 result: errno_of(&e),
-                from_memory: Vec::new(),
+                from_memory: None,
             })
         }
     };
-    let reads = plan.reads().to_vec();
-    let mut fds = Vec::with_capacity(reads.len());
-    for r in &reads {
-        fds.push(plan.raw_fd(r.source)?);
-    }
-    let from_memory = match registered {
-        Some(_) => plan.from_memory(),
-        None => std::iter::once(0..out.len()).collect(),
+    let from_memory = registered.map(|_| plan.from_memory());
+    let failed = if let [only] = *plan.reads() {
+        // the common hit or miss: one device read, awaited as it is
+        let fd = plan.raw_fd(only.source)?;
+        let into = read_into(&mut plan, &only, out, registered);
+        let done = ring_read(fd, into, only.len, only.offset).await;
+        done.err().map(|e| (only.source, e))
+    } else {
+        let reads = plan.reads().to_vec();
+        let mut fds = Vec::with_capacity(reads.len());
+        for r in &reads {
+            fds.push(plan.raw_fd(r.source)?);
+        }
+        let mut pending = Vec::with_capacity(reads.len());
+        for (r, fd) in reads.iter().zip(fds) {
+            let into = read_into(&mut plan, r, out, registered);
+            pending.push(ring_read(fd, into, r.len, r.offset));
+        }
+        let results = futures_util::future::join_all(pending).await;
+        (reads.iter().zip(results)).find_map(|(r, done)| done.err().map(|e| (r.source, e)))
     };
-    let mut pending = Vec::with_capacity(reads.len());
-    for (r, fd) in reads.iter().zip(fds) {
-        let into = match (r.target, registered) {
-            (ReadTarget::Out(at), Some(registered)) => ReadInto::Request { registered, at },
-            _ => ReadInto::Memory(plan.target_mut(r, out).as_mut_ptr()),
-        };
-        pending.push((r.source, ring_read(fd, into, r.len, r.offset)));
-    }
-    let (sources, futures): (Vec<ReadSource>, Vec<_>) = pending.into_iter().unzip();
-    let results = futures_util::future::join_all(futures).await;
-    let failed = sources
-        .into_iter()
-        .zip(results)
-        .find_map(|(src, r)| r.err().map(|e| (src, e)));
     let result = match plan.finish(out, failed) {
         Ok(()) => out.len() as i32,
         Err(e) => {
@@ -236,12 +249,19 @@ pub(super) async fn tag_task(
                         target.submit_read(job(op));
                         ReadDone {
                             result: result_of_tag().await,
-                            from_memory: std::iter::once(0..bytes).collect(),
+                            from_memory: None,
                         }
                     }
                 };
                 if done.result > 0 {
-                    deliver(target, &path, tag, data(), &done.from_memory, done.result)
+                    deliver(
+                        target,
+                        &path,
+                        tag,
+                        data(),
+                        done.from_memory.as_deref(),
+                        done.result,
+                    )
                 } else {
                     done.result
                 }
@@ -277,7 +297,7 @@ fn deliver(
     path: &DataPath,
     tag: u16,
     data: &[u8],
-    from_memory: &[Range<usize>],
+    from_memory: Option<&[Range<usize>]>,
     result: i32,
 ) -> i32 {
     match path.deliver_read_data(tag, data, from_memory) {
