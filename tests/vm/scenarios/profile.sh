@@ -1,11 +1,11 @@
-# vm-about: where lcd's CPU goes (not in CI): perf profiles of lcd under fio misses, cache-device hits, randrw 70/30 and 1 MiB seq write on /dev/ublkb1
+# vm-about: where lcd's CPU goes (not in CI): perf profiles of lcd under fio misses, cache-device hits, randwrite, randrw 70/30 and 1 MiB seq write on /dev/ublkb1
 # vm-disks: cache:8G backing:2G
 # vm-timeout: 1500
 # vm-needs: perf
 #
 # A diagnostic, not a test: no figure is judged. Each 4 KiB workload runs
 # with fio for 30 s while `perf record -e cpu-clock` samples lcd (all its
-# threads) for 20 s of it (the sequential write: 4 GiB, sampled for 10 s,
+# threads) for 20 s of it (the sequential write: 3 GiB, sampled for 10 s,
 # so that the log never fills and write-back, which is off, is not
 # forced); the flat profile (symbols over 0.5 %) goes to
 # the console as "LC-PROFILE WORKLOAD ..." lines, after fio's rate and
@@ -54,6 +54,8 @@ profile misses 5 20 $timed --rw=randread --bs=4k --iodepth=32 --offset=512M --si
 # shellcheck disable=SC2086
 profile hits 5 20 $timed --rw=randread --bs=4k --iodepth=32 --offset=0 --size=256M
 # shellcheck disable=SC2086
+profile randwrite 5 20 $timed --rw=randwrite --bs=4k --iodepth=32 --offset=0 --size=256M
+# shellcheck disable=SC2086
 profile randrw 5 20 $timed --rw=randrw --rwmixread=70 --bs=4k --iodepth=32 --offset=0 --size=256M
-profile seqwrite 2 10 --rw=write --bs=1M --iodepth=8 --offset=1G --size=1G --io_size=4G
+profile seqwrite 2 10 --rw=write --bs=1M --iodepth=8 --offset=1G --size=1G --io_size=3G
 log "profiles done"
