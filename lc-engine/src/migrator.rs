@@ -219,6 +219,9 @@ impl ReplacedCopies {
                     .is_some_and(|i| log.segment_of(i) > log.durable_id)
             });
             self.prune_at = 2 * self.chains.len();
+            // retain walks the whole table: one left as big as a burst made
+            // it would make every later pruning cost that burst's size
+            self.chains.shrink_to(self.prune_at);
         }
     }
 
@@ -983,6 +986,56 @@ mod tests {
         write(&mut index, &log, &mut copies, 4, 0x01);
         assert_eq!(bits_to_write(&index, &log, &copies, X, at(1, 0), 0xFF), 0);
         assert_eq!(copies.newest_durable(X, log.durable_id), None);
+    }
+
+    #[test]
+    fn pruning_gives_back_the_room_a_burst_took() {
+        // 10 000 lines written twice while nothing is durable: 10 000 entries
+        let segments = 100u64;
+        let mut log = SegmentLog::new(segments, 0);
+        for (k, id) in log.slot_ids.iter_mut().enumerate() {
+            *id = k as u64 + 1;
+        }
+        let mut index = Index::new(segments as usize * LINES_PER_SEGMENT);
+        let mut copies = ReplacedCopies::default();
+        let lines = 10_000usize;
+        let key = |i: usize| LineKey {
+            device_id: 1,
+            line: i as u64,
+        };
+        let place = |pass: usize, i: usize| {
+            line_index(
+                (pass * 40 + i / LINES_PER_SEGMENT) as u64,
+                i % LINES_PER_SEGMENT,
+            )
+        };
+        for pass in 0..2 {
+            for i in 0..lines {
+                match index.lookup(key(i)) {
+                    Some(old) => {
+                        index.replace(old, place(pass, i), 0xFF);
+                        copies.replaced(&index, &log, key(i), log.segment_of(old));
+                    }
+                    None => {
+                        index.insert(key(i), place(pass, i), 0xFF);
+                        copies.created(key(i));
+                    }
+                }
+            }
+        }
+        assert_eq!(copies.len(), lines, "nothing durable, nothing pruned");
+        // all of it durable; the next pruning leaves one entry
+        log.durable_id = 80;
+        copies.prune_at = 0;
+        let old = index.lookup(key(0)).unwrap();
+        index.replace(old, place(2, 0), 0xFF);
+        copies.replaced(&index, &log, key(0), log.segment_of(old));
+        assert_eq!(copies.len(), 1);
+        assert!(
+            copies.chains.capacity() <= 2 * ReplacedCopies::MIN_PRUNE_AT,
+            "a table of {} entries' room kept for 1",
+            copies.chains.capacity()
+        );
     }
 
     #[test]
