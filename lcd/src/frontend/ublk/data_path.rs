@@ -12,9 +12,10 @@
 //!   so a READ's device reads (cache device, backing device) land in the
 //!   request's pages straight from the device (`READ_FIXED`). The bytes lcd
 //!   has in memory (lines in RAM, the dirty sectors laid over backing data)
-//!   and a WRITE's data, which lcd copies into its RAM segment and
-//!   checksums there, go through `/dev/ublkcN` (`pwrite`/`pread` at the
-//!   request's position): one copy, as on the copied path.
+//!   go to the request with a `pwrite` on `/dev/ublkcN` at the request's
+//!   position, and a WRITE's data comes into the tag's buffer with a
+//!   `pread` there (then lcd copies it into its RAM segment and checksums
+//!   it, as on the copied path).
 //!
 //! When the kernel could not register a request's pages
 //! (`UBLK_IO_F_NEED_REG_BUF`, asked for with `UBLK_AUTO_BUF_REG_FALLBACK`),
@@ -54,8 +55,8 @@ pub(super) enum DataPath {
     },
 }
 
-/// Where a READ's device read puts its bytes under zero copy: the request's
-/// registered pages (fixed buffer `index`), or the tag's buffer.
+/// A request's pages, registered in the queue's ring as fixed buffer
+/// `index`: where a READ's device reads go under zero copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Registered {
     /// The fixed buffer number of the request's pages (its tag).
