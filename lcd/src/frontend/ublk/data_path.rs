@@ -31,13 +31,15 @@ use libublk::{sys, BufDesc};
 /// (GET_FEATURES): zero copy where the kernel has auto buffer registration
 /// and user copy, the copied path elsewhere.
 pub(super) fn zero_copy_flags(features: u64) -> u64 {
-    let wanted = (sys::UBLK_F_AUTO_BUF_REG | sys::UBLK_F_USER_COPY) as u64;
-    if features & wanted == wanted {
-        wanted
+    if features & ZERO_COPY == ZERO_COPY {
+        ZERO_COPY
     } else {
         0
     }
 }
+
+/// The device flags of the zero-copy path (both are needed).
+const ZERO_COPY: u64 = (sys::UBLK_F_AUTO_BUF_REG | sys::UBLK_F_USER_COPY) as u64;
 
 /// How one queue's requests carry their data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,7 @@ impl DataPath {
     /// The path of queue `qid` of a device created with `dev_flags`, whose
     /// `/dev/ublkcN` is `cdev`.
     pub(super) fn new(dev_flags: u64, cdev: RawFd, qid: u16) -> DataPath {
-        if dev_flags & zero_copy_flags(u64::MAX) != 0 {
+        if dev_flags & ZERO_COPY == ZERO_COPY {
             DataPath::ZeroCopy { cdev, qid }
         } else {
             DataPath::Copied
